@@ -1,0 +1,3 @@
+from streamup.cli import main
+
+raise SystemExit(main())

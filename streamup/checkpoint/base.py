@@ -1,0 +1,65 @@
+"""The checkpoint store interface every backend implements.
+
+Rules every backend keeps:
+- A part's record, its checksum and the stream's progress change together, atomically.
+- Finishing a stream removes its working state and writes its compact record in one step.
+- What is kept of finished streams is bounded (`history_limit` recent completions), apart from
+  the per-file records that live as long as their file does (pruned by `forget_completed_file`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Protocol
+
+from streamup.models import CompletedRecord, PartRecord, StreamRecord
+
+
+class CheckpointStore(Protocol):
+    """Durable state of every stream; nothing else is needed to resume after a crash."""
+
+    name: str  # "sqlite" or "redis", for logs and status
+
+    async def open(self) -> None:
+        """Connect / create the schema. Raises CheckpointError with a clear message."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise CheckpointError when the store does not answer."""
+
+    async def save_stream(self, stream: StreamRecord) -> None:
+        """Insert or replace a stream's record (not its parts); keep status sets in step."""
+
+    async def record_part(
+        self, stream_id: str, part: PartRecord, uploaded_bytes: int, last_activity_at: datetime
+    ) -> None:
+        """Atomically store `part` (replacing any of its number) and the stream's progress."""
+
+    async def remove_parts(
+        self, stream_id: str, numbers: Iterable[int], uploaded_bytes: int
+    ) -> None:
+        """Atomically drop parts (a file that shrank) and set the stream's progress."""
+
+    async def load_stream(self, stream_id: str) -> StreamRecord | None: ...
+
+    async def load_parts(self, stream_id: str) -> dict[int, PartRecord]:
+        """Every checkpointed part by number. A malformed record raises CheckpointCorrupt."""
+
+    async def unfinished_streams(self) -> list[StreamRecord]:
+        """Every stream whose status is not final, oldest first."""
+
+    async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
+        """Atomically: remove the stream's working state (meta, parts, set memberships), store
+        `record` as the path's completed record and as a recent completion (trimmed to the
+        history limit; trimmed streams leave the completed set too)."""
+
+    async def completed_files(self) -> dict[str, CompletedRecord]:
+        """The completed record of every path that still has one, keyed by path."""
+
+    async def forget_completed_file(self, path: str) -> None:
+        """The file is gone: drop its completed record (recent-completion history is kept)."""
+
+    async def recent_completions(self, limit: int) -> list[CompletedRecord]:
+        """Newest first."""

@@ -1,0 +1,132 @@
+"""An in-memory checkpoint store: a real implementation of the Protocol, for fast tests.
+
+It keeps exactly the semantics of the durable backends (the contract suite runs against all of
+them): progress only for saved streams, finishing removes working state, recent completions are
+unique per stream and trimmed to `history_limit`. Records are stored encoded, as Redis holds them,
+so what reads back is normalised the same way (timestamps in UTC, empty strings as None). Data
+lives as long as the object: closing and reopening the same instance stands in for a restart.
+
+`inject_error` makes the next calls fail, to test how callers retry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from streamup.checkpoint.codec import (
+    check_finish,
+    completed_from_json,
+    completed_to_json,
+    missing_stream,
+    stream_from_meta,
+    stream_to_meta,
+)
+from streamup.errors import CheckpointError
+from streamup.models import CompletedRecord, PartRecord, StreamRecord, iso
+
+
+class MemoryStore:
+    """Checkpoint state in plain dicts, records encoded as the Redis backend encodes them."""
+
+    name = "memory"
+
+    def __init__(self, *, history_limit: int = 1000) -> None:
+        if history_limit < 1:
+            raise ValueError(f"history_limit must be at least 1, not {history_limit}")
+        self.history_limit = history_limit
+        self._streams: dict[str, dict[str, str]] = {}  # stream id -> meta fields
+        self._parts: dict[str, dict[int, PartRecord]] = {}
+        self._completed_files: dict[str, str] = {}  # path -> record JSON
+        self._completions: list[tuple[str, str]] = []  # (stream id, record JSON), newest first
+        self._errors: list[CheckpointError] = []
+
+    def inject_error(self, error: CheckpointError, *, count: int = 1) -> None:
+        """Make the next `count` calls (of any method but open/close) raise `error`."""
+        self._errors.extend([error] * count)
+
+    def _check(self) -> None:
+        if self._errors:
+            raise self._errors.pop(0)
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        self._check()
+
+    async def save_stream(self, stream: StreamRecord) -> None:
+        self._check()
+        self._streams[stream.stream_id] = stream_to_meta(stream)
+
+    async def record_part(
+        self, stream_id: str, part: PartRecord, uploaded_bytes: int, last_activity_at: datetime
+    ) -> None:
+        self._check()
+        meta = self._meta(stream_id)
+        utc_part = dataclasses.replace(part, uploaded_at=part.uploaded_at.astimezone(UTC))
+        self._parts.setdefault(stream_id, {})[part.number] = utc_part
+        meta["uploaded_bytes"] = str(uploaded_bytes)
+        meta["last_activity_at_utc"] = iso(last_activity_at)
+
+    async def remove_parts(
+        self, stream_id: str, numbers: Iterable[int], uploaded_bytes: int
+    ) -> None:
+        self._check()
+        meta = self._meta(stream_id)
+        parts = self._parts.get(stream_id, {})
+        for number in numbers:
+            parts.pop(number, None)
+        meta["uploaded_bytes"] = str(uploaded_bytes)
+
+    async def load_stream(self, stream_id: str) -> StreamRecord | None:
+        self._check()
+        meta = self._streams.get(stream_id)
+        return None if meta is None else stream_from_meta(stream_id, meta, where=stream_id)
+
+    async def load_parts(self, stream_id: str) -> dict[int, PartRecord]:
+        self._check()
+        return dict(sorted(self._parts.get(stream_id, {}).items()))
+
+    async def unfinished_streams(self) -> list[StreamRecord]:
+        self._check()
+        streams = [stream_from_meta(sid, meta, where=sid) for sid, meta in self._streams.items()]
+        unfinished = [s for s in streams if not s.status.is_final]
+        return sorted(unfinished, key=lambda s: (s.started_at, s.stream_id))
+
+    async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
+        self._check()
+        check_finish(stream, record)
+        self._streams.pop(stream.stream_id, None)
+        self._parts.pop(stream.stream_id, None)
+        entry = completed_to_json(record)
+        self._completed_files[record.path] = entry
+        # One entry per stream: finishing again (a retried call) moves it to the front.
+        history = [(sid, text) for sid, text in self._completions if sid != record.stream_id]
+        self._completions = [(record.stream_id, entry), *history][: self.history_limit]
+
+    async def completed_files(self) -> dict[str, CompletedRecord]:
+        self._check()
+        return {
+            path: completed_from_json(text, where=path)
+            for path, text in self._completed_files.items()
+        }
+
+    async def forget_completed_file(self, path: str) -> None:
+        self._check()
+        self._completed_files.pop(path, None)
+
+    async def recent_completions(self, limit: int) -> list[CompletedRecord]:
+        self._check()
+        entries = self._completions[: max(limit, 0)]
+        return [completed_from_json(text, where=sid) for sid, text in entries]
+
+    def _meta(self, stream_id: str) -> dict[str, str]:
+        meta = self._streams.get(stream_id)
+        if meta is None:
+            raise missing_stream(stream_id)
+        return meta

@@ -1,0 +1,412 @@
+"""The Redis checkpoint store (when REDIS_URL is set), on the seed's key schema.
+
+Per stream: `stream:{id}:meta` (hash of the record, see `codec.stream_to_meta`),
+`stream:{id}:parts` (part number -> `"{etag}:{size_bytes}:{uploaded_at_iso}"`) and
+`stream:{id}:checksums` (part number -> `"{offset_bytes}:{md5_hex}"`). A stream sits in the one
+status set its status names: `streams:active`, `streams:pending_completion` (pending_completion,
+s3_completed), `streams:failed` (failed_*), `streams:completed`; aborted_no_parts in none.
+
+A finished stream leaves `streams:completed_files` (path -> record JSON, pruned when the file goes)
+and an entry in `streams:completed_log` (newest first, trimmed to the history limit; ids trimmed
+off the log leave `streams:completed` too), so nothing else grows without bound.
+
+Writes that must not be torn are one MULTI/EXEC or one Lua script. redis-py errors are translated
+here, once: connection trouble is retryable, anything else is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any, cast
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.typing import EncodableT, FieldT
+
+from streamup.checkpoint.codec import (
+    check_finish,
+    completed_from_json,
+    completed_to_json,
+    missing_stream,
+    parse_count,
+    quote,
+    stream_from_meta,
+    stream_to_meta,
+)
+from streamup.errors import CheckpointCorrupt, CheckpointError
+from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, iso, parse_iso
+
+ACTIVE = "streams:active"
+PENDING = "streams:pending_completion"
+FAILED = "streams:failed"
+COMPLETED = "streams:completed"
+COMPLETED_FILES = "streams:completed_files"
+COMPLETED_LOG = "streams:completed_log"
+_STATUS_SETS = (ACTIVE, PENDING, FAILED, COMPLETED)
+
+_CONNECT_TIMEOUT_S = 5.0
+_COMMAND_TIMEOUT_S = 10.0
+# Progress scripts refuse (return 0) when the meta hash is gone: a late write after finish must
+# not recreate a torn stream. A Lua script rather than WATCH + MULTI/EXEC, because every part
+# checkpoint writes the meta hash, so concurrent parts of one stream would keep aborting each
+# other's transactions (20 concurrent parts: 160 aborted EXECs).
+# KEYS: meta, parts, checksums. ARGV: part number, part value, checksum value, uploaded_bytes,
+# last_activity_at_utc.
+_RECORD_PART_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'uploaded_bytes', ARGV[4], 'last_activity_at_utc', ARGV[5])
+return 1
+"""
+
+# KEYS: meta, parts, checksums. ARGV: uploaded_bytes, then the part numbers to drop.
+_REMOVE_PARTS_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+for i = 2, #ARGV do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+  redis.call('HDEL', KEYS[3], ARGV[i])
+end
+redis.call('HSET', KEYS[1], 'uploaded_bytes', ARGV[1])
+return 1
+"""
+
+# KEYS: meta, parts, checksums, active, pending, failed, completed, completed_files, completed_log
+# ARGV: stream id, "1" if the stream completed, path, record JSON, history limit
+_FINISH_SCRIPT = """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+for i = 4, 7 do redis.call('SREM', KEYS[i], ARGV[1]) end
+if ARGV[2] == '1' then redis.call('SADD', KEYS[7], ARGV[1]) end
+redis.call('HSET', KEYS[8], ARGV[3], ARGV[4])
+local function entry_id(entry)
+  local ok, old = pcall(cjson.decode, entry)
+  if ok and type(old) == 'table' and type(old['stream_id']) == 'string' then
+    return old['stream_id']
+  end
+  return nil
+end
+-- One entry per stream, so a retried finish does not show twice and trimming an id's entry
+-- means no other entry still names it. At most history-limit small decodes per finish.
+for _, entry in ipairs(redis.call('LRANGE', KEYS[9], 0, -1)) do
+  if entry_id(entry) == ARGV[1] then redis.call('LREM', KEYS[9], 0, entry) end
+end
+redis.call('LPUSH', KEYS[9], ARGV[4])
+local limit = tonumber(ARGV[5])
+for _, entry in ipairs(redis.call('LRANGE', KEYS[9], limit, -1)) do
+  local id = entry_id(entry)
+  if id then redis.call('SREM', KEYS[7], id) end
+end
+redis.call('LTRIM', KEYS[9], 0, limit - 1)
+return 1
+"""
+
+
+def meta_key(stream_id: str) -> str:
+    return f"stream:{stream_id}:meta"
+
+
+def parts_key(stream_id: str) -> str:
+    return f"stream:{stream_id}:parts"
+
+
+def checksums_key(stream_id: str) -> str:
+    return f"stream:{stream_id}:checksums"
+
+
+def status_set(status: Status) -> str | None:
+    """The set a stream with `status` belongs to; None for aborted_no_parts."""
+    if status is Status.ACTIVE:
+        return ACTIVE
+    if status in (Status.PENDING_COMPLETION, Status.S3_COMPLETED):
+        return PENDING
+    if status.is_failed:
+        return FAILED
+    return COMPLETED if status is Status.COMPLETED else None
+
+
+def parse_part_value(stream_id: str, number: str, value: str) -> tuple[str, int, datetime]:
+    """`"{etag}:{size_bytes}:{uploaded_at_iso}"` -> (etag, size, uploaded_at).
+
+    Split at most twice from the left: ETags hold no colon, ISO timestamps do.
+    """
+    where = f"{parts_key(stream_id)} field {number}"
+    pieces = value.split(":", 2)
+    if len(pieces) != 3:
+        raise _corrupt(where, "expected 'etag:size_bytes:uploaded_at'", value)
+    etag, size_text, stamp = pieces
+    if not etag:
+        raise _corrupt(where, "empty ETag", value)
+    try:
+        size_bytes = parse_count(size_text)
+    except ValueError:
+        raise _corrupt(where, "size is not a non-negative integer", value) from None
+    try:
+        uploaded_at = parse_iso(stamp)
+    except ValueError:
+        raise _corrupt(where, "unreadable upload time", value) from None
+    return etag, size_bytes, uploaded_at
+
+
+def parse_checksum_value(stream_id: str, number: str, value: str) -> tuple[int, str]:
+    """`"{offset_bytes}:{md5_hex}"` -> (offset, md5_hex)."""
+    where = f"{checksums_key(stream_id)} field {number}"
+    offset_text, _, md5_hex = value.partition(":")
+    try:
+        offset_bytes = parse_count(offset_text)
+    except ValueError:
+        raise _corrupt(where, "expected 'offset_bytes:md5_hex'", value) from None
+    if not md5_hex:
+        raise _corrupt(where, "empty MD5", value)
+    return offset_bytes, md5_hex
+
+
+def build_parts(
+    stream_id: str, parts: dict[str, str], checksums: dict[str, str]
+) -> dict[int, PartRecord]:
+    """Join a stream's parts and checksums hashes; both are written together, so a part without
+    a checksum (or the reverse) means the store was damaged."""
+    orphans = sorted(set(checksums) - set(parts))
+    if orphans:
+        raise CheckpointCorrupt(f"{checksums_key(stream_id)}: checksums of unknown parts {orphans}")
+    records = {}
+    for field, value in parts.items():
+        try:
+            number = parse_count(field)
+        except ValueError:
+            raise _corrupt(parts_key(stream_id), "part number is not an integer", field) from None
+        etag, size_bytes, uploaded_at = parse_part_value(stream_id, field, value)
+        if field not in checksums:
+            raise CheckpointCorrupt(f"{checksums_key(stream_id)}: no checksum of part {field}")
+        offset_bytes, md5_hex = parse_checksum_value(stream_id, field, checksums[field])
+        records[number] = PartRecord(number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at)
+    return dict(sorted(records.items()))
+
+
+def redact_url(url: str) -> str:
+    """The URL without user, password or query string (which may carry a password)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _secrets(url: str) -> list[str]:
+    """Every spelling of the URL's password (redis-py unquotes it before use)."""
+    parts = urlsplit(url)
+    found = [parts.password or ""]
+    found += [value for name, value in parse_qsl(parts.query) if name == "password"]
+    found += [unquote(secret) for secret in found]
+    # Longest first, so a password containing another is masked whole.
+    return sorted({secret for secret in found if secret}, key=len, reverse=True)
+
+
+def _corrupt(where: str, problem: str, value: str) -> CheckpointCorrupt:
+    return CheckpointCorrupt(f"{where}: {problem}: {quote(value)}")
+
+
+def _fields(mapping: dict[str, str]) -> dict[FieldT, EncodableT]:
+    # redis-py's `mapping` parameter has an invariant key type that dict[str, str] cannot meet.
+    return {name: value for name, value in mapping.items()}
+
+
+def _strings(reply: Any) -> dict[str, str]:
+    # The client decodes responses, so every hash reply is str -> str (redis-py types it wider).
+    return cast(dict[str, str], reply)
+
+
+class RedisStore:
+    """Checkpoint state in Redis; see the module docstring for the keys."""
+
+    name = "redis"
+
+    def __init__(self, url: str, *, history_limit: int = 1000) -> None:
+        if history_limit < 1:
+            raise ValueError(f"history_limit must be at least 1, not {history_limit}")
+        self.url = url
+        self.safe_url = redact_url(url)
+        self.history_limit = history_limit
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            self._client = aioredis.Redis.from_url(
+                self.url,
+                decode_responses=True,
+                socket_connect_timeout=_CONNECT_TIMEOUT_S,
+                socket_timeout=_COMMAND_TIMEOUT_S,
+                # One immediate reconnect covers a pooled connection the server dropped; any
+                # longer outage goes back to the caller, whose retry loop backs off.
+                retry=Retry(NoBackoff(), 1),
+            )
+        except ValueError as exc:
+            raise CheckpointError(
+                f"REDIS_URL={self.safe_url} is not a Redis URL ({self._scrub(str(exc))}); use"
+                " redis://[user:password@]host:port/db"
+            ) from exc
+        try:
+            await self.ping()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._scripts.clear()
+        if client is not None:
+            await client.aclose()
+
+    async def ping(self) -> None:
+        with self._translate("pinging"):
+            await self._redis().ping()
+
+    async def save_stream(self, stream: StreamRecord) -> None:
+        meta = meta_key(stream.stream_id)
+        target = status_set(stream.status)
+        with self._translate(f"saving stream {stream.stream_id}"):
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.delete(meta)  # a replace, not a merge: no field of an older record survives
+                pipe.hset(meta, mapping=_fields(stream_to_meta(stream)))
+                for name in _STATUS_SETS:
+                    if name != target:
+                        pipe.srem(name, stream.stream_id)
+                if target is not None:
+                    pipe.sadd(target, stream.stream_id)
+                await pipe.execute()
+
+    async def record_part(
+        self, stream_id: str, part: PartRecord, uploaded_bytes: int, last_activity_at: datetime
+    ) -> None:
+        if ":" in part.etag:
+            raise CheckpointError(f"part {part.number} of stream {stream_id}: ETag with a colon")
+        value = f"{part.etag}:{part.size_bytes}:{iso(part.uploaded_at)}"
+        checksum = f"{part.offset_bytes}:{part.md5_hex}"
+        keys = [meta_key(stream_id), parts_key(stream_id), checksums_key(stream_id)]
+        args = [str(part.number), value, checksum, str(uploaded_bytes), iso(last_activity_at)]
+        with self._translate(f"checkpointing part {part.number} of stream {stream_id}"):
+            done = await self._script(_RECORD_PART_SCRIPT, keys, args)
+        if not done:
+            raise missing_stream(stream_id)
+
+    async def remove_parts(
+        self, stream_id: str, numbers: Iterable[int], uploaded_bytes: int
+    ) -> None:
+        keys = [meta_key(stream_id), parts_key(stream_id), checksums_key(stream_id)]
+        args = [str(uploaded_bytes), *(str(number) for number in numbers)]
+        with self._translate(f"removing parts of stream {stream_id}"):
+            done = await self._script(_REMOVE_PARTS_SCRIPT, keys, args)
+        if not done:
+            raise missing_stream(stream_id)
+
+    async def load_stream(self, stream_id: str) -> StreamRecord | None:
+        with self._translate(f"loading stream {stream_id}"):
+            fields = _strings(await self._redis().hgetall(meta_key(stream_id)))
+        if not fields:
+            return None
+        return stream_from_meta(stream_id, fields, where=meta_key(stream_id))
+
+    async def load_parts(self, stream_id: str) -> dict[int, PartRecord]:
+        with self._translate(f"loading parts of stream {stream_id}"):
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.hgetall(parts_key(stream_id))
+                pipe.hgetall(checksums_key(stream_id))
+                parts, checksums = await pipe.execute()
+        return build_parts(stream_id, _strings(parts), _strings(checksums))
+
+    async def unfinished_streams(self) -> list[StreamRecord]:
+        with self._translate("listing unfinished streams"):
+            client = self._redis()
+            ids = sorted(cast(set[str], await client.sunion([ACTIVE, PENDING, FAILED])))
+            async with client.pipeline(transaction=False) as pipe:
+                for stream_id in ids:
+                    pipe.hgetall(meta_key(stream_id))
+                replies = await pipe.execute()
+        streams = [
+            stream_from_meta(stream_id, _strings(reply), where=meta_key(stream_id))
+            for stream_id, reply in zip(ids, replies, strict=True)
+            # Empty: the stream finished between the two reads; nothing is left to resume.
+            if reply
+        ]
+        unfinished = [s for s in streams if not s.status.is_final]
+        return sorted(unfinished, key=lambda s: (s.started_at, s.stream_id))
+
+    async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
+        check_finish(stream, record)
+        sid = stream.stream_id
+        keys = [meta_key(sid), parts_key(sid), checksums_key(sid), *_STATUS_SETS]
+        keys += [COMPLETED_FILES, COMPLETED_LOG]
+        completed = "1" if record.status is Status.COMPLETED else "0"
+        args = [sid, completed, record.path, completed_to_json(record), str(self.history_limit)]
+        with self._translate(f"finishing stream {sid}"):
+            await self._script(_FINISH_SCRIPT, keys, args)
+
+    async def completed_files(self) -> dict[str, CompletedRecord]:
+        with self._translate("loading completed files"):
+            entries = _strings(await self._redis().hgetall(COMPLETED_FILES))
+        return {
+            path: completed_from_json(text, where=f"{COMPLETED_FILES} field {path!r}")
+            for path, text in entries.items()
+        }
+
+    async def forget_completed_file(self, path: str) -> None:
+        with self._translate("forgetting a completed file"):
+            await self._redis().hdel(COMPLETED_FILES, path)
+
+    async def recent_completions(self, limit: int) -> list[CompletedRecord]:
+        if limit <= 0:
+            return []
+        with self._translate("loading recent completions"):
+            entries = cast(list[str], await self._redis().lrange(COMPLETED_LOG, 0, limit - 1))
+        return [
+            completed_from_json(text, where=f"{COMPLETED_LOG}[{index}]")
+            for index, text in enumerate(entries)
+        ]
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise CheckpointError(f"the Redis store {self.safe_url} is not open")
+        return self._client
+
+    async def _script(self, source: str, keys: list[str], args: list[str]) -> Any:
+        """Run a Lua script by its SHA (redis-py loads it again after a server restart)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._redis().register_script(source)
+        return await script(keys=keys, args=args)
+
+    @contextlib.contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        """redis-py errors -> CheckpointError, with the URL and message free of credentials."""
+        try:
+            yield
+        except (rex.AuthenticationError, rex.AuthorizationError) as exc:
+            # ConnectionError subclasses, but a wrong password does not fix itself.
+            hint = "; check the user and password in REDIS_URL"
+            raise self._error(action, exc, hint) from exc
+        except (rex.ConnectionError, rex.TimeoutError) as exc:  # includes BusyLoadingError
+            raise self._error(action, exc, "", retryable=True) from exc
+        except rex.ReadOnlyError as exc:  # a replica during a failover; a primary comes back
+            raise self._error(action, exc, "", retryable=True) from exc
+        except rex.RedisError as exc:
+            raise self._error(action, exc, "") from exc
+
+    def _error(
+        self, action: str, exc: Exception, hint: str, *, retryable: bool = False
+    ) -> CheckpointError:
+        detail = self._scrub(str(exc) or type(exc).__name__)
+        return CheckpointError(
+            f"Redis at {self.safe_url}: {action} failed ({detail}){hint}", retryable=retryable
+        )
+
+    def _scrub(self, text: str) -> str:
+        for secret in _secrets(self.url):
+            text = text.replace(secret, "***")
+        return text

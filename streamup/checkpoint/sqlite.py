@@ -1,0 +1,378 @@
+"""The embedded default checkpoint store: one SQLite file in STATE_DIR.
+
+sqlite3 blocks, so every call runs on one dedicated worker thread (a one-thread executor): calls
+are serialised in submission order, the connection is only ever used by that thread, and the
+event loop never waits on the disk. Each write method is one `BEGIN IMMEDIATE ... COMMIT`
+transaction; WAL with `synchronous=FULL` makes a committed part survive a power cut.
+
+Two agents writing one STATE_DIR would fight over the same uploads, so an exclusive `flock` on
+`streamup.lock` is held while the store is open. `streamup status` opens with `exclusive=False`
+to read while an agent runs (WAL lets it read without blocking the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from streamup.checkpoint.codec import (
+    check_finish,
+    completed_from_dict,
+    completed_from_json,
+    completed_to_dict,
+    completed_to_json,
+    from_i64,
+    missing_stream,
+    stream_from_row,
+    stream_to_row,
+    to_i64,
+)
+from streamup.errors import CheckpointCorrupt, CheckpointError
+from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, iso, parse_iso
+
+T = TypeVar("T")
+
+DB_NAME = "streamup.db"
+LOCK_NAME = "streamup.lock"
+_SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_S = 10.0  # a `status` reader and the agent may briefly contend for the file
+_FINAL = tuple(s.value for s in Status if s.is_final)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id TEXT PRIMARY KEY, path TEXT NOT NULL, relative_path TEXT NOT NULL,
+    bucket TEXT NOT NULL, "key" TEXT NOT NULL, status TEXT NOT NULL,
+    device INTEGER NOT NULL, inode INTEGER NOT NULL,
+    part_size_bytes INTEGER NOT NULL, part_size_fixed INTEGER NOT NULL,
+    started_at TEXT NOT NULL, last_activity_at TEXT NOT NULL, upload_id TEXT,
+    size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, uploaded_bytes INTEGER NOT NULL,
+    reuploaded_parts INTEGER NOT NULL, sha256_hex TEXT, completed_at TEXT,
+    end_reason TEXT NOT NULL, error TEXT
+);
+CREATE TABLE IF NOT EXISTS parts (
+    stream_id TEXT NOT NULL, number INTEGER NOT NULL, offset_bytes INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL, etag TEXT NOT NULL, md5_hex TEXT NOT NULL,
+    uploaded_at TEXT NOT NULL,
+    PRIMARY KEY (stream_id, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS completed_files (
+    path TEXT PRIMARY KEY, stream_id TEXT NOT NULL, bucket TEXT NOT NULL, "key" TEXT NOT NULL,
+    status TEXT NOT NULL, device INTEGER NOT NULL, inode INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, completed_at_utc TEXT NOT NULL,
+    end_reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS completions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, stream_id TEXT NOT NULL UNIQUE, record TEXT NOT NULL
+);
+"""
+_STREAM_COLUMNS = (
+    'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'
+    " part_size_fixed, started_at, last_activity_at, upload_id, size_bytes, mtime_ns,"
+    " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error"
+)
+_STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in _STREAM_COLUMNS.split(","))
+_COMPLETED_COLUMNS = (
+    'path, stream_id, bucket, "key", status, device, inode, size_bytes, mtime_ns,'
+    " completed_at_utc, end_reason"
+)
+_COMPLETED_VALUES = ", ".join(":" + n.strip().strip('"') for n in _COMPLETED_COLUMNS.split(","))
+
+
+class SqliteStore:
+    """Checkpoint state in `state_dir/streamup.db`; see the module docstring."""
+
+    name = "sqlite"
+
+    def __init__(
+        self, state_dir: Path, *, history_limit: int = 1000, exclusive: bool = True
+    ) -> None:
+        if history_limit < 1:
+            raise ValueError(f"history_limit must be at least 1, not {history_limit}")
+        self.state_dir = Path(state_dir)
+        self.db_path = self.state_dir / DB_NAME
+        self.lock_path = self.state_dir / LOCK_NAME
+        self.history_limit = history_limit
+        self.exclusive = exclusive
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamup-sqlite")
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._open_sync)
+        except BaseException:
+            # Also reached on cancellation, when the worker may still finish opening: wait for
+            # it, then undo whatever it got done.
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            self._unlock()
+            raise
+
+    async def close(self) -> None:
+        executor, conn = self._executor, self._conn
+        self._executor, self._conn = None, None
+        if executor is None:
+            return
+        try:
+            if conn is not None:
+                # Queued behind any call still running, so a pending commit is not cut off.
+                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        finally:
+            executor.shutdown(wait=True)
+            self._unlock()
+
+    async def ping(self) -> None:
+        await self._call(lambda conn: conn.execute("SELECT 1").fetchone())
+
+    async def save_stream(self, stream: StreamRecord) -> None:
+        row = stream_to_row(stream)
+        sql = f"INSERT OR REPLACE INTO streams ({_STREAM_COLUMNS}) VALUES ({_STREAM_VALUES})"
+        await self._write(lambda conn: conn.execute(sql, row))
+
+    async def record_part(
+        self, stream_id: str, part: PartRecord, uploaded_bytes: int, last_activity_at: datetime
+    ) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            _update_progress(conn, stream_id, uploaded_bytes, iso(last_activity_at))
+            conn.execute(
+                "INSERT OR REPLACE INTO parts (stream_id, number, offset_bytes, size_bytes, etag,"
+                " md5_hex, uploaded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stream_id,
+                    part.number,
+                    part.offset_bytes,
+                    part.size_bytes,
+                    part.etag,
+                    part.md5_hex,
+                    iso(part.uploaded_at),
+                ),
+            )
+
+        await self._write(write)
+
+    async def remove_parts(
+        self, stream_id: str, numbers: Iterable[int], uploaded_bytes: int
+    ) -> None:
+        doomed = [(stream_id, number) for number in numbers]
+
+        def write(conn: sqlite3.Connection) -> None:
+            _update_progress(conn, stream_id, uploaded_bytes, None)
+            conn.executemany("DELETE FROM parts WHERE stream_id = ? AND number = ?", doomed)
+
+        await self._write(write)
+
+    async def load_stream(self, stream_id: str) -> StreamRecord | None:
+        sql = f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream_id = ?"
+        row = await self._call(lambda conn: conn.execute(sql, (stream_id,)).fetchone())
+        return None if row is None else self._stream(row)
+
+    async def load_parts(self, stream_id: str) -> dict[int, PartRecord]:
+        sql = (
+            "SELECT number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at FROM parts"
+            " WHERE stream_id = ? ORDER BY number"
+        )
+        rows = await self._call(lambda conn: conn.execute(sql, (stream_id,)).fetchall())
+        return {row["number"]: _part_from_row(stream_id, row) for row in rows}
+
+    async def unfinished_streams(self) -> list[StreamRecord]:
+        marks = ", ".join("?" * len(_FINAL))
+        sql = f"SELECT {_STREAM_COLUMNS} FROM streams WHERE status NOT IN ({marks})"
+        rows = await self._call(lambda conn: conn.execute(sql, _FINAL).fetchall())
+        streams = [self._stream(row) for row in rows]
+        # Sorted on parsed timestamps: ISO strings only sort right when formatted identically.
+        return sorted(streams, key=lambda s: (s.started_at, s.stream_id))
+
+    async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
+        check_finish(stream, record)
+        completed = completed_to_dict(record)
+        completed["device"] = to_i64(record.identity.device)
+        completed["inode"] = to_i64(record.identity.inode)
+        entry = completed_to_json(record)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM streams WHERE stream_id = ?", (stream.stream_id,))
+            conn.execute("DELETE FROM parts WHERE stream_id = ?", (stream.stream_id,))
+            conn.execute(
+                f"INSERT OR REPLACE INTO completed_files ({_COMPLETED_COLUMNS})"
+                f" VALUES ({_COMPLETED_VALUES})",
+                completed,
+            )
+            # One entry per stream: finishing again (a retried call) moves it to the front.
+            conn.execute("DELETE FROM completions WHERE stream_id = ?", (record.stream_id,))
+            conn.execute(
+                "INSERT INTO completions (stream_id, record) VALUES (?, ?)",
+                (record.stream_id, entry),
+            )
+            conn.execute(
+                "DELETE FROM completions WHERE seq NOT IN"
+                " (SELECT seq FROM completions ORDER BY seq DESC LIMIT ?)",
+                (self.history_limit,),
+            )
+
+        await self._write(write)
+
+    async def completed_files(self) -> dict[str, CompletedRecord]:
+        sql = f"SELECT {_COMPLETED_COLUMNS} FROM completed_files"
+        rows = await self._call(lambda conn: conn.execute(sql).fetchall())
+        records = {}
+        for row in rows:
+            data = dict(row)
+            data["device"], data["inode"] = from_i64(data["device"]), from_i64(data["inode"])
+            where = f"{self.db_path} completed_files[{data['path']!r}]"
+            records[data["path"]] = completed_from_dict(data, where=where)
+        return records
+
+    async def forget_completed_file(self, path: str) -> None:
+        sql = "DELETE FROM completed_files WHERE path = ?"
+        await self._write(lambda conn: conn.execute(sql, (path,)))
+
+    async def recent_completions(self, limit: int) -> list[CompletedRecord]:
+        sql = "SELECT seq, record FROM completions ORDER BY seq DESC LIMIT ?"
+        rows = await self._call(lambda conn: conn.execute(sql, (max(limit, 0),)).fetchall())
+        where = f"{self.db_path} completions"
+        return [completed_from_json(row["record"], where=f"{where}[{row['seq']}]") for row in rows]
+
+    def _stream(self, row: sqlite3.Row) -> StreamRecord:
+        return stream_from_row(dict(row), where=f"{self.db_path} streams[{row['stream_id']!r}]")
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _open_sync(self) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            if self.exclusive:
+                self._lock_fd = _lock(self.lock_path, self.state_dir)
+            conn = sqlite3.connect(
+                self.db_path,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            try:
+                _prepare(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except (OSError, sqlite3.Error) as exc:
+            self._unlock()
+            raise CheckpointError(
+                f"cannot use STATE_DIR={self.state_dir} ({exc}); point STATE_DIR at a directory"
+                " this user can create and write"
+            ) from exc
+        except BaseException:
+            self._unlock()
+            raise
+        self._conn = conn
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the only descriptor releases the flock
+            self._lock_fd = None
+
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        executor, conn = self._executor, self._conn
+        if executor is None or conn is None:
+            raise CheckpointError(f"the SQLite store {self.db_path} is not open")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, work, conn)
+        except sqlite3.OperationalError as exc:
+            # Busy, locked, disk full, I/O error: conditions that can clear up.
+            raise CheckpointError(f"SQLite {self.db_path}: {exc}", retryable=True) from exc
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"SQLite {self.db_path}: {exc}") from exc
+
+    async def _write(self, work: Callable[[sqlite3.Connection], object]) -> None:
+        await self._call(lambda conn: _transaction(conn, work))
+
+
+def _lock(lock_path: Path, state_dir: Path) -> int:
+    # O_CLOEXEC: a child (ffprobe) must not inherit the lock and hold it after the agent dies.
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise CheckpointError(
+            f"another streamup agent is already using STATE_DIR={state_dir} (lock {lock_path});"
+            " stop it or give this agent its own STATE_DIR"
+        ) from exc
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _prepare(conn: sqlite3.Connection) -> None:
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > _SCHEMA_VERSION:
+        raise CheckpointError(
+            f"the checkpoint database was written by a newer streamup (schema {version}, this"
+            f" one reads {_SCHEMA_VERSION}); upgrade streamup or use another STATE_DIR"
+        )
+
+    def create(conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    _transaction(conn, create)
+
+
+def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    # IMMEDIATE takes the write lock up front, so a transaction never fails halfway on a lock.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _update_progress(
+    conn: sqlite3.Connection, stream_id: str, uploaded_bytes: int, last_activity_iso: str | None
+) -> None:
+    cursor = conn.execute(
+        "UPDATE streams SET uploaded_bytes = ?,"
+        " last_activity_at = COALESCE(?, last_activity_at) WHERE stream_id = ?",
+        (uploaded_bytes, last_activity_iso, stream_id),
+    )
+    if cursor.rowcount == 0:
+        raise missing_stream(stream_id)
+
+
+def _part_from_row(stream_id: str, row: sqlite3.Row) -> PartRecord:
+    try:
+        uploaded_at = parse_iso(row["uploaded_at"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointCorrupt(
+            f"unreadable uploaded_at {row['uploaded_at']!r} in table parts for stream"
+            f" {stream_id!r}, part {row['number']}"
+        ) from exc
+    return PartRecord(
+        number=row["number"],
+        offset_bytes=row["offset_bytes"],
+        size_bytes=row["size_bytes"],
+        etag=row["etag"],
+        md5_hex=row["md5_hex"],
+        uploaded_at=uploaded_at,
+    )

@@ -1,0 +1,112 @@
+"""Pure decisions about a stream's life: when it is idle, why it ended, which moves are legal.
+
+Time is an argument (`now_s`, a monotonic reading), so every rule is tested with tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from streamup.models import EndReason, FileIdentity, FileState, PartRecord, Status
+
+
+class IllegalTransition(RuntimeError):
+    """A status change the state machine does not allow: a bug, never weather."""
+
+
+_ALLOWED: dict[Status, frozenset[Status]] = {
+    Status.ACTIVE: frozenset({Status.PENDING_COMPLETION, Status.ABORTED_NO_PARTS}),
+    Status.PENDING_COMPLETION: frozenset(
+        {Status.ACTIVE, Status.S3_COMPLETED, Status.FAILED_S3_COMPLETE, Status.ABORTED_NO_PARTS}
+    ),
+    Status.FAILED_S3_COMPLETE: frozenset(
+        {Status.ACTIVE, Status.PENDING_COMPLETION, Status.ABORTED_NO_PARTS}
+    ),
+    Status.S3_COMPLETED: frozenset(
+        {
+            Status.COMPLETED,
+            Status.FAILED_METADATA_GENERATION,
+            Status.FAILED_METADATA_UPLOAD,
+            Status.FAILED_FINALIZATION_META,
+        }
+    ),
+    Status.COMPLETED: frozenset(),
+    Status.ABORTED_NO_PARTS: frozenset(),
+}
+for _failed in (
+    Status.FAILED_METADATA_GENERATION,
+    Status.FAILED_METADATA_UPLOAD,
+    Status.FAILED_FINALIZATION_META,
+):
+    # A metadata failure is retried: back to s3_completed, never to a second completion.
+    _ALLOWED[_failed] = _ALLOWED[Status.S3_COMPLETED] | {Status.S3_COMPLETED}
+
+
+def check_transition(old: Status, new: Status) -> Status:
+    """Return `new` when the move is legal (staying put always is); raise otherwise."""
+    if old != new and new not in _ALLOWED[old]:
+        raise IllegalTransition(f"a stream cannot go from {old.value} to {new.value}")
+    return new
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What the file looked like when it last changed, and when (monotonic seconds)."""
+
+    size_bytes: int
+    mtime_ns: int
+    changed_at_s: float
+
+    @classmethod
+    def first(cls, state: FileState, now_s: float) -> Activity:
+        return cls(state.size_bytes, state.mtime_ns, now_s)
+
+    def observe(self, state: FileState, now_s: float) -> Activity:
+        """A file is unchanged only when both size and mtime are; either one moving resets it."""
+        if state.size_bytes == self.size_bytes and state.mtime_ns == self.mtime_ns:
+            return self
+        return Activity(state.size_bytes, state.mtime_ns, now_s)
+
+    def idle_for_s(self, now_s: float) -> float:
+        return max(0.0, now_s - self.changed_at_s)
+
+    def is_idle(self, now_s: float, timeout_s: float) -> bool:
+        return self.idle_for_s(now_s) >= timeout_s
+
+
+def end_reason(stream_identity: FileIdentity, path_state: FileState | None) -> EndReason:
+    """Why the stream ends, judged by what its path holds now."""
+    if path_state is None:
+        return EndReason.FILE_DELETED
+    if path_state.identity != stream_identity:
+        return EndReason.FILE_REPLACED
+    return EndReason.IDLE
+
+
+def parts_past_end(parts: Iterable[PartRecord], size_bytes: int) -> list[int]:
+    """Parts that no longer fit in a file that shrank: they are dropped and re-cut at the end."""
+    return sorted(p.number for p in parts if p.end_bytes > size_bytes)
+
+
+def contiguous_prefix(parts: dict[int, PartRecord]) -> list[PartRecord]:
+    """Parts 1..k with no gap: all that can be completed when the file itself is lost."""
+    prefix: list[PartRecord] = []
+    number = 1
+    offset = 0
+    while number in parts and parts[number].offset_bytes == offset:
+        prefix.append(parts[number])
+        offset = parts[number].end_bytes
+        number += 1
+    return prefix
+
+
+def multipart_etag(md5_digests: Iterable[bytes]) -> str:
+    """The ETag S3 gives a completed multipart object: MD5 of the parts' MD5s, dash, count.
+
+    Used after a crash during completion: an object with this ETag is the one we completed.
+    """
+    digests = list(md5_digests)
+    combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+    return f'"{combined}-{len(digests)}"'

@@ -1,0 +1,161 @@
+"""Values that cross module boundaries: stream and part records, statuses, observations.
+
+Everything here is pure data: frozen dataclasses and str-valued enums, because statuses are
+persisted in the checkpoint store and must read back the same after a restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    """Where a stream is in its life. The seed's strings are kept; they are persisted."""
+
+    ACTIVE = "active"
+    PENDING_COMPLETION = "pending_completion"
+    S3_COMPLETED = "s3_completed"
+    COMPLETED = "completed"
+    FAILED_S3_COMPLETE = "failed_s3_complete"
+    FAILED_METADATA_GENERATION = "failed_metadata_generation"
+    FAILED_METADATA_UPLOAD = "failed_metadata_upload"
+    FAILED_FINALIZATION_META = "failed_finalization_meta"
+    ABORTED_NO_PARTS = "aborted_no_parts"
+
+    @property
+    def is_final(self) -> bool:
+        """A final stream has nothing left to do; every other status resumes after a restart."""
+        return self in (Status.COMPLETED, Status.ABORTED_NO_PARTS)
+
+    @property
+    def is_failed(self) -> bool:
+        return self.value.startswith("failed_")
+
+    @property
+    def object_completed(self) -> bool:
+        """True once CompleteMultipartUpload has succeeded: never complete a second time."""
+        return self in (
+            Status.S3_COMPLETED,
+            Status.COMPLETED,
+            Status.FAILED_METADATA_GENERATION,
+            Status.FAILED_METADATA_UPLOAD,
+            Status.FAILED_FINALIZATION_META,
+        )
+
+
+class EndReason(StrEnum):
+    """Why a stream ended; goes into the metadata and the completed record."""
+
+    IDLE = "idle"  # the file stopped changing: the normal end of a recording
+    FILE_DELETED = "file_deleted"  # the path vanished; the agent still held the file open
+    FILE_REPLACED = "file_replaced"  # another file (new inode) took the path
+    FILE_LOST = "file_lost"  # the file vanished while the agent was down: object is partial
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    """ISO-8601 in UTC with an explicit offset, the one format every timestamp uses."""
+    return moment.astimezone(UTC).isoformat()
+
+
+def parse_iso(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {text!r}")
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """Which file a path names: a new inode under the same path is a different recording."""
+
+    device: int
+    inode: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """One `stat()` of a file: the truth that filesystem events only hint at."""
+
+    identity: FileIdentity
+    size_bytes: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartRecord:
+    """A part S3 has acknowledged. `md5_hex` is the checksum of the bytes that were sent."""
+
+    number: int
+    offset_bytes: int
+    size_bytes: int
+    etag: str
+    md5_hex: str
+    uploaded_at: datetime
+
+    @property
+    def end_bytes(self) -> int:
+        return self.offset_bytes + self.size_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """The checkpointed state of one stream (everything but its parts)."""
+
+    stream_id: str
+    path: str  # absolute path of the file
+    relative_path: str  # path relative to WATCH_DIR, with forward slashes
+    bucket: str
+    key: str
+    status: Status
+    identity: FileIdentity
+    part_size_bytes: int  # the base of the part schedule, fixed for the stream's whole life
+    part_size_fixed: bool
+    started_at: datetime
+    last_activity_at: datetime
+    upload_id: str | None = None
+    size_bytes: int = 0  # file size when last observed
+    mtime_ns: int = 0
+    uploaded_bytes: int = 0  # sum of the sizes of checkpointed parts
+    reuploaded_parts: int = 0
+    sha256_hex: str | None = None  # of the whole object, known once verified
+    completed_at: datetime | None = None
+    end_reason: EndReason = EndReason.IDLE
+    error: str | None = None
+
+    def evolve(self, **changes: object) -> StreamRecord:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedRecord:
+    """The compact record kept after a stream's working state is removed.
+
+    It lets the agent recognise a finished file that stays in the folder (same path, identity,
+    size and mtime) and never upload it again, and lets `status` show recent completions.
+    """
+
+    stream_id: str
+    path: str
+    bucket: str
+    key: str
+    status: Status  # COMPLETED or ABORTED_NO_PARTS
+    identity: FileIdentity
+    size_bytes: int
+    mtime_ns: int
+    completed_at: datetime
+    end_reason: EndReason = EndReason.IDLE
+
+    def matches(self, state: FileState) -> bool:
+        """True when `state` is the very file this record describes, unchanged."""
+        return (
+            state.identity == self.identity
+            and state.size_bytes == self.size_bytes
+            and state.mtime_ns == self.mtime_ns
+        )

@@ -1,0 +1,353 @@
+"""Orchestration only: watcher -> streams -> storage/checkpoint, recovery, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from streamup import metrics
+from streamup.checkpoint import CheckpointStore
+from streamup.errors import ConfigError, StorageError, StreamupError
+from streamup.finalize import finalize, finish_lost, write_metadata
+from streamup.models import CompletedRecord, FileState, Status, StreamRecord, utc_now
+from streamup.recovery import reconcile
+from streamup.settings import Settings
+from streamup.source import SourceFile, stat_path
+from streamup.storage import S3Storage
+from streamup.stream import PERMANENT_ERROR_PAUSE_S, StreamContext, StreamWorker
+from streamup.watcher import Watcher, relative_key_path
+
+log = structlog.get_logger("streamup")
+
+
+def make_store(settings: Settings, *, exclusive: bool = True) -> CheckpointStore:
+    """Redis when REDIS_URL is set, else the embedded SQLite store under STATE_DIR."""
+    if settings.redis_url is not None:
+        from streamup.checkpoint.redis import RedisStore
+
+        return RedisStore(
+            settings.redis_url.get_secret_value(), history_limit=settings.completed_history_limit
+        )
+    from streamup.checkpoint.sqlite import SqliteStore
+
+    return SqliteStore(
+        settings.state_dir, history_limit=settings.completed_history_limit, exclusive=exclusive
+    )
+
+
+def make_storage(settings: Settings) -> S3Storage:
+    def secret(value: Any) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    return S3Storage(
+        bucket=settings.s3_bucket_name,
+        region=settings.s3_region_name,
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=secret(settings.s3_access_key_id),
+        secret_access_key=secret(settings.s3_secret_access_key),
+        max_connections=settings.upload_concurrency * 2 + 4,
+    )
+
+
+class Agent:
+    """The long-running agent behind `streamup run`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: CheckpointStore | None = None,
+        storage: S3Storage | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store or make_store(settings)
+        self.storage = storage or make_storage(settings)
+        self.stopping = asyncio.Event()
+        self.ctx = StreamContext(
+            storage=self.storage,
+            store=self.store,
+            part_slots=asyncio.Semaphore(settings.upload_concurrency),
+            window=settings.upload_concurrency,
+            timeout_s=settings.stream_timeout_seconds,
+            stopping=self.stopping,
+            ffprobe_path=settings.ffprobe_path,
+            ffprobe_timeout_s=settings.ffprobe_timeout_seconds,
+        )
+        self.workers: dict[str, StreamWorker] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.by_path: dict[str, str] = {}  # path -> id of the stream that currently owns it
+        self.completed: dict[str, CompletedRecord] = {}
+        self._starting: set[str] = set()
+        self._unreadable: dict[str, FileState] = {}
+        self._chores: set[asyncio.Task[None]] = set()  # fire-and-forget, kept referenced
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------- start and stop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down cleanly."""
+        await self._open()
+        watcher = Watcher(
+            self.settings.watch_dir,
+            self.settings.watch_extensions,
+            scan_interval_s=self.settings.scan_interval_seconds,
+            on_path=self.observe,
+            on_scan=self._on_scan,
+        )
+        background: list[asyncio.Task[Any]] = []
+        server = None
+        try:
+            self.completed = await self.store.completed_files()
+            for record in await self.store.unfinished_streams():
+                await self._resume(record)
+            await watcher.scan_once()
+            background = [
+                asyncio.create_task(watcher.run_events(self.stopping)),
+                asyncio.create_task(watcher.run_scans(self.stopping)),
+                asyncio.create_task(self._update_gauges()),
+            ]
+            if self.settings.prom_port:
+                server = await metrics.serve_http(
+                    self.settings.prom_host, self.settings.prom_port, self.status, self.healthy
+                )
+            log.info(
+                "agent.started",
+                watch_dir=str(self.settings.watch_dir),
+                store=self.store.name,
+                bucket=self.settings.s3_bucket_name,
+                resumed=len(self.workers),
+            )
+            self.ready.set()
+            await stop.wait()
+        finally:
+            self.stopping.set()
+            if server is not None:
+                server.close()
+            await self._drain()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self.storage.close()
+            await self.store.close()
+            log.info("agent.stopped")
+
+    async def _open(self) -> None:
+        await self.store.open()
+        await self.storage.open()
+        endpoint = self.settings.s3_endpoint_url or "AWS S3"
+        last: StorageError | None = None
+        for _attempt in range(3):
+            try:
+                if await self.storage.ensure_bucket():
+                    log.info("bucket.created", bucket=self.settings.s3_bucket_name)
+                return
+            except StorageError as exc:
+                last = exc
+                if not exc.retryable:
+                    break
+                await asyncio.sleep(0.5)
+        assert last is not None
+        await self.storage.close()
+        await self.store.close()
+        if last.retryable:
+            raise ConfigError(
+                f"S3_ENDPOINT_URL={endpoint} is unreachable ({last}); check the address "
+                "or start the server"
+            ) from None
+        raise ConfigError(
+            f"S3_BUCKET_NAME={self.settings.s3_bucket_name} cannot be used: {last}"
+        ) from None
+
+    async def _drain(self) -> None:
+        """Let in-flight parts land within the grace period, then cancel what is left."""
+        for worker in self.workers.values():
+            worker.wake()
+        tasks = list(self.tasks.values())
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    # ------------------------------------------------------------- discovery
+
+    def _on_scan(self, paths: list[str]) -> None:
+        seen = set(paths)
+        for path in paths:
+            self.observe(path)
+        for path in [p for p in self.completed if p not in seen]:
+            # The file is gone: its record has done its job (it would never match again).
+            del self.completed[path]
+            self._spawn(self._forget(path))
+
+    def _spawn(self, chore: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(chore)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _forget(self, path: str) -> None:
+        with contextlib.suppress(StreamupError):
+            await self.store.forget_completed_file(path)
+
+    def observe(self, path: str) -> None:
+        """A hint that `path` changed: wake its stream, or start one for a new recording."""
+        if self.stopping.is_set() or path in self._starting:
+            return
+        state = stat_path(path)
+        stream_id = self.by_path.get(path)
+        if stream_id is not None:
+            worker = self.workers[stream_id]
+            worker.wake()
+            if state is None or state.identity == worker.record.identity:
+                return
+            # Another file took the path: the old stream ends on its own (it holds its file
+            # open); the new file is a new recording.
+            del self.by_path[path]
+        if state is None:
+            return
+        done = self.completed.get(path)
+        if done is not None and done.matches(state):
+            return
+        if self._unreadable.get(path) == state:
+            return
+        self._starting.add(path)
+        self._spawn(self._start(path, state))
+
+    async def _start(self, path: str, state: FileState) -> None:
+        try:
+            try:
+                source = SourceFile(path)
+            except OSError as exc:
+                self._unreadable[path] = state
+                log.error(
+                    "stream.unreadable",
+                    path=path,
+                    error=exc.strerror,
+                    hint="fix the file's permissions; it is retried when it changes",
+                )
+                return
+            self._unreadable.pop(path, None)
+            s = self.settings
+            stream_id = str(uuid.uuid4())
+            relative = relative_key_path(s.watch_dir, path)
+            now = utc_now()
+            record = StreamRecord(
+                stream_id=stream_id,
+                path=path,
+                relative_path=relative,
+                bucket=s.s3_bucket_name,
+                key=f"{s.s3_key_prefix}/{stream_id}/{relative}",
+                status=Status.ACTIVE,
+                identity=source.identity,
+                part_size_bytes=s.chunk_size_bytes,
+                part_size_fixed=s.part_size_fixed,
+                started_at=now,
+                last_activity_at=now,
+            )
+            worker = StreamWorker(self.ctx, record, {}, source)
+            await worker.persist(lambda: self.store.save_stream(record), "checkpoint")
+            worker.log.info("stream.discovered", key=record.key)
+            self._launch(worker)
+        finally:
+            self._starting.discard(path)
+
+    async def _resume(self, record: StreamRecord) -> None:
+        parts = await self.store.load_parts(record.stream_id)
+        source: SourceFile | None = None
+        state = stat_path(record.path)
+        if state is not None and state.identity == record.identity:
+            with contextlib.suppress(OSError):
+                source = SourceFile(record.path)
+        worker = StreamWorker(self.ctx, record, parts, source)
+        worker.log.info("stream.resuming", status=record.status.value, parts=len(parts))
+        self._launch(worker, resumed=True)
+
+    def _launch(self, worker: StreamWorker, *, resumed: bool = False) -> None:
+        stream_id = worker.record.stream_id
+        self.workers[stream_id] = worker
+        if worker.source is not None:
+            self.by_path[worker.record.path] = stream_id
+        self.tasks[stream_id] = asyncio.create_task(self._drive(worker, resumed))
+
+    # ------------------------------------------------------------- one stream's life
+
+    async def _drive(self, worker: StreamWorker, resumed: bool) -> None:
+        try:
+            await self._live(worker, resumed)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            worker.log.exception("stream.crashed")
+        finally:
+            if worker.source is not None:
+                worker.source.close()
+            stream_id = worker.record.stream_id
+            self.workers.pop(stream_id, None)
+            self.tasks.pop(stream_id, None)
+            if self.by_path.get(worker.record.path) == stream_id:
+                del self.by_path[worker.record.path]
+            if worker.record.status.is_final and worker.completed_record is not None:
+                self.completed[worker.record.path] = worker.completed_record
+
+    async def _live(self, worker: StreamWorker, resumed: bool) -> None:
+        if worker.record.status.object_completed:
+            await self._describe(worker)
+            return
+        if worker.source is None:
+            await finish_lost(worker)
+            await self._describe(worker)
+            return
+        if resumed and await reconcile(worker):
+            await self._describe(worker)
+            return
+        if worker.record.status != Status.ACTIVE:
+            await worker.set_status(Status.ACTIVE)
+        while await worker.grow():
+            if await finalize(worker):
+                await self._describe(worker)
+                return
+
+    async def _describe(self, worker: StreamWorker) -> None:
+        """Retry a failed metadata step until it succeeds or the agent stops."""
+        while not self.stopping.is_set() and worker.record.status.object_completed:
+            if worker.record.status != Status.COMPLETED:
+                if worker.record.status != Status.S3_COMPLETED:
+                    await worker.nap(PERMANENT_ERROR_PAUSE_S)
+                    if self.stopping.is_set():
+                        return
+                    await worker.set_status(Status.S3_COMPLETED)
+                await write_metadata(worker)
+            if worker.record.status == Status.COMPLETED:
+                return
+
+    # ------------------------------------------------------------- observability
+
+    async def _update_gauges(self) -> None:
+        while not self.stopping.is_set():
+            workers = list(self.workers.values())
+            metrics.STREAMS_ACTIVE.set(len(workers))
+            metrics.STREAMS_STALLED.set(sum(1 for w in workers if w.stalled))
+            metrics.UPLOAD_LAG.set(sum(w.lag_bytes for w in workers))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 1.0)
+
+    async def healthy(self) -> bool:
+        try:
+            await asyncio.wait_for(self.store.ping(), 2.0)
+        except (StreamupError, TimeoutError):
+            return False
+        return True
+
+    async def status(self) -> dict[str, object]:
+        from streamup.report import live_streams, recent
+
+        return {
+            "agent_id": self.settings.agent_id,
+            "streams": live_streams(self.workers.values()),
+            "recent_completions": recent(await self.store.recent_completions(20)),
+        }

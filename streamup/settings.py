@@ -1,0 +1,144 @@
+"""One validated settings object, read from the environment, `.env` and `run`'s flags.
+
+Every problem becomes a ConfigError whose one line names the setting and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from streamup.errors import ConfigError
+from streamup.parts import MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES
+
+
+class Settings(BaseSettings):
+    """Configuration of the agent. Field names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    watch_dir: Path = Path("./watch")
+    watch_extensions: Annotated[tuple[str, ...], NoDecode] = (".mp4",)
+    chunk_size_bytes: int = Field(10 * 1024 * 1024, ge=MIN_PART_SIZE_BYTES, le=MAX_PART_SIZE_BYTES)
+    part_size_fixed: bool = False
+    stream_timeout_seconds: float = Field(30.0, gt=0)
+    scan_interval_seconds: float = Field(5.0, gt=0)
+    upload_concurrency: int = Field(4, ge=1, le=64)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+
+    s3_endpoint_url: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_bucket_name: str = Field("video-streams", min_length=3, max_length=63)
+    s3_region_name: str = "us-east-1"
+    s3_key_prefix: str = "streams"
+
+    redis_url: SecretStr | None = None
+    state_dir: Path = Path("./.streamup")
+    completed_history_limit: int = Field(1000, ge=1)
+    agent_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    ffprobe_path: str | None = None
+    ffprobe_timeout_seconds: float = Field(30.0, gt=0)
+
+    prom_port: int = Field(8000, ge=0, le=65535)  # 0 turns the HTTP endpoint off
+    prom_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+    @field_validator("watch_extensions", mode="before")
+    @classmethod
+    def _split_extensions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            cleaned = []
+            for item in value:
+                ext = str(item).strip().lower()
+                if not ext:
+                    continue
+                cleaned.append(ext if ext.startswith(".") else f".{ext}")
+            if not cleaned:
+                raise ValueError("needs at least one extension, e.g. .mp4,.mkv")
+            return tuple(cleaned)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("s3_key_prefix")
+    @classmethod
+    def _strip_prefix(cls, value: str) -> str:
+        return value.strip("/")
+
+    @field_validator("s3_endpoint_url", "ffprobe_path", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    def redacted(self) -> dict[str, object]:
+        """The settings as they may be logged: secrets masked, the Redis password removed."""
+        shown: dict[str, object] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = (
+                    "**********" if name != "redis_url" else redact_url(value.get_secret_value())
+                )
+            shown[name] = str(value) if isinstance(value, Path) else value
+        return shown
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:secret@host` -> `redis://user:***@host`, so a URL can be logged."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+_RANGES = {
+    "chunk_size_bytes": (
+        f"must be between {MIN_PART_SIZE_BYTES} (5 MiB, S3's smallest part) and "
+        f"{MAX_PART_SIZE_BYTES} (5 GiB, S3's largest part)"
+    ),
+}
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Build and validate the settings; raise ConfigError with one line naming what to fix."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        value = error.get("input")
+        hint = _RANGES.get(name, str(error["msg"]).removeprefix("Value error, "))
+        raise ConfigError(f"{name.upper()}={value!r} is invalid: {hint}") from None
+    _prepare_watch_dir(settings.watch_dir)
+    return settings
+
+
+def _prepare_watch_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"WATCH_DIR={str(path)!r} does not exist and cannot be created ({exc.strerror}); "
+            "create it or point WATCH_DIR at a readable folder"
+        ) from None
+    if not path.is_dir():
+        raise ConfigError(f"WATCH_DIR={str(path)!r} is not a folder; point it at a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ConfigError(f"WATCH_DIR={str(path)!r} is not readable; fix its permissions")

@@ -1,0 +1,273 @@
+"""The S3 multipart client (aiobotocore). Every library error is translated here, once.
+
+botocore's own retries are switched off: the agent's retry loop (retry.py) is the only one, and
+it decides on StorageError.retryable, so a blip deep inside a request is retried however it shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from streamup.errors import NoSuchUpload, StorageError
+
+T = TypeVar("T")
+
+_NETWORK_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
+_WIRE_ERRORS = (ClientError, *_NETWORK_ERRORS)
+
+# S3 error codes that mean "try again later" (throttling, server trouble, a slow request).
+_RETRYABLE_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+        "502",
+        "504",
+        "OperationAborted",
+    }
+)
+_HINTS = {
+    "AccessDenied": "check the credentials and the bucket policy",
+    "InvalidAccessKeyId": "check S3_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "check S3_SECRET_ACCESS_KEY",
+    "NoSuchBucket": "create the bucket or check S3_BUCKET_NAME",
+    "InvalidBucketName": "S3_BUCKET_NAME must be 3-63 lowercase letters, digits, dots or hyphens",
+    "EntityTooSmall": "a part under 5 MiB that is not the last; this is a bug, please report it",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RemotePart:
+    number: int
+    etag: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteUpload:
+    key: str
+    upload_id: str
+    initiated_at: datetime
+
+
+def translate(exc: BaseException, what: str) -> StorageError:
+    """Map an aiobotocore / aiohttp / OS error to a StorageError with the right retry flag."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        retryable = code in _RETRYABLE_CODES or status >= 500 or status == 429
+        hint = _HINTS.get(code)
+        message = f"{what}: {code or status} {error.get('Message', '')}".strip()
+        if hint:
+            message = f"{message} ({hint})"
+        cls = NoSuchUpload if code == "NoSuchUpload" else StorageError
+        return cls(message, code=code, retryable=retryable)
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(
+            f"{what}: no S3 credentials found (set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY)",
+            code="NoCredentials",
+        )
+    if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | asyncio.TimeoutError):
+        # Connection refused/reset, DNS, timeouts, a truncated response: the network, not us.
+        return StorageError(f"{what}: {type(exc).__name__}: {exc}", code="Network", retryable=True)
+    raise exc
+
+
+class S3Storage:
+    """One S3 client with a connection pool sized to the upload concurrency."""
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        region: str,
+        endpoint_url: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        max_connections: int = 10,
+    ) -> None:
+        self.bucket = bucket
+        self._client_args: dict[str, Any] = {
+            "region_name": region,
+            "endpoint_url": endpoint_url,
+            "aws_access_key_id": access_key_id,
+            "aws_secret_access_key": secret_access_key,
+            "config": AioConfig(
+                retries={"total_max_attempts": 1},
+                max_pool_connections=max_connections,
+                connect_timeout=10,
+                read_timeout=120,
+                # We send Content-MD5 ourselves; a second checksum would cost CPU for nothing.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                s3={"addressing_style": "path"} if endpoint_url else None,
+            ),
+        }
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+
+    async def open(self) -> None:
+        session = get_session()
+        self._client = await self._stack.enter_async_context(
+            session.create_client("s3", **self._client_args)
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._client = None
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call()
+        except (TimeoutError, ClientError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, what) from exc
+
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket when it is missing. Returns True when it was created."""
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+            return False
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status != 404:
+                raise translate(exc, f"checking bucket {self.bucket!r}") from exc
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, f"checking bucket {self.bucket!r}") from exc
+        args: dict[str, Any] = {"Bucket": self.bucket}
+        region = self._client_args["region_name"]
+        if region and region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            await self._client.create_bucket(**args)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("BucketAlreadyOwnedByYou",):
+                return False
+            raise translate(exc, f"creating bucket {self.bucket!r}") from exc
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, f"creating bucket {self.bucket!r}") from exc
+        return True
+
+    async def create_upload(self, key: str, content_type: str) -> str:
+        response = await self._call(
+            f"creating multipart upload {key!r}",
+            lambda: self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ContentType=content_type
+            ),
+        )
+        return str(response["UploadId"])
+
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: bytes, md5_digest: bytes
+    ) -> str:
+        """Send one part with Content-MD5, so S3 rejects bytes damaged on the way. Returns ETag."""
+        response = await self._call(
+            f"uploading part {number} of {key!r}",
+            lambda: self._client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentMD5=base64.b64encode(md5_digest).decode("ascii"),
+            ),
+        )
+        return str(response["ETag"])
+
+    async def list_parts(self, key: str, upload_id: str) -> dict[int, RemotePart]:
+        """Every part S3 holds for the upload, following pagination past 1,000 parts."""
+        parts: dict[int, RemotePart] = {}
+        marker = 0
+        while True:
+            page = await self._call(
+                f"listing parts of {key!r}",
+                lambda m=marker: self._client.list_parts(  # type: ignore[misc]
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumberMarker=m
+                ),
+            )
+            for item in page.get("Parts", []):
+                number = int(item["PartNumber"])
+                parts[number] = RemotePart(number, str(item["ETag"]), int(item["Size"]))
+            if not page.get("IsTruncated"):
+                return parts
+            marker = int(page["NextPartNumberMarker"])
+
+    async def complete_upload(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> str:
+        response = await self._call(
+            f"completing {key!r}",
+            lambda: self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in etags]},
+            ),
+        )
+        return str(response.get("ETag", ""))
+
+    async def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            await self._call(
+                f"aborting upload of {key!r}",
+                lambda: self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                ),
+            )
+        except NoSuchUpload:
+            return
+
+    async def head_object(self, key: str) -> tuple[int, str] | None:
+        """(size, ETag) of an object, or None when there is none."""
+        try:
+            response = await self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise translate(exc, f"reading {key!r}") from exc
+        except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise translate(exc, f"reading {key!r}") from exc
+        return int(response["ContentLength"]), str(response["ETag"])
+
+    async def put_bytes(self, key: str, body: bytes, content_type: str) -> str:
+        response = await self._call(
+            f"writing {key!r}",
+            lambda: self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
+            ),
+        )
+        return str(response["ETag"])
+
+    async def list_uploads(self, prefix: str) -> list[RemoteUpload]:
+        """Multipart uploads in progress under `prefix` (for orphan clean-up)."""
+        uploads: list[RemoteUpload] = []
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = await self._call(
+                "listing multipart uploads",
+                lambda a=dict(args): self._client.list_multipart_uploads(**a),  # type: ignore[misc]
+            )
+            for item in page.get("Uploads", []):
+                uploads.append(RemoteUpload(item["Key"], item["UploadId"], item["Initiated"]))
+            if not page.get("IsTruncated"):
+                return uploads
+            args["KeyMarker"] = page.get("NextKeyMarker")
+            args["UploadIdMarker"] = page.get("NextUploadIdMarker")

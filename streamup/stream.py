@@ -1,0 +1,265 @@
+"""One stream's worker: upload whole parts while the file grows, then hand over to finalization.
+
+Each part goes up only after the global part slot is taken (memory is bounded by parts in flight),
+and is checkpointed only after S3 acknowledged it. A crash between the two costs one part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+from streamup import metrics
+from streamup.checkpoint import CheckpointStore
+from streamup.errors import NoSuchUpload, StorageError, StreamupError
+from streamup.lifecycle import Activity, check_transition, parts_past_end
+from streamup.metadata import content_type_for
+from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, utc_now
+from streamup.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
+from streamup.retry import retrying
+from streamup.source import PartData, SourceFile
+from streamup.storage import S3Storage
+
+T = TypeVar("T")
+log = structlog.get_logger("streamup")
+
+# After a permanent error (access denied, say) the stream waits this long before trying again:
+# the operator may fix the cause, and the agent must not spin.
+PERMANENT_ERROR_PAUSE_S = 60.0
+
+
+@dataclass
+class StreamContext:
+    """What every stream worker shares: the I/O seams and the limits."""
+
+    storage: S3Storage
+    store: CheckpointStore
+    part_slots: asyncio.Semaphore  # global: parts in flight across all streams
+    window: int  # parts in flight for one stream
+    timeout_s: float
+    stopping: asyncio.Event
+    ffprobe_path: str | None = None
+    ffprobe_timeout_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+
+
+class StreamWorker:
+    """Owns one stream from discovery (or resume) to its final status."""
+
+    def __init__(
+        self,
+        ctx: StreamContext,
+        record: StreamRecord,
+        parts: dict[int, PartRecord],
+        source: SourceFile | None,
+    ) -> None:
+        self.ctx = ctx
+        self.record = record
+        self.parts = parts
+        self.source = source
+        self.schedule = PartSchedule(record.part_size_bytes, record.part_size_fixed)
+        self.stalled = False
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+        self._upload_lock = asyncio.Lock()
+        self._in_flight: set[int] = set()
+        self.completed_record: CompletedRecord | None = None
+        self.log = log.bind(stream_id=record.stream_id, path=record.path)
+
+    # ----------------------------------------------------------------- plumbing
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def lag_bytes(self) -> int:
+        return max(0, self.record.size_bytes - self.record.uploaded_bytes)
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep until woken (a filesystem event, shutdown) or `seconds` pass."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(seconds, 0.0))
+        self._wake.clear()
+
+    async def persist(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run an I/O step with retries; shielded so a shutdown cannot tear a checkpoint."""
+        return await asyncio.shield(
+            retrying(call, on_retry=self._on_retry(what), on_recovered=self._on_recovered)
+        )
+
+    def _on_retry(self, what: str) -> Callable[[StreamupError, int, float], None]:
+        def note(exc: StreamupError, attempt: int, delay_s: float) -> None:
+            metrics.RETRIES.labels(kind=type(exc).__name__).inc()
+            self.last_error = str(exc)
+            if not self.stalled:
+                self.stalled = True
+                self.log.warning("stream.stalled", step=what, error=str(exc))
+            elif attempt % 10 == 0:
+                self.log.warning("stream.still_stalled", step=what, attempts=attempt)
+
+        return note
+
+    def _on_recovered(self) -> None:
+        if self.stalled:
+            self.stalled = False
+            self.last_error = None
+            self.log.info("stream.resumed")
+
+    async def set_status(self, status: Status, **changes: object) -> None:
+        check_transition(self.record.status, status)
+        self.record = self.record.evolve(status=status, last_activity_at=utc_now(), **changes)
+        record = self.record
+        await self.persist(lambda: self.ctx.store.save_stream(record), "checkpoint")
+
+    # ----------------------------------------------------------------- uploading
+
+    async def ensure_upload(self) -> str:
+        """Create the multipart upload once, and checkpoint its id before any part is sent."""
+        async with self._upload_lock:
+            if self.record.upload_id is None:
+                key, ctype = self.record.key, content_type_for(self.record.path)
+                upload_id = await self.persist(
+                    lambda: self.ctx.storage.create_upload(key, ctype), "create upload"
+                )
+                self.record = self.record.evolve(upload_id=upload_id)
+                record = self.record
+                await self.persist(lambda: self.ctx.store.save_stream(record), "checkpoint")
+            return self.record.upload_id  # type: ignore[return-value]
+
+    async def send(self, data: PartData) -> PartRecord:
+        """Upload one part (retrying while the network is gone) and checkpoint it."""
+        upload_id = await self.ensure_upload()
+        span = data.span
+        started = self.ctx.clock()
+        etag = await self.persist(
+            lambda: self.ctx.storage.upload_part(
+                self.record.key, upload_id, span.number, data.body, data.md5_digest
+            ),
+            f"upload part {span.number}",
+        )
+        part = PartRecord(
+            span.number, span.offset_bytes, span.size_bytes, etag, data.md5_digest.hex(), utc_now()
+        )
+        self.parts[span.number] = part
+        uploaded = sum(p.size_bytes for p in self.parts.values())
+        self.record = self.record.evolve(uploaded_bytes=uploaded, last_activity_at=part.uploaded_at)
+        stream_id = self.record.stream_id
+        await self.persist(
+            lambda: self.ctx.store.record_part(stream_id, part, uploaded, part.uploaded_at),
+            "checkpoint",
+        )
+        metrics.PART_SECONDS.observe(self.ctx.clock() - started)
+        metrics.BYTES_UPLOADED.inc(span.size_bytes)
+        metrics.PARTS_UPLOADED.inc()
+        self.log.debug("part.uploaded", part=span.number, size_bytes=span.size_bytes)
+        if span.number == PART_COUNT_WARNING:
+            self.log.warning(
+                "stream.near_part_limit",
+                part=span.number,
+                hint="S3 allows 10,000 parts; raise CHUNK_SIZE_BYTES or unset PART_SIZE_FIXED",
+            )
+        return part
+
+    async def _read_and_send(self, span: PartSpan) -> None:
+        async with self.ctx.part_slots:
+            assert self.source is not None
+            data = await self.source.read_part(span)
+            if data is not None:  # None: the file shrank meanwhile; the next pass sees it
+                await self.send(data)
+
+    async def upload_ready_parts(self) -> None:
+        """Send every whole part the file holds, up to `window` at a time, until none is left.
+
+        The file is re-measured as parts finish, so a backlog (a finished file copied in) keeps
+        the window full instead of stalling at batch boundaries.
+        """
+        assert self.source is not None
+        pending: dict[asyncio.Task[None], int] = {}
+        try:
+            while True:
+                size = self.source.fstat().size_bytes
+                busy = self.parts.keys() | self._in_flight
+                room = self.ctx.window - len(pending)
+                if room > 0 and not self.ctx.stopping.is_set():
+                    for span in whole_parts_ready(self.schedule, size, busy, limit=room):
+                        self._in_flight.add(span.number)
+                        pending[asyncio.create_task(self._read_and_send(span))] = span.number
+                if not pending:
+                    return
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    self._in_flight.discard(pending.pop(task))
+                    task.result()
+        finally:
+            # Let in-flight parts land (their checkpoints are shielded) before giving up.
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                self._in_flight.difference_update(pending.values())
+
+    async def drop_parts_past_end(self, size_bytes: int) -> None:
+        gone = parts_past_end(self.parts.values(), size_bytes)
+        if not gone:
+            return
+        for number in gone:
+            del self.parts[number]
+        uploaded = sum(p.size_bytes for p in self.parts.values())
+        self.record = self.record.evolve(uploaded_bytes=uploaded)
+        stream_id = self.record.stream_id
+        await self.persist(
+            lambda: self.ctx.store.remove_parts(stream_id, gone, uploaded), "checkpoint"
+        )
+        self.log.info("stream.shrank", size_bytes=size_bytes, dropped_parts=gone)
+
+    async def restart_upload(self, reason: str) -> None:
+        """S3 lost the upload (NoSuchUpload): start a fresh one; every part goes up again."""
+        self.log.warning("stream.upload_restarted", reason=reason)
+        stream_id = self.record.stream_id
+        numbers = list(self.parts)
+        self.parts.clear()
+        await self.persist(lambda: self.ctx.store.remove_parts(stream_id, numbers, 0), "checkpoint")
+        self.record = self.record.evolve(upload_id=None, uploaded_bytes=0)
+        record = self.record
+        await self.persist(lambda: self.ctx.store.save_stream(record), "checkpoint")
+
+    # ----------------------------------------------------------------- the loop
+
+    async def grow(self) -> bool:
+        """Upload while the file grows. True when it went idle; False when shutting down."""
+        assert self.source is not None
+        tick_s = min(1.0, self.ctx.timeout_s / 4)
+        activity = Activity.first(self.source.fstat(), self.ctx.clock())
+        while not self.ctx.stopping.is_set():
+            state = self.source.fstat()
+            activity = activity.observe(state, self.ctx.clock())
+            if state.size_bytes != self.record.size_bytes or state.mtime_ns != self.record.mtime_ns:
+                self.record = self.record.evolve(
+                    size_bytes=state.size_bytes, mtime_ns=state.mtime_ns
+                )
+            try:
+                await self.drop_parts_past_end(state.size_bytes)
+                await self.upload_ready_parts()
+            except NoSuchUpload as exc:
+                await self.restart_upload(str(exc))
+                continue
+            except StorageError as exc:
+                await self.pause_after(exc)
+                continue
+            now = self.ctx.clock()
+            if activity.is_idle(now, self.ctx.timeout_s):
+                return True
+            await self.nap(min(tick_s, self.ctx.timeout_s - activity.idle_for_s(now)))
+        return False
+
+    async def pause_after(self, exc: StreamupError) -> None:
+        """A permanent error: say so once, clearly, and wait before trying again."""
+        self.last_error = str(exc)
+        self.record = self.record.evolve(error=str(exc))
+        metrics.FAILURES.labels(status=self.record.status.value).inc()
+        self.log.error("stream.error", error=str(exc), retry_in_s=PERMANENT_ERROR_PAUSE_S)
+        await self.nap(PERMANENT_ERROR_PAUSE_S)

@@ -1,0 +1,161 @@
+"""Helpers for end-to-end tests: real `streamup run` processes, real writers, S3 checks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+MiB = 1024 * 1024
+
+
+def wait_for(
+    condition: Callable[[], T | None], *, deadline_s: float, what: str, every_s: float = 0.1
+) -> T:
+    """Poll until `condition()` is truthy; fail with `what` after the deadline."""
+    end = time.monotonic() + deadline_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(4 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class AgentProcess:
+    """One `python -m streamup run` process with its own environment and log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AgentProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamup", "run"], env=self.env, stdout=log, stderr=log
+        )
+        log.close()
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return found
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("agent did not stop within the deadline") from None
+        return int(self.proc.returncode)
+
+
+def agent_env(
+    *, watch_dir: Path, state_dir: Path, s3_endpoint: str, bucket: str, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "AWS_", "REDIS_"))}
+    env.update(
+        WATCH_DIR=str(watch_dir),
+        STATE_DIR=str(state_dir),
+        S3_ENDPOINT_URL=s3_endpoint,
+        S3_ACCESS_KEY_ID="testing",
+        S3_SECRET_ACCESS_KEY="testing",
+        S3_BUCKET_NAME=bucket,
+        CHUNK_SIZE_BYTES=str(5 * MiB),
+        STREAM_TIMEOUT_SECONDS="2",
+        SCAN_INTERVAL_SECONDS="1",
+        PROM_PORT="0",
+        LOG_LEVEL="DEBUG",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def metadata_docs(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    """Every metadata JSON in the bucket, by the video key it describes."""
+    try:
+        listing = s3.list_objects_v2(Bucket=bucket)
+    except s3.exceptions.NoSuchBucket:
+        return {}
+    docs = {}
+    for item in listing.get("Contents", []):
+        if item["Key"].endswith(".metadata.json"):
+            body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            doc = json.loads(body)
+            docs[doc["s3_key_prefix"]] = doc
+    return docs
+
+
+def object_keys(s3: Any, bucket: str) -> list[str]:
+    try:
+        listing = s3.list_objects_v2(Bucket=bucket)
+    except s3.exceptions.NoSuchBucket:
+        return []
+    return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+def download(s3: Any, bucket: str, key: str, dest: Path) -> Path:
+    s3.download_file(bucket, key, str(dest))
+    return dest
+
+
+def doc_for(docs: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The metadata document whose video key ends with `/name`."""
+    for key, doc in docs.items():
+        if key.endswith("/" + name):
+            return doc
+    return None
+
+
+def write_slowly(
+    path: Path, *, total_bytes: int, rate_bytes_s: int, block: int = 256 * 1024
+) -> None:
+    """Append random bytes at a steady rate (a recorder that only appends)."""
+    start = time.monotonic()
+    written = 0
+    with path.open("wb") as handle:
+        while written < total_bytes:
+            chunk = os.urandom(min(block, total_bytes - written))
+            handle.write(chunk)
+            handle.flush()
+            written += len(chunk)
+            delay = start + written / rate_bytes_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import redis as redis_sync
+
+from tests import servers
+
+S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with servers.redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_server_url: str) -> Iterator[str]:
+    """A real redis-server, emptied for every test."""
+    client = redis_sync.Redis.from_url(redis_server_url)
+    client.flushall()
+    client.close()
+    yield redis_server_url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    with servers.moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_client(s3_endpoint: str) -> Any:
+    """A plain boto3 client on the moto server, for the tests' own checks."""
+    return boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
+    )
+
+
+@pytest.fixture
+def bucket() -> str:
+    """A fresh bucket name per test (streamup creates it)."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def watch_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "watch"
+    path.mkdir()
+    return path

@@ -1,0 +1,700 @@
+"""One contract suite for every checkpoint backend: SQLite (a real file), Redis (a real
+redis-server) and the in-memory fake; then what only one backend promises (Redis' key schema,
+SQLite's STATE_DIR lock)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from streamup.checkpoint.base import CheckpointStore
+from streamup.checkpoint.memory import MemoryStore
+from streamup.checkpoint.redis import RedisStore, parse_part_value
+from streamup.checkpoint.sqlite import SqliteStore
+from streamup.errors import CheckpointCorrupt, CheckpointError
+from streamup.models import (
+    CompletedRecord,
+    EndReason,
+    FileIdentity,
+    PartRecord,
+    Status,
+    StreamRecord,
+    iso,
+)
+from tests import servers
+
+MiB = 1024 * 1024
+HISTORY_LIMIT = 3
+T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+UNFINISHED = [s for s in Status if not s.is_final]
+
+
+def make_stream(stream_id: str = "s1", **changes: object) -> StreamRecord:
+    stream = StreamRecord(
+        stream_id=stream_id,
+        path=f"/watch/cam/{stream_id}.mp4",
+        relative_path=f"cam/{stream_id}.mp4",
+        bucket="videos",
+        key=f"recordings/cam/{stream_id}.mp4",
+        status=Status.ACTIVE,
+        identity=FileIdentity(device=2049, inode=1_234_567),
+        part_size_bytes=8 * MiB,
+        part_size_fixed=False,
+        started_at=T0,
+        last_activity_at=T0,
+    )
+    return stream.evolve(**changes)
+
+
+def make_part(number: int, *, size_bytes: int = 8 * MiB, etag: str = "") -> PartRecord:
+    return PartRecord(
+        number=number,
+        offset_bytes=(number - 1) * 8 * MiB,
+        size_bytes=size_bytes,
+        etag=etag or f'"{number:032x}"',  # S3 returns the ETag with its quotes
+        md5_hex=f"{number:032x}",
+        uploaded_at=T0 + timedelta(seconds=number, microseconds=number),
+    )
+
+
+def completed_of(stream: StreamRecord, *, status: Status = Status.COMPLETED) -> CompletedRecord:
+    return CompletedRecord(
+        stream_id=stream.stream_id,
+        path=stream.path,
+        bucket=stream.bucket,
+        key=stream.key,
+        status=status,
+        identity=stream.identity,
+        size_bytes=stream.size_bytes,
+        mtime_ns=stream.mtime_ns,
+        completed_at=T0 + timedelta(minutes=5),
+        end_reason=stream.end_reason,
+    )
+
+
+async def finish(store: CheckpointStore, stream_id: str, **changes: object) -> CompletedRecord:
+    stream = make_stream(stream_id, **changes)
+    await store.save_stream(stream)
+    record = completed_of(stream)
+    await store.finish_stream(stream, record)
+    return record
+
+
+@dataclass
+class Backend:
+    name: str
+    make: Callable[[], CheckpointStore]  # a new handle on the same stored data
+
+
+@pytest.fixture(params=["sqlite", "redis", "memory"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        state_dir = tmp_path / "state"
+        return Backend("sqlite", lambda: SqliteStore(state_dir, history_limit=HISTORY_LIMIT))
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return Backend("redis", lambda: RedisStore(url, history_limit=HISTORY_LIMIT))
+    memory = MemoryStore(history_limit=HISTORY_LIMIT)  # its data lives in the object
+    return Backend("memory", lambda: memory)
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[CheckpointStore]:
+    opened = backend.make()
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+# -- the contract -------------------------------------------------------------------------------
+
+
+async def test_every_stream_field_round_trips(store: CheckpointStore) -> None:
+    stream = make_stream(
+        status=Status.FAILED_METADATA_UPLOAD,
+        identity=FileIdentity(device=2**63 + 5, inode=2**64 - 1),  # beyond SQLite's signed range
+        part_size_bytes=16 * MiB,
+        part_size_fixed=True,
+        started_at=datetime(2024, 5, 1, 14, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+        last_activity_at=T0 + timedelta(hours=1),
+        upload_id="2~abc:def/ghi",
+        size_bytes=123_456_789,
+        mtime_ns=1_714_564_800_123_456_789,
+        uploaded_bytes=96 * MiB,
+        reuploaded_parts=2,
+        sha256_hex="ab" * 32,
+        completed_at=T0 + timedelta(hours=2),
+        end_reason=EndReason.FILE_REPLACED,
+        error="metadata upload failed: AccessDenied: no",
+    )
+    await store.save_stream(stream)
+    loaded = await store.load_stream("s1")
+    assert loaded == stream
+    assert loaded is not None and loaded.started_at.tzinfo == UTC
+
+
+async def test_none_values_and_defaults_round_trip(store: CheckpointStore) -> None:
+    stream = make_stream()
+    await store.save_stream(stream)
+    loaded = await store.load_stream("s1")
+    assert loaded == stream
+    assert loaded is not None
+    assert (loaded.upload_id, loaded.sha256_hex, loaded.completed_at, loaded.error) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+async def test_save_stream_replaces_the_whole_record(store: CheckpointStore) -> None:
+    await store.save_stream(make_stream(error="boom", upload_id="u1", sha256_hex="cd" * 32))
+    replacement = make_stream(status=Status.PENDING_COMPLETION, upload_id="u2")
+    await store.save_stream(replacement)
+    assert await store.load_stream("s1") == replacement
+
+
+async def test_unknown_stream_loads_as_none_with_no_parts(store: CheckpointStore) -> None:
+    assert await store.load_stream("nope") is None
+    assert await store.load_parts("nope") == {}
+
+
+async def test_record_part_then_load_parts_returns_exact_records(store: CheckpointStore) -> None:
+    await store.save_stream(make_stream())
+    parts = [make_part(1), make_part(2, etag='"0123456789abcdef0123456789abcdef-2"'), make_part(3)]
+    for index, part in enumerate(parts, start=1):
+        await store.record_part("s1", part, index * 8 * MiB, T0 + timedelta(seconds=10 * index))
+    assert await store.load_parts("s1") == {part.number: part for part in parts}
+    loaded = await store.load_stream("s1")
+    assert loaded is not None
+    assert loaded.uploaded_bytes == 24 * MiB
+    assert loaded.last_activity_at == T0 + timedelta(seconds=30)
+
+
+async def test_record_part_replaces_a_part_with_the_same_number(store: CheckpointStore) -> None:
+    await store.save_stream(make_stream())
+    await store.record_part("s1", make_part(1), 8 * MiB, T0)
+    await store.record_part("s1", make_part(2), 16 * MiB, T0)
+    again = PartRecord(2, 8 * MiB, 6 * MiB, '"feed"', "feed" * 8, T0 + timedelta(days=1))
+    await store.record_part("s1", again, 14 * MiB, T0 + timedelta(days=1))
+    assert await store.load_parts("s1") == {1: make_part(1), 2: again}
+
+
+async def test_remove_parts_drops_them_and_sets_progress(store: CheckpointStore) -> None:
+    await store.save_stream(make_stream())
+    for number in (1, 2, 3):
+        await store.record_part("s1", make_part(number), number * 8 * MiB, T0)
+    await store.remove_parts("s1", iter([2, 3, 9]), 8 * MiB)  # 9 was never there
+    assert await store.load_parts("s1") == {1: make_part(1)}
+    loaded = await store.load_stream("s1")
+    assert loaded is not None and loaded.uploaded_bytes == 8 * MiB
+
+
+async def test_progress_of_an_unsaved_stream_is_refused(store: CheckpointStore) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint record"):
+        await store.record_part("ghost", make_part(1), 8 * MiB, T0)
+    with pytest.raises(CheckpointError, match="no checkpoint record"):
+        await store.remove_parts("ghost", [1], 0)
+    assert await store.load_stream("ghost") is None
+    assert await store.load_parts("ghost") == {}
+
+
+async def test_unfinished_streams_are_every_resumable_status_oldest_first(
+    store: CheckpointStore,
+) -> None:
+    expected: list[StreamRecord] = []
+    for index, status in enumerate(reversed(UNFINISHED)):  # saved newest first
+        started_at = T0 - timedelta(minutes=index)
+        stream = make_stream(f"u{index}", status=status, started_at=started_at)
+        await store.save_stream(stream)
+        expected.insert(0, stream)
+    await store.save_stream(make_stream("done", status=Status.COMPLETED))
+    await store.save_stream(make_stream("empty", status=Status.ABORTED_NO_PARTS))
+    await finish(store, "finished", status=Status.ACTIVE)
+    assert await store.unfinished_streams() == expected
+    assert {s.status for s in expected} >= {s for s in Status if s.is_failed}
+
+
+async def test_finish_stream_removes_working_state_and_keeps_the_record(
+    store: CheckpointStore,
+) -> None:
+    stream = make_stream(status=Status.S3_COMPLETED, size_bytes=20 * MiB, mtime_ns=42)
+    await store.save_stream(stream)
+    await store.record_part("s1", make_part(1), 8 * MiB, T0)
+    record = completed_of(stream)
+    await store.finish_stream(stream.evolve(status=Status.COMPLETED), record)
+    assert await store.load_stream("s1") is None
+    assert await store.load_parts("s1") == {}
+    assert await store.unfinished_streams() == []
+    assert await store.completed_files() == {stream.path: record}
+    assert await store.recent_completions(10) == [record]
+
+
+async def test_aborted_stream_finishes_like_a_completed_one(store: CheckpointStore) -> None:
+    stream = make_stream(status=Status.ABORTED_NO_PARTS)
+    await store.save_stream(stream)
+    record = completed_of(stream, status=Status.ABORTED_NO_PARTS)
+    await store.finish_stream(stream, record)
+    assert await store.load_stream("s1") is None
+    assert await store.completed_files() == {stream.path: record}
+    assert await store.recent_completions(10) == [record]
+
+
+async def test_recent_completions_are_newest_first_and_trimmed(store: CheckpointStore) -> None:
+    records = [await finish(store, f"s{index}") for index in range(5)]
+    newest_first = records[::-1][:HISTORY_LIMIT]
+    assert await store.recent_completions(10) == newest_first
+    assert await store.recent_completions(2) == newest_first[:2]
+    assert await store.recent_completions(0) == []
+    # The per-file records are not history: each lives until its file is forgotten.
+    assert set(await store.completed_files()) == {r.path for r in records}
+
+
+async def test_finishing_a_stream_again_keeps_one_history_entry(store: CheckpointStore) -> None:
+    first = await finish(store, "s1")
+    await finish(store, "s2")
+    again = await finish(store, "s1")
+    assert first == again
+    assert [r.stream_id for r in await store.recent_completions(10)] == ["s1", "s2"]
+
+
+async def test_a_path_keeps_its_latest_completed_record(store: CheckpointStore) -> None:
+    await finish(store, "s1", path="/watch/same.mp4")
+    latest = await finish(store, "s2", path="/watch/same.mp4")
+    assert await store.completed_files() == {"/watch/same.mp4": latest}
+
+
+async def test_forget_completed_file_keeps_the_history(store: CheckpointStore) -> None:
+    record = await finish(store, "s1")
+    await store.forget_completed_file(record.path)
+    await store.forget_completed_file("/never/there.mp4")
+    assert await store.completed_files() == {}
+    assert await store.recent_completions(10) == [record]
+
+
+async def test_finish_refuses_a_record_of_another_stream(store: CheckpointStore) -> None:
+    stream = make_stream()
+    await store.save_stream(stream)
+    with pytest.raises(CheckpointError, match="record of stream other"):
+        await store.finish_stream(stream, completed_of(make_stream("other")))
+    assert await store.load_stream("s1") == stream
+
+
+async def test_ping_answers(store: CheckpointStore) -> None:
+    await store.ping()
+
+
+async def test_data_survives_closing_and_reopening(backend: Backend) -> None:
+    first = backend.make()
+    await first.open()
+    try:
+        stream = make_stream(upload_id="u1")
+        await first.save_stream(stream)
+        await first.record_part("s1", make_part(1), 8 * MiB, T0)
+        record = await finish(first, "s0")
+    finally:
+        await first.close()
+    second = backend.make()
+    await second.open()
+    try:
+        assert await second.load_stream("s1") == stream.evolve(uploaded_bytes=8 * MiB)
+        assert await second.load_parts("s1") == {1: make_part(1)}
+        assert await second.completed_files() == {record.path: record}
+        assert await second.recent_completions(10) == [record]
+    finally:
+        await second.close()
+
+
+async def test_empty_optional_strings_read_back_as_none(store: CheckpointStore) -> None:
+    await store.save_stream(make_stream(upload_id="", sha256_hex="", error=""))
+    assert await store.load_stream("s1") == make_stream()
+
+
+async def test_concurrent_part_checkpoints_of_one_stream_all_land(store: CheckpointStore) -> None:
+    await store.save_stream(make_stream())
+    parts = [make_part(number) for number in range(1, 21)]
+    await asyncio.gather(*(store.record_part("s1", part, 8 * MiB, T0) for part in parts))
+    assert await store.load_parts("s1") == {part.number: part for part in parts}
+
+
+# -- Redis: the seed's key schema ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
+    opened = RedisStore(redis_url, history_limit=HISTORY_LIMIT)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client, to look at (or damage) what the store wrote."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def members(raw: aioredis.Redis, name: str) -> set[str]:
+    return {str(member) for member in await raw.smembers(name)}
+
+
+async def test_redis_writes_the_seed_key_schema(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    stream = make_stream(upload_id="up-1", size_bytes=99, mtime_ns=7)
+    await redis_store.save_stream(stream)
+    part = make_part(1)
+    await redis_store.record_part("s1", part, 8 * MiB, T0 + timedelta(seconds=5))
+    assert await raw.hgetall("stream:s1:meta") == {
+        "original_path": "/watch/cam/s1.mp4",
+        "relative_path": "cam/s1.mp4",
+        "s3_bucket": "videos",
+        "s3_key_prefix": "recordings/cam/s1.mp4",
+        "s3_upload_id": "up-1",
+        "status": "active",
+        "started_at_utc": "2024-05-01T12:00:00.123456+00:00",
+        "last_activity_at_utc": "2024-05-01T12:00:05.123456+00:00",
+        "device": "2049",
+        "inode": "1234567",
+        "size_bytes": "99",
+        "mtime_ns": "7",
+        "uploaded_bytes": str(8 * MiB),
+        "part_size_bytes": str(8 * MiB),
+        "part_size_fixed": "0",
+        "reuploaded_parts": "0",
+        "sha256": "",
+        "completed_at_utc": "",
+        "end_reason": "idle",
+        "error": "",
+    }
+    assert await raw.hgetall("stream:s1:parts") == {
+        "1": f'"{1:032x}":{8 * MiB}:2024-05-01T12:00:01.123457+00:00'
+    }
+    assert await raw.hgetall("stream:s1:checksums") == {"1": f"0:{1:032x}"}
+    assert await members(raw, "streams:active") == {"s1"}
+
+
+@pytest.mark.parametrize(
+    ("status", "set_name"),
+    [
+        (Status.ACTIVE, "streams:active"),
+        (Status.PENDING_COMPLETION, "streams:pending_completion"),
+        (Status.S3_COMPLETED, "streams:pending_completion"),
+        *[(status, "streams:failed") for status in Status if status.is_failed],
+        (Status.COMPLETED, "streams:completed"),
+        (Status.ABORTED_NO_PARTS, None),
+    ],
+)
+async def test_redis_stream_sits_in_the_one_set_of_its_status(
+    redis_store: RedisStore, raw: aioredis.Redis, status: Status, set_name: str | None
+) -> None:
+    await redis_store.save_stream(make_stream(status=Status.ACTIVE))
+    await redis_store.save_stream(make_stream(status=Status.FAILED_S3_COMPLETE))
+    await redis_store.save_stream(make_stream(status=status))
+    for name in ("active", "pending_completion", "failed", "completed"):
+        expected = {"s1"} if f"streams:{name}" == set_name else set()
+        assert await members(raw, f"streams:{name}") == expected, name
+
+
+async def test_redis_finish_deletes_working_keys(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    stream = make_stream(status=Status.PENDING_COMPLETION)
+    await redis_store.save_stream(stream)
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+    record = completed_of(stream)
+    await redis_store.finish_stream(stream.evolve(status=Status.COMPLETED), record)
+    assert await raw.exists("stream:s1:meta", "stream:s1:parts", "stream:s1:checksums") == 0
+    assert await members(raw, "streams:completed") == {"s1"}
+    assert await members(raw, "streams:active") == set()
+    assert await members(raw, "streams:pending_completion") == set()
+    assert await raw.hkeys("streams:completed_files") == [stream.path]
+    assert await raw.llen("streams:completed_log") == 1
+    with pytest.raises(CheckpointError, match="no checkpoint record"):
+        await redis_store.record_part("s1", make_part(2), 16 * MiB, T0)  # a late checkpoint
+    assert await raw.exists("stream:s1:meta", "stream:s1:parts", "stream:s1:checksums") == 0
+
+
+async def test_redis_scripts_survive_a_flushed_script_cache(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    await redis_store.save_stream(make_stream())
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+    await raw.script_flush()  # what a restarted redis-server looks like to a connected agent
+    await redis_store.record_part("s1", make_part(2), 16 * MiB, T0)
+    await redis_store.remove_parts("s1", [2], 8 * MiB)
+    assert await redis_store.load_parts("s1") == {1: make_part(1)}
+
+
+async def test_redis_ids_trimmed_off_the_log_leave_the_completed_set(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    for index in range(5):
+        await finish(redis_store, f"s{index}")
+    aborted = make_stream("gone", status=Status.ABORTED_NO_PARTS)
+    await redis_store.finish_stream(aborted, completed_of(aborted, status=aborted.status))
+    assert await raw.llen("streams:completed_log") == HISTORY_LIMIT
+    assert await members(raw, "streams:completed") == {"s3", "s4"}  # "gone" never entered
+
+
+async def test_redis_aborted_stream_never_enters_the_completed_set(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    stream = make_stream(status=Status.ABORTED_NO_PARTS)
+    await redis_store.save_stream(stream)
+    await redis_store.finish_stream(stream, completed_of(stream, status=Status.ABORTED_NO_PARTS))
+    assert await members(raw, "streams:completed") == set()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            '"abc":5242880:2024-05-01T12:00:00.123456+00:00',
+            ('"abc"', 5242880, datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)),
+        ),
+        (
+            '"d41d8cd98f00b204e9800998ecf8427e-3":0:2024-05-01T14:30:00+02:00',
+            ('"d41d8cd98f00b204e9800998ecf8427e-3"', 0, datetime(2024, 5, 1, 12, 30, tzinfo=UTC)),
+        ),
+        ("etag:1:2024-05-01T12:00:00Z", ("etag", 1, datetime(2024, 5, 1, 12, tzinfo=UTC))),
+    ],
+)
+def test_parse_part_value_splits_around_the_colons_of_the_timestamp(
+    value: str, expected: tuple[str, int, datetime]
+) -> None:
+    assert parse_part_value("s1", "1", value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        '"abc"',
+        '"abc":5',
+        ":5:2024-05-01T12:00:00+00:00",  # empty ETag
+        '"abc":x:2024-05-01T12:00:00+00:00',
+        '"abc":-1:2024-05-01T12:00:00+00:00',
+        '"abc": 5:2024-05-01T12:00:00+00:00',
+        '"abc":5.0:2024-05-01T12:00:00+00:00',
+        '"abc"::2024-05-01T12:00:00+00:00',
+        '"abc":5:',
+        '"abc":5:yesterday',
+        '"abc":5:2024-05-01T12:00:00',  # no time zone
+    ],
+)
+def test_parse_part_value_reports_malformed_values(value: str) -> None:
+    with pytest.raises(CheckpointCorrupt) as caught:
+        parse_part_value("s1", "7", value)
+    assert repr(value) in str(caught.value)
+    assert "stream:s1:parts field 7" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "field", "value"),
+    [
+        ("stream:s1:parts", "1", "garbage"),
+        ("stream:s1:parts", "one", f'"e":1:{iso(T0)}'),
+        ("stream:s1:checksums", "1", "nonsense"),
+        ("stream:s1:checksums", "2", "0:abc"),  # a checksum of no part
+    ],
+)
+async def test_redis_corrupt_part_state_makes_load_parts_raise(
+    redis_store: RedisStore, raw: aioredis.Redis, key: str, field: str, value: str
+) -> None:
+    await redis_store.save_stream(make_stream())
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+    await raw.hset(key, field, value)
+    with pytest.raises(CheckpointCorrupt, match=key):
+        await redis_store.load_parts("s1")
+
+
+async def test_redis_part_without_its_checksum_is_corrupt(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    await redis_store.save_stream(make_stream())
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+    await raw.hdel("stream:s1:checksums", "1")
+    with pytest.raises(CheckpointCorrupt, match="no checksum of part 1"):
+        await redis_store.load_parts("s1")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("status", "bogus"),
+        ("inode", "-3"),
+        ("started_at_utc", "2024-05-01"),
+        ("part_size_fixed", "yes"),
+    ],
+)
+async def test_redis_corrupt_meta_makes_load_stream_raise(
+    redis_store: RedisStore, raw: aioredis.Redis, field: str, value: str
+) -> None:
+    await redis_store.save_stream(make_stream())
+    await raw.hset("stream:s1:meta", field, value)
+    with pytest.raises(CheckpointCorrupt, match=f"stream:s1:meta: field {field}.*{value}"):
+        await redis_store.load_stream("s1")
+
+
+async def test_redis_meta_missing_a_required_field_is_corrupt(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    await redis_store.save_stream(make_stream())
+    await raw.hdel("stream:s1:meta", "inode")
+    with pytest.raises(CheckpointCorrupt, match="field inode is missing"):
+        await redis_store.load_stream("s1")
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["redis://streamup:{pw}@127.0.0.1:{port}/0", "redis://127.0.0.1:{port}/0?password={pw}"],
+)
+async def test_redis_unreachable_is_retryable_and_hides_the_password(template: str) -> None:
+    port = servers.free_port()  # nothing listens there
+    store = RedisStore(template.format(pw="s3cr%40t-pw", port=port))
+    with pytest.raises(CheckpointError) as caught:
+        await store.open()
+    message = str(caught.value)
+    assert caught.value.retryable
+    assert f"redis://127.0.0.1:{port}/0" in message
+    assert "s3cr" not in message and "s3cr@t" not in message
+    with pytest.raises(CheckpointError, match="not open"):
+        await store.ping()
+    await store.close()
+
+
+async def test_redis_bad_url_names_the_setting() -> None:
+    store = RedisStore("http://user:hunter2@localhost:1/0")
+    with pytest.raises(CheckpointError, match="REDIS_URL=") as caught:
+        await store.open()
+    assert "hunter2" not in str(caught.value)
+    assert not caught.value.retryable
+
+
+# -- SQLite: one file in STATE_DIR, one agent at a time -----------------------------------------
+
+
+async def test_sqlite_creates_state_dir_with_a_wal_database(tmp_path: Path) -> None:
+    state_dir = tmp_path / "deep" / "state"
+    store = SqliteStore(state_dir)
+    await store.open()
+    try:
+        await store.save_stream(make_stream())
+    finally:
+        await store.close()
+    with sqlite3.connect(state_dir / "streamup.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT stream_id FROM streams").fetchall() == [("s1",)]
+    conn.close()
+
+
+async def test_sqlite_unusable_state_dir_names_the_setting(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = SqliteStore(blocker / "state")
+    with pytest.raises(CheckpointError, match=f"STATE_DIR={blocker / 'state'}") as caught:
+        await store.open()
+    assert "\n" not in str(caught.value)
+    await store.close()
+
+
+async def test_sqlite_second_exclusive_store_is_refused_in_process(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path)
+    await first.open()
+    try:
+        second = SqliteStore(tmp_path)
+        with pytest.raises(CheckpointError) as caught:
+            await second.open()
+        assert f"another streamup agent is already using STATE_DIR={tmp_path}" in str(caught.value)
+        assert not caught.value.retryable
+    finally:
+        await first.close()
+    await second.open()  # the lock goes with the store that held it
+    await second.close()
+
+
+async def test_sqlite_second_exclusive_store_is_refused_in_another_process(
+    tmp_path: Path,
+) -> None:
+    script = (
+        "import asyncio, sys\n"
+        "from streamup.checkpoint.sqlite import SqliteStore\n"
+        "from streamup.errors import CheckpointError\n"
+        "async def main():\n"
+        "    store = SqliteStore(sys.argv[1])\n"
+        "    try:\n"
+        "        await store.open()\n"
+        "    except CheckpointError as exc:\n"
+        "        print(exc)\n"
+        "        return 3\n"
+        "    await store.close()\n"
+        "    return 0\n"
+        "sys.exit(asyncio.run(main()))\n"
+    )
+    first = SqliteStore(tmp_path)
+    await first.open()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, str(tmp_path), stdout=asyncio.subprocess.PIPE
+        )
+        stdout, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        await first.close()
+    assert proc.returncode == 3
+    assert f"STATE_DIR={tmp_path}" in stdout.decode()
+
+
+async def test_sqlite_non_exclusive_store_reads_while_the_agent_runs(tmp_path: Path) -> None:
+    agent = SqliteStore(tmp_path)
+    await agent.open()
+    try:
+        stream = make_stream()
+        await agent.save_stream(stream)
+        await agent.record_part("s1", make_part(1), 8 * MiB, T0)
+        reader = SqliteStore(tmp_path, exclusive=False)
+        await reader.open()
+        try:
+            assert await reader.unfinished_streams() == [stream.evolve(uploaded_bytes=8 * MiB)]
+            assert await reader.load_parts("s1") == {1: make_part(1)}
+        finally:
+            await reader.close()
+        await agent.record_part("s1", make_part(2), 16 * MiB, T0)  # the agent's lock is intact
+    finally:
+        await agent.close()
+
+
+async def test_sqlite_closed_store_refuses_calls(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    with pytest.raises(CheckpointError, match="not open"):
+        await store.load_stream("s1")
+    await store.close()
+
+
+# -- the in-memory fake -------------------------------------------------------------------------
+
+
+async def test_memory_store_raises_injected_errors_then_recovers() -> None:
+    store = MemoryStore()
+    store.inject_error(CheckpointError("blip", retryable=True), count=2)
+    for _ in range(2):
+        with pytest.raises(CheckpointError, match="blip"):
+            await store.save_stream(make_stream())
+    await store.save_stream(make_stream())
+    assert await store.load_stream("s1") == make_stream()
