@@ -72,8 +72,27 @@ class Activity:
     def idle_for_s(self, now_s: float) -> float:
         return max(0.0, now_s - self.changed_at_s)
 
-    def is_idle(self, now_s: float, timeout_s: float) -> bool:
-        return self.idle_for_s(now_s) >= timeout_s
+
+# On the same host: a file no visible process writes any more ends after this confirmation...
+WRITER_GONE_CONFIRM_S = 1.0
+# ...and one a visible process still holds open for writing waits up to this many timeouts.
+WRITER_HELD_TIMEOUTS = 10
+
+
+def should_end(
+    idle_s: float, timeout_s: float, *, writer_seen: bool, writer_now: bool | None
+) -> bool:
+    """Is the recording over? `writer_now`: a visible process holds the file open for writing
+    (None: cannot tell). `writer_seen`: one did earlier in this stream's life.
+
+    The idle timeout is the rule for writers the agent cannot see; a writer it can see decides
+    sooner (it closed the file) or later (it still holds it, merely paused).
+    """
+    if writer_now:
+        return idle_s >= timeout_s * WRITER_HELD_TIMEOUTS
+    if writer_now is False and writer_seen:
+        return idle_s >= min(WRITER_GONE_CONFIRM_S, timeout_s)
+    return idle_s >= timeout_s
 
 
 def end_reason(stream_identity: FileIdentity, path_state: FileState | None) -> EndReason:

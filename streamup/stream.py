@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
@@ -18,13 +18,14 @@ import structlog
 from streamup import metrics
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import NoSuchUpload, StorageError, StreamupError
-from streamup.lifecycle import Activity, check_transition, parts_past_end
+from streamup.lifecycle import Activity, check_transition, parts_past_end, should_end
 from streamup.metadata import content_type_for
 from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, utc_now
 from streamup.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
 from streamup.retry import retrying
 from streamup.source import PartData, SourceFile
 from streamup.storage import S3Storage
+from streamup.writers import WriterIndex
 
 T = TypeVar("T")
 log = structlog.get_logger("streamup")
@@ -44,6 +45,7 @@ class StreamContext:
     window: int  # parts in flight for one stream
     timeout_s: float
     stopping: asyncio.Event
+    writers: WriterIndex = field(default_factory=WriterIndex)
     ffprobe_path: str | None = None
     ffprobe_timeout_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
@@ -70,6 +72,7 @@ class StreamWorker:
         self._upload_lock = asyncio.Lock()
         self._in_flight: set[int] = set()
         self.completed_record: CompletedRecord | None = None
+        self.writer_seen = False  # a process on this host was seen writing the file
         self.log = log.bind(stream_id=record.stream_id, path=record.path)
 
     # ----------------------------------------------------------------- plumbing
@@ -232,7 +235,7 @@ class StreamWorker:
     async def grow(self) -> bool:
         """Upload while the file grows. True when it went idle; False when shutting down."""
         assert self.source is not None
-        tick_s = min(1.0, self.ctx.timeout_s / 4)
+        tick_s = min(0.5, self.ctx.timeout_s / 4)
         activity = Activity.first(self.source.fstat(), self.ctx.clock())
         while not self.ctx.stopping.is_set():
             state = self.source.fstat()
@@ -250,10 +253,14 @@ class StreamWorker:
             except StorageError as exc:
                 await self.pause_after(exc)
                 continue
-            now = self.ctx.clock()
-            if activity.is_idle(now, self.ctx.timeout_s):
+            writer_now = await self.ctx.writers.is_written(self.record.identity)
+            self.writer_seen = self.writer_seen or bool(writer_now)
+            idle_s = activity.idle_for_s(self.ctx.clock())
+            if should_end(
+                idle_s, self.ctx.timeout_s, writer_seen=self.writer_seen, writer_now=writer_now
+            ):
                 return True
-            await self.nap(min(tick_s, self.ctx.timeout_s - activity.idle_for_s(now)))
+            await self.nap(tick_s)
         return False
 
     async def pause_after(self, exc: StreamupError) -> None:

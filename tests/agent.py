@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -145,17 +145,21 @@ def doc_for(docs: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None
 
 
 def write_slowly(
-    path: Path, *, total_bytes: int, rate_bytes_s: int, block: int = 256 * 1024
+    target: Path | BinaryIO, *, total_bytes: int, rate_bytes_s: int, block: int = 256 * 1024
 ) -> None:
-    """Append random bytes at a steady rate (a recorder that only appends)."""
+    """Append random bytes at a steady rate (a recorder that only appends). `target` is a path
+    (opened, written, closed) or a handle the caller keeps open."""
+    if isinstance(target, Path):
+        with target.open("wb") as handle:
+            write_slowly(handle, total_bytes=total_bytes, rate_bytes_s=rate_bytes_s, block=block)
+        return
     start = time.monotonic()
     written = 0
-    with path.open("wb") as handle:
-        while written < total_bytes:
-            chunk = os.urandom(min(block, total_bytes - written))
-            handle.write(chunk)
-            handle.flush()
-            written += len(chunk)
-            delay = start + written / rate_bytes_s - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+    while written < total_bytes:
+        chunk = os.urandom(min(block, total_bytes - written))
+        target.write(chunk)
+        target.flush()
+        written += len(chunk)
+        delay = start + written / rate_bytes_s - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)

@@ -1,0 +1,282 @@
+"""Byte-exact objects from real recorders: ffmpeg writing in real time, files rewritten,
+truncated, replaced and deleted mid-stream. One agent serves every scenario at once (they run
+in parallel, as recordings do), then each test checks its own outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent import (
+    AgentProcess,
+    MiB,
+    agent_env,
+    doc_for,
+    download,
+    metadata_docs,
+    sha256_file,
+    wait_for,
+    write_slowly,
+)
+
+RECORD_SECONDS = 20
+
+# name -> extra ffmpeg output arguments. The noise filter keeps the bit rate near 8 Mbit/s so
+# several 5 MiB parts go up while each recording is still being written.
+RECORDINGS: dict[str, list[str]] = {
+    "plain.mp4": [],
+    "faststart.mp4": ["-movflags", "+faststart"],
+    "matroska.mkv": [],
+    "fragmented.mp4": ["-movflags", "+frag_keyframe+empty_moov"],
+    "transport.ts": [],
+}
+
+
+@dataclass
+class Scenario:
+    """What one writer did, for its test to check afterwards."""
+
+    ended_at: float = 0.0
+    expected: dict[str, bytes] = field(default_factory=dict)  # object name -> final bytes
+    error: BaseException | None = None
+
+
+def record(path: Path, extra: list[str]) -> None:
+    subprocess.run(
+        [
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-re",
+            "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+            "-t", str(RECORD_SECONDS), "-vf", "noise=alls=40:allf=t", "-g", "50",
+            "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "8M", "-maxrate", "8M",
+            "-bufsize", "4M", "-pix_fmt", "yuv420p", "-c:a", "aac", *extra, str(path),
+        ],
+        check=True, timeout=RECORD_SECONDS + 60,
+    )  # fmt: skip
+
+
+def truncate_and_rewrite(path: Path, scenario: Scenario) -> None:
+    # The recorder keeps its file open throughout, as recorders do; a pause while a writer holds
+    # the file never ends the stream.
+    with path.open("w+b") as handle:
+        write_slowly(handle, total_bytes=12 * MiB, rate_bytes_s=3 * MiB)
+        time.sleep(1.5)  # parts 1 and 2 are in S3 by now (checked in the test via the logs)
+        final = os.urandom(8 * MiB + 777)
+        handle.seek(0)
+        handle.truncate(0)
+        handle.write(final)
+    scenario.expected["truncated.mp4"] = final
+
+
+def replace(path: Path, scenario: Scenario) -> None:
+    with path.open("wb") as handle:
+        write_slowly(handle, total_bytes=11 * MiB, rate_bytes_s=3 * MiB)
+        scenario.expected["old"] = path.read_bytes()
+        time.sleep(1.5)
+        newcomer = path.with_name("replacement.tmp")
+        newcomer.write_bytes(os.urandom(6 * MiB + 5))
+        scenario.expected["new"] = newcomer.read_bytes()
+        os.replace(newcomer, path)
+
+
+def delete(path: Path, scenario: Scenario) -> None:
+    with path.open("wb") as handle:
+        write_slowly(handle, total_bytes=11 * MiB, rate_bytes_s=3 * MiB)
+        scenario.expected["deleted.mp4"] = path.read_bytes()
+        time.sleep(1.5)
+        path.unlink()
+
+
+def run_scenario(scenario: Scenario, work: Callable[[], None]) -> None:
+    try:
+        work()
+    except BaseException as exc:  # reported by the test that owns the scenario
+        scenario.error = exc
+    scenario.ended_at = time.time()
+
+
+@dataclass
+class Session:
+    agent: AgentProcess
+    watch_dir: Path
+    bucket: str
+    s3: Any
+    scenarios: dict[str, Scenario]
+    docs: dict[str, dict[str, Any]]
+    work_dir: Path
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Session]:
+    import boto3
+
+    from tests.conftest import S3_TEST_CREDENTIALS
+
+    root = tmp_path_factory.mktemp("recordings")
+    watch_dir = root / "watch"
+    (watch_dir / "cams").mkdir(parents=True)
+    bucket = f"rec-{os.getpid()}-{int(time.time())}"
+    env = agent_env(
+        watch_dir=watch_dir,
+        state_dir=root / "state",
+        s3_endpoint=s3_endpoint,
+        bucket=bucket,
+        WATCH_EXTENSIONS=".mp4,.mkv,.ts",
+    )
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
+    )
+    agent = AgentProcess(env, root / "agent.log").start()
+    wait_for(lambda: '"agent.started"' in agent.log_text(), deadline_s=30, what="agent start")
+    scenarios: dict[str, Scenario] = {}
+    jobs: list[tuple[str, Callable[[], None]]] = [
+        (name, lambda n=name, x=extra: record(watch_dir / "cams" / n, x))
+        for name, extra in RECORDINGS.items()
+    ]
+    jobs += [
+        (
+            "truncated.mp4",
+            lambda: truncate_and_rewrite(watch_dir / "truncated.mp4", scenarios["truncated.mp4"]),
+        ),
+        ("replaced.mp4", lambda: replace(watch_dir / "replaced.mp4", scenarios["replaced.mp4"])),
+        ("deleted.mp4", lambda: delete(watch_dir / "deleted.mp4", scenarios["deleted.mp4"])),
+    ]
+    threads = []
+    for name, work in jobs:
+        scenarios[name] = Scenario()
+        thread = threading.Thread(target=run_scenario, args=(scenarios[name], work))
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    wanted = [f"cams/{n}" for n in RECORDINGS] + ["truncated.mp4", "deleted.mp4"]
+
+    def all_described() -> dict[str, dict[str, Any]] | None:
+        docs = metadata_docs(s3, bucket)
+        replaced = [k for k in docs if k.endswith("/replaced.mp4")]
+        done = all(doc_for(docs, name) for name in wanted) and len(replaced) == 2
+        return docs if done else None
+
+    docs = wait_for(all_described, deadline_s=60, what="every metadata document", every_s=0.5)
+    yield Session(agent, watch_dir, bucket, s3, scenarios, docs, root)
+    agent.stop()
+
+
+def part_upload_times(agent: AgentProcess, path: Path) -> list[float]:
+    return [
+        datetime.fromisoformat(e["timestamp"]).timestamp()
+        for e in agent.events()
+        if e.get("event") == "part.uploaded" and e.get("path") == str(path)
+    ]
+
+
+def ffprobe_duration(path: Path) -> float:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return float(json.loads(out.stdout)["format"]["duration"])
+
+
+@pytest.mark.parametrize("name", list(RECORDINGS))
+def test_live_ffmpeg_recording_becomes_an_exact_playable_object(
+    session: Session, name: str
+) -> None:
+    scenario = session.scenarios[name]
+    assert scenario.error is None, scenario.error
+    local = session.watch_dir / "cams" / name
+    doc = doc_for(session.docs, f"cams/{name}")
+    assert doc is not None, sorted(session.docs)
+    copy = download(session.s3, session.bucket, doc["s3_key_prefix"], session.work_dir / name)
+    assert sha256_file(copy) == sha256_file(local) == doc["sha256"]
+    assert doc["total_size_bytes"] == local.stat().st_size
+    assert sum(c["size_bytes"] for c in doc["chunks"]) == doc["total_size_bytes"]
+    # Parts went up while ffmpeg was still writing, not only at the end.
+    early = [t for t in part_upload_times(session.agent, local) if t < scenario.ended_at]
+    assert len(early) >= 2, f"only {len(early)} parts uploaded during the recording"
+    # The downloaded object plays: ffprobe reads it and agrees with the recording's length.
+    duration = ffprobe_duration(copy)
+    assert abs(duration - RECORD_SECONDS) < 0.5
+    assert doc["duration_seconds"] == pytest.approx(duration, abs=0.1)
+    assert doc["video"]["codec"] == "h264"
+    assert doc["end_reason"] == "idle"
+
+
+def test_plain_mp4_header_rewrite_is_reuploaded(session: Session) -> None:
+    doc = doc_for(session.docs, "cams/plain.mp4")
+    assert doc is not None
+    # ffmpeg patches the mdat size in the first part when it stops: exactly that part changes.
+    assert doc["parts_reuploaded"] >= 1
+
+
+def test_faststart_rewrite_reuploads_the_moved_parts(session: Session) -> None:
+    doc = doc_for(session.docs, "cams/faststart.mp4")
+    assert doc is not None
+    local = session.watch_dir / "cams" / "faststart.mp4"
+    ended = session.scenarios["faststart.mp4"].ended_at
+    early = [t for t in part_upload_times(session.agent, local) if t < ended]
+    # Moving moov to the front shifts every byte: every part uploaded during recording changed.
+    assert doc["parts_reuploaded"] >= len(early) >= 2
+
+
+def test_file_truncated_and_rewritten_mid_stream_ends_as_its_final_bytes(
+    session: Session,
+) -> None:
+    scenario = session.scenarios["truncated.mp4"]
+    assert scenario.error is None, scenario.error
+    local = session.watch_dir / "truncated.mp4"
+    assert len(part_upload_times(session.agent, local)) >= 3  # 2 before, more after
+    doc = doc_for(session.docs, "truncated.mp4")
+    assert doc is not None
+    copy = download(session.s3, session.bucket, doc["s3_key_prefix"], session.work_dir / "t")
+    assert copy.read_bytes() == scenario.expected["truncated.mp4"] == local.read_bytes()
+    assert doc["sha256"] == sha256_file(local)
+    assert len(doc["chunks"]) == 2
+
+
+def test_file_replaced_under_the_same_name_gives_two_exact_objects(session: Session) -> None:
+    scenario = session.scenarios["replaced.mp4"]
+    assert scenario.error is None, scenario.error
+    docs = [d for k, d in session.docs.items() if k.endswith("/replaced.mp4")]
+    assert len(docs) == 2
+    by_reason = {d["end_reason"]: d for d in docs}
+    assert set(by_reason) == {"file_replaced", "idle"}
+    for reason, expected in (("file_replaced", "old"), ("idle", "new")):
+        doc = by_reason[reason]
+        copy = download(session.s3, session.bucket, doc["s3_key_prefix"], session.work_dir / "r")
+        assert copy.read_bytes() == scenario.expected[expected]
+        assert doc["partial"] is False
+    assert by_reason["idle"]["sha256"] == sha256_file(session.watch_dir / "replaced.mp4")
+
+
+def test_file_deleted_mid_stream_is_finished_from_the_open_descriptor(
+    session: Session,
+) -> None:
+    scenario = session.scenarios["deleted.mp4"]
+    assert scenario.error is None, scenario.error
+    doc = doc_for(session.docs, "deleted.mp4")
+    assert doc is not None
+    assert doc["end_reason"] == "file_deleted"
+    assert doc["partial"] is False
+    copy = download(session.s3, session.bucket, doc["s3_key_prefix"], session.work_dir / "d")
+    assert copy.read_bytes() == scenario.expected["deleted.mp4"]
+    assert not (session.watch_dir / "deleted.mp4").exists()
+
+
+def test_agent_stops_cleanly_after_serving_every_scenario(session: Session) -> None:
+    assert session.agent.proc is not None and session.agent.proc.poll() is None
+    assert session.agent.stop() == 0

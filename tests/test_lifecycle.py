@@ -1,0 +1,137 @@
+"""The pure stream state machine: idleness, writer rules, end reasons, legal moves."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import pytest
+
+from streamup.lifecycle import (
+    Activity,
+    IllegalTransition,
+    check_transition,
+    contiguous_prefix,
+    end_reason,
+    multipart_etag,
+    parts_past_end,
+    should_end,
+)
+from streamup.models import EndReason, FileIdentity, FileState, PartRecord, Status
+
+ID = FileIdentity(1, 42)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def part(number: int, offset: int, size: int) -> PartRecord:
+    return PartRecord(number, offset, size, f'"etag{number}"', "0" * 32, T0)
+
+
+def test_activity_resets_when_size_or_mtime_moves_and_only_then() -> None:
+    first = Activity.first(FileState(ID, 100, 5), now_s=10.0)
+    assert first.observe(FileState(ID, 100, 5), now_s=20.0).idle_for_s(20.0) == 10.0
+    assert first.observe(FileState(ID, 101, 5), now_s=20.0).idle_for_s(20.0) == 0.0
+    # Same size, new mtime: the writer rewrote bytes in place; not idle.
+    assert first.observe(FileState(ID, 100, 6), now_s=20.0).idle_for_s(21.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("idle_s", "seen", "now", "ends"),
+    [
+        (29.9, False, None, False),  # nothing visible: the idle timeout rules
+        (30.0, False, None, True),
+        (30.0, False, False, True),  # never saw a writer (another host): timeout
+        (5.0, False, False, False),
+        (0.9, True, False, False),  # the writer we saw has closed: a short confirmation
+        (1.0, True, False, True),
+        (30.0, True, True, False),  # still held open for writing: merely paused
+        (299.0, True, True, False),
+        (300.0, True, True, True),  # ... up to ten timeouts
+    ],
+)
+def test_should_end(idle_s: float, seen: bool, now: bool | None, ends: bool) -> None:
+    assert should_end(idle_s, 30.0, writer_seen=seen, writer_now=now) is ends
+
+
+def test_short_timeouts_are_not_lengthened_by_the_writer_confirmation() -> None:
+    assert should_end(0.5, 0.5, writer_seen=True, writer_now=False)
+
+
+@pytest.mark.parametrize(
+    ("path_state", "reason"),
+    [
+        (FileState(ID, 1, 1), EndReason.IDLE),
+        (None, EndReason.FILE_DELETED),
+        (FileState(FileIdentity(1, 43), 1, 1), EndReason.FILE_REPLACED),
+    ],
+)
+def test_end_reason(path_state: FileState | None, reason: EndReason) -> None:
+    assert end_reason(ID, path_state) is reason
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (Status.ACTIVE, Status.PENDING_COMPLETION),
+        (Status.PENDING_COMPLETION, Status.ACTIVE),
+        (Status.PENDING_COMPLETION, Status.S3_COMPLETED),
+        (Status.S3_COMPLETED, Status.COMPLETED),
+        (Status.S3_COMPLETED, Status.FAILED_METADATA_UPLOAD),
+        (Status.FAILED_METADATA_UPLOAD, Status.S3_COMPLETED),
+        (Status.FAILED_METADATA_GENERATION, Status.COMPLETED),
+        (Status.FAILED_S3_COMPLETE, Status.PENDING_COMPLETION),
+        (Status.ACTIVE, Status.ACTIVE),
+    ],
+)
+def test_legal_transitions(old: Status, new: Status) -> None:
+    assert check_transition(old, new) is new
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (Status.ACTIVE, Status.COMPLETED),
+        (Status.ACTIVE, Status.S3_COMPLETED),
+        (Status.COMPLETED, Status.ACTIVE),
+        (Status.S3_COMPLETED, Status.PENDING_COMPLETION),  # never complete twice
+        (Status.FAILED_METADATA_UPLOAD, Status.ACTIVE),
+        (Status.ABORTED_NO_PARTS, Status.ACTIVE),
+    ],
+)
+def test_illegal_transitions_raise(old: Status, new: Status) -> None:
+    with pytest.raises(IllegalTransition, match=old.value):
+        check_transition(old, new)
+
+
+def _legal(old: Status, new: Status) -> bool:
+    try:
+        check_transition(old, new)
+    except IllegalTransition:
+        return False
+    return True
+
+
+def test_every_status_but_the_final_ones_can_move_on() -> None:
+    for status in Status:
+        moves = [s for s in Status if s is not status and _legal(status, s)]
+        assert bool(moves) is not status.is_final, status
+
+
+def test_parts_past_end_of_a_shrunken_file() -> None:
+    parts = [part(1, 0, 10), part(2, 10, 10), part(3, 20, 10)]
+    assert parts_past_end(parts, 30) == []
+    assert parts_past_end(parts, 25) == [3]
+    assert parts_past_end(parts, 10) == [2, 3]
+    assert parts_past_end(parts, 0) == [1, 2, 3]
+
+
+def test_contiguous_prefix_stops_at_the_first_gap() -> None:
+    parts = {1: part(1, 0, 10), 2: part(2, 10, 10), 4: part(4, 30, 10)}
+    assert [p.number for p in contiguous_prefix(parts)] == [1, 2]
+    assert contiguous_prefix({2: part(2, 10, 10)}) == []
+
+
+def test_multipart_etag_is_md5_of_part_md5s_with_count() -> None:
+    digests = [hashlib.md5(b"a").digest(), hashlib.md5(b"b").digest()]
+    expected = hashlib.md5(digests[0] + digests[1]).hexdigest()
+    assert multipart_etag(digests) == f'"{expected}-2"'
