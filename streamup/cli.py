@@ -9,12 +9,17 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
 from streamup import __version__
-from streamup.errors import StreamupError
+from streamup.errors import ConfigError, StreamupError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from streamup.settings import Settings
 
 _RUN_FLAGS: list[tuple[str, type, str]] = [
     ("--watch-dir", str, "folder to watch (WATCH_DIR)"),
@@ -34,10 +39,21 @@ _RUN_FLAGS: list[tuple[str, type, str]] = [
 ]
 
 
-def configure_logging(level: str = "INFO", *, json_logs: bool | None = None) -> None:
-    """Structured logs: JSON lines when not on a terminal, readable lines on one."""
+def configure_logging(
+    level: str = "INFO", *, json_logs: bool | None = None, console: Console | None = None
+) -> None:
+    """Structured logs: JSON lines when not on a terminal, readable lines on one.
+
+    With a `console` (the live progress board's), log lines are printed through it, so they
+    scroll above the board instead of tearing it.
+    """
     if json_logs is None:
         json_logs = not sys.stderr.isatty()
+    out: TextIO = sys.stderr
+    if console is not None:
+        from streamup.progress import log_file_for
+
+        out = log_file_for(console)
     renderer: Any = (
         structlog.processors.JSONRenderer() if json_logs else structlog.dev.ConsoleRenderer()
     )
@@ -50,7 +66,7 @@ def configure_logging(level: str = "INFO", *, json_logs: bool | None = None) -> 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
 
@@ -85,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
         configure_logging("WARNING")
         return asyncio.run(run_demo(seconds=args.seconds))
-    except StreamupError as exc:
+    except ConfigError as exc:
         print(f"streamup: error: {exc}", file=sys.stderr)
         return 2
+    except StreamupError as exc:  # e.g. `status` cannot reach the checkpoint store
+        print(f"streamup: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -101,12 +120,17 @@ def _run(args: argparse.Namespace) -> int:
     from streamup.settings import load_settings
 
     settings = load_settings(_overrides(args))
-    configure_logging(settings.log_level)
+    console = None
+    if sys.stderr.isatty():
+        from streamup.progress import terminal_console
+
+        console = terminal_console(sys.stderr)
+    configure_logging(settings.log_level, console=console)
     structlog.get_logger("streamup").info("agent.config", **settings.redacted())
-    return asyncio.run(_serve(settings))
+    return asyncio.run(_serve(settings, console))
 
 
-async def _serve(settings: Any) -> int:
+async def _serve(settings: Settings, console: Console | None = None) -> int:
     from streamup.service import Agent
 
     stop = asyncio.Event()
@@ -117,6 +141,8 @@ async def _serve(settings: Any) -> int:
         nonlocal signals_seen
         signals_seen += 1
         if signals_seen > 1:
+            if console is not None:
+                console.show_cursor(True)  # the board hid it; os._exit skips its clean-up
             # A second signal: leave now. Checkpoints are consistent at every instant anyway.
             os._exit(130)
         structlog.get_logger("streamup").info("agent.stopping")
@@ -124,18 +150,35 @@ async def _serve(settings: Any) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await Agent(settings).run(stop)
+    agent = Agent(settings)
+    board: asyncio.Task[None] | None = None
+    if console is not None:
+        from streamup.progress import show_progress
+
+        board = asyncio.create_task(show_progress(agent, console))
+    try:
+        await agent.run(stop)
+    finally:
+        if board is not None:
+            board.cancel()
+            await asyncio.gather(board, return_exceptions=True)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from streamup.report import collect, render
+    from streamup.checkpoint.sqlite import DB_NAME
+    from streamup.report import collect, empty_document, render
     from streamup.service import make_store
     from streamup.settings import load_settings
 
-    settings = load_settings({"state_dir": args.state_dir})
+    # Looking must change nothing: no WATCH_DIR, no STATE_DIR, no database is created.
+    settings = load_settings({"state_dir": args.state_dir}, prepare_watch_dir=False)
+    store_name = "sqlite" if settings.redis_url is None else "redis"
 
     async def read() -> dict[str, object]:
+        if store_name == "sqlite" and not (settings.state_dir / DB_NAME).is_file():
+            return empty_document(store_name)
+        # Not exclusive: a running agent holds the lock; WAL lets this read beside its writes.
         store = make_store(settings, exclusive=False)
         await store.open()
         try:

@@ -13,6 +13,7 @@ import hashlib
 
 from streamup import metrics
 from streamup.errors import NoSuchUpload, SourceChanged, StorageError
+from streamup.faults import crash_point
 from streamup.lifecycle import contiguous_prefix, end_reason, multipart_etag
 from streamup.metadata import build_metadata, content_type_for, encode_metadata
 from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
@@ -45,6 +46,9 @@ async def finalize(worker: StreamWorker) -> bool:
         reuploaded_parts=worker.record.reuploaded_parts + reuploaded,
         end_reason=reason,
     )
+    record = worker.record
+    # The SHA-256 is checkpointed before completing: a crash after completion still has it.
+    await worker.persist(lambda: worker.ctx.store.save_stream(record), "checkpoint")
     worker.log.info(
         "stream.verified", size_bytes=state.size_bytes, parts=len(parts), reuploaded=reuploaded
     )
@@ -103,8 +107,10 @@ async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
     key, upload_id = worker.record.key, worker.record.upload_id
     assert upload_id is not None
     etags = [(p.number, p.etag) for p in parts]
+    crash_point("before_complete")
     try:
         await worker.persist(lambda: storage.complete_upload(key, upload_id, etags), "complete")
+        crash_point("after_complete")
     except NoSuchUpload:
         if not await already_completed(worker, parts):
             await worker.restart_upload("the upload vanished before it was completed")
@@ -156,6 +162,7 @@ async def write_metadata(worker: StreamWorker) -> None:
     ffprobe never fails a stream (a bad probe gives `duration_seconds: null`), and a failure here
     leaves a status that is retried without completing the multipart upload a second time.
     """
+    crash_point("before_metadata")
     probe = await probe_source(worker)
     if probe.error:
         worker.log.warning("stream.probe_failed", error=probe.error)

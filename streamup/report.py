@@ -1,35 +1,88 @@
 """What `streamup status` and `/status` show: one row per stream, recent completions below.
 
+Both documents are built here so they have one shape. `streamup status --json` reads the
+checkpoint store (agent running or not); `/status` reads the running agent's workers, which also
+know what the store cannot: whether a stream is stalled right now (`stalled` is null offline).
 Rows hold paths, sizes, states and errors; never a credential.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from streamup.checkpoint import CheckpointStore
-from streamup.models import CompletedRecord, StreamRecord, iso
+from streamup.errors import StreamupError
+from streamup.models import CompletedRecord, StreamRecord, iso, utc_now
+from streamup.source import stat_path
 
 if TYPE_CHECKING:
+    from streamup.service import Agent
     from streamup.stream import StreamWorker
+
+RECENT_LIMIT = 20
+# /status must answer while the store is down (that is when an operator looks), so a slow store
+# costs at most this long and shows up as `store_error` instead of a hung request.
+STORE_TIMEOUT_S = 2.0
 
 
 def stream_row(
-    record: StreamRecord, parts: int, *, stalled: bool = False, error: str | None = None
+    record: StreamRecord,
+    parts: int,
+    *,
+    size_bytes: int | None = None,
+    stalled: bool | None = None,
+    error: str | None = None,
 ) -> dict[str, object]:
+    """One stream: where it is, how much of the file S3 holds, and what went wrong if anything."""
+    size = record.size_bytes if size_bytes is None else size_bytes
     return {
         "stream_id": record.stream_id,
         "path": record.path,
         "state": record.status.value,
         "stalled": stalled,
         "uploaded_bytes": record.uploaded_bytes,
-        "size_bytes": record.size_bytes,
-        "lag_bytes": max(0, record.size_bytes - record.uploaded_bytes),
+        "size_bytes": size,
+        "lag_bytes": max(0, size - record.uploaded_bytes),
         "parts": parts,
         "key": record.key,
         "last_activity_at_utc": iso(record.last_activity_at),
         "error": error or record.error,
+    }
+
+
+def completion_row(record: CompletedRecord) -> dict[str, object]:
+    return {
+        "stream_id": record.stream_id,
+        "path": record.path,
+        "state": record.status.value,
+        "size_bytes": record.size_bytes,
+        "bucket": record.bucket,
+        "key": record.key,
+        "completed_at_utc": iso(record.completed_at),
+        "end_reason": record.end_reason.value,
+    }
+
+
+def document(
+    *,
+    source: str,
+    store: str,
+    streams: list[dict[str, object]],
+    completions: Iterable[CompletedRecord],
+    agent_id: str | None = None,
+    store_error: str | None = None,
+) -> dict[str, object]:
+    """The one status shape, whoever builds it."""
+    return {
+        "source": source,  # "agent" (/status) or "checkpoint_store" (streamup status)
+        "store": store,
+        "agent_id": agent_id,
+        "generated_at_utc": iso(utc_now()),
+        "store_error": store_error,
+        "streams": streams,
+        "recent_completions": [completion_row(r) for r in completions],
     }
 
 
@@ -39,34 +92,56 @@ def live_streams(workers: Iterable[StreamWorker]) -> list[dict[str, object]]:
     ]
 
 
-def recent(records: Iterable[CompletedRecord]) -> list[dict[str, object]]:
-    return [
-        {
-            "stream_id": r.stream_id,
-            "path": r.path,
-            "state": r.status.value,
-            "size_bytes": r.size_bytes,
-            "key": r.key,
-            "completed_at_utc": iso(r.completed_at),
-            "end_reason": r.end_reason.value,
-        }
-        for r in records
-    ]
+async def agent_document(agent: Agent) -> dict[str, object]:
+    """/status: the agent's own view, answered even when the checkpoint store is not."""
+    streams = live_streams(agent.workers.values())
+    completions: list[CompletedRecord] = []
+    store_error = None
+    try:
+        completions = await asyncio.wait_for(
+            agent.store.recent_completions(RECENT_LIMIT), STORE_TIMEOUT_S
+        )
+    except StreamupError as exc:  # store errors are scrubbed of credentials where raised
+        store_error = str(exc)
+    except TimeoutError:
+        store_error = f"the checkpoint store did not answer within {STORE_TIMEOUT_S:g} s"
+    return document(
+        source="agent",
+        store=agent.store.name,
+        agent_id=agent.settings.agent_id,
+        streams=streams,
+        completions=completions,
+        store_error=store_error,
+    )
 
 
-async def collect(store: CheckpointStore, *, recent_limit: int = 20) -> dict[str, object]:
-    """The status document read straight from the checkpoint store (agent running or not)."""
+def _size_on_disk(record: StreamRecord) -> int:
+    # The store's size is only as fresh as the last status change; the file itself is the truth
+    # when it is still the stream's file (same inode) and visible from this host.
+    state = stat_path(record.path)
+    if state is not None and state.identity == record.identity:
+        return state.size_bytes
+    return record.size_bytes
+
+
+async def collect(store: CheckpointStore, *, recent_limit: int = RECENT_LIMIT) -> dict[str, object]:
+    """`streamup status`: the document read straight from the checkpoint store."""
     rows = []
     for record in await store.unfinished_streams():
         parts = await store.load_parts(record.stream_id)
-        rows.append(stream_row(record, len(parts)))
-    return {
-        "streams": rows,
-        "recent_completions": recent(await store.recent_completions(recent_limit)),
-    }
+        rows.append(stream_row(record, len(parts), size_bytes=_size_on_disk(record)))
+    completions = await store.recent_completions(recent_limit)
+    return document(
+        source="checkpoint_store", store=store.name, streams=rows, completions=completions
+    )
 
 
-def _size(n: object) -> str:
+def empty_document(store: str) -> dict[str, object]:
+    """No checkpoint store exists yet (no agent ever ran here): nothing to show."""
+    return document(source="checkpoint_store", store=store, streams=[], completions=[])
+
+
+def human_size(n: object) -> str:
     value = float(n) if isinstance(n, int | float) else 0.0
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
@@ -80,13 +155,21 @@ def render(doc: dict[str, object]) -> str:
     lines = []
     streams = doc.get("streams") or []
     assert isinstance(streams, list)
+    if doc.get("store_error"):
+        lines.append(f"checkpoint store: {doc['store_error']}")
     if not streams:
         lines.append("no streams in progress")
+    else:
+        lines.append(
+            f"{'state':<28} {'uploaded':>10} / {'size':<10} {'lag':>10} {'parts':>5}  "
+            f"{'last activity (UTC)':<32} path"
+        )
     for row in streams:
         state = row["state"] + (" (stalled)" if row.get("stalled") else "")
         lines.append(
-            f"{state:<28} {_size(row['uploaded_bytes']):>10} / {_size(row['size_bytes']):<10} "
-            f"{row['parts']:>5} parts  {row['last_activity_at_utc']}  {row['path']}"
+            f"{state:<28} {human_size(row['uploaded_bytes']):>10} / "
+            f"{human_size(row['size_bytes']):<10} {human_size(row['lag_bytes']):>10} "
+            f"{row['parts']:>5}  {row['last_activity_at_utc']:<32} {row['path']}"
         )
         if row.get("error"):
             lines.append(f"    error: {row['error']}")
@@ -97,7 +180,7 @@ def render(doc: dict[str, object]) -> str:
         lines.append("recent completions:")
         for row in completions:
             lines.append(
-                f"{row['state']:<28} {_size(row['size_bytes']):>10}  {row['completed_at_utc']}  "
-                f"{row['path']} -> {row['key']}"
+                f"{row['state']:<28} {human_size(row['size_bytes']):>10}  "
+                f"{row['completed_at_utc']}  {row['path']} -> {row['key']}"
             )
     return "\n".join(lines)

@@ -337,17 +337,20 @@ class Agent:
                 await asyncio.wait_for(self.stopping.wait(), 1.0)
 
     async def healthy(self) -> bool:
+        """/healthz: the agent is up (not starting, not stopping) and the checkpoint store answers.
+
+        The HTTP server runs on this event loop, so being asked at all proves the loop is alive.
+        """
+        if not self.ready.is_set() or self.stopping.is_set():
+            return False
         try:
             await asyncio.wait_for(self.store.ping(), 2.0)
-        except (StreamupError, TimeoutError):
+        except (StreamupError, TimeoutError, OSError):
             return False
         return True
 
     async def status(self) -> dict[str, object]:
-        from streamup.report import live_streams, recent
+        """/status: the same document as `streamup status --json`, from the live workers."""
+        from streamup.report import agent_document
 
-        return {
-            "agent_id": self.settings.agent_id,
-            "streams": live_streams(self.workers.values()),
-            "recent_completions": recent(await self.store.recent_completions(20)),
-        }
+        return await agent_document(self)

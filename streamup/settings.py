@@ -115,8 +115,14 @@ _RANGES = {
 }
 
 
-def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
-    """Build and validate the settings; raise ConfigError with one line naming what to fix."""
+def load_settings(
+    overrides: dict[str, Any] | None = None, *, prepare_watch_dir: bool = True
+) -> Settings:
+    """Build and validate the settings; raise ConfigError with one line naming what to fix.
+
+    `prepare_watch_dir=False` is for readers such as `streamup status`, which must not create
+    WATCH_DIR (or anything else) as a side effect of looking.
+    """
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
         settings = Settings(**given)
@@ -126,7 +132,8 @@ def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
         value = error.get("input")
         hint = _RANGES.get(name, str(error["msg"]).removeprefix("Value error, "))
         raise ConfigError(f"{name.upper()}={value!r} is invalid: {hint}") from None
-    _prepare_watch_dir(settings.watch_dir)
+    if prepare_watch_dir:
+        _prepare_watch_dir(settings.watch_dir)
     return settings
 
 

@@ -18,6 +18,7 @@ import structlog
 from streamup import metrics
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import NoSuchUpload, StorageError, StreamupError
+from streamup.faults import crash_point
 from streamup.lifecycle import Activity, check_transition, parts_past_end, should_end
 from streamup.metadata import content_type_for
 from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, utc_now
@@ -146,6 +147,7 @@ class StreamWorker:
             ),
             f"upload part {span.number}",
         )
+        crash_point("after_part_upload")
         part = PartRecord(
             span.number, span.offset_bytes, span.size_bytes, etag, data.md5_digest.hex(), utc_now()
         )

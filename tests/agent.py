@@ -163,3 +163,11 @@ def write_slowly(
         delay = start + written / rate_bytes_s - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+
+
+def assert_exact(s3: Any, bucket: str, doc: dict[str, Any], local: Path, tmp_path: Path) -> None:
+    copy = download(s3, bucket, doc["s3_key_prefix"], tmp_path / "downloaded")
+    assert sha256_file(copy) == sha256_file(local) == doc["sha256"]
+    assert doc["total_size_bytes"] == local.stat().st_size == copy.stat().st_size
+    assert sum(c["size_bytes"] for c in doc["chunks"]) == doc["total_size_bytes"]
+    copy.unlink()

@@ -10,6 +10,7 @@ import pytest
 import redis as redis_sync
 
 from tests import servers
+from tests.agent import AgentProcess, agent_env
 
 S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -54,3 +55,26 @@ def watch_dir(tmp_path: Path) -> Path:
     path = tmp_path / "watch"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def env(tmp_path: Path, watch_dir: Path, s3_endpoint: str, bucket: str) -> dict[str, str]:
+    return agent_env(
+        watch_dir=watch_dir, state_dir=tmp_path / "state", s3_endpoint=s3_endpoint, bucket=bucket
+    )
+
+
+@pytest.fixture
+def agent(env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Starts `streamup run` processes (`agent(**extra_env)`); kills leftovers at the end."""
+    agents: list[AgentProcess] = []
+
+    def start(**extra: str) -> AgentProcess:
+        process = AgentProcess(dict(env, **extra), tmp_path / f"agent-{len(agents)}.log").start()
+        agents.append(process)
+        return process
+
+    yield start
+    for process in agents:
+        if process.proc is not None and process.proc.poll() is None:
+            process.kill()

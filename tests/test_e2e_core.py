@@ -13,47 +13,14 @@ from typing import Any
 import pytest
 
 from tests.agent import (
-    AgentProcess,
     MiB,
-    agent_env,
+    assert_exact,
     doc_for,
-    download,
     metadata_docs,
     object_keys,
-    sha256_file,
     wait_for,
     write_slowly,
 )
-
-
-@pytest.fixture
-def env(tmp_path: Path, watch_dir: Path, s3_endpoint: str, bucket: str) -> dict[str, str]:
-    return agent_env(
-        watch_dir=watch_dir, state_dir=tmp_path / "state", s3_endpoint=s3_endpoint, bucket=bucket
-    )
-
-
-@pytest.fixture
-def agent(env: dict[str, str], tmp_path: Path) -> Any:
-    agents: list[AgentProcess] = []
-
-    def start(**extra: str) -> AgentProcess:
-        process = AgentProcess(dict(env, **extra), tmp_path / f"agent-{len(agents)}.log").start()
-        agents.append(process)
-        return process
-
-    yield start
-    for process in agents:
-        if process.proc is not None and process.proc.poll() is None:
-            process.kill()
-
-
-def assert_exact(s3: Any, bucket: str, doc: dict[str, Any], local: Path, tmp_path: Path) -> None:
-    copy = download(s3, bucket, doc["s3_key_prefix"], tmp_path / "downloaded")
-    assert sha256_file(copy) == sha256_file(local) == doc["sha256"]
-    assert doc["total_size_bytes"] == local.stat().st_size == copy.stat().st_size
-    assert sum(c["size_bytes"] for c in doc["chunks"]) == doc["total_size_bytes"]
-    copy.unlink()
 
 
 def test_finished_file_copied_in_arrives_as_one_exact_object(

@@ -1,0 +1,38 @@
+"""Deterministic crash points, for the tests that prove a crash at any instant loses nothing.
+
+`STREAMUP_CRASH_AT=after_part_upload:3` makes the process die (no clean-up, like SIGKILL) the
+third time it reaches that point. Unset, as in production, each point costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+POINTS = ("after_part_upload", "before_complete", "after_complete", "before_metadata")
+
+
+def _armed() -> dict[str, int]:
+    spec = os.environ.get("STREAMUP_CRASH_AT", "")
+    armed: dict[str, int] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, nth = item.partition(":")
+        if name not in POINTS:
+            raise ValueError(f"STREAMUP_CRASH_AT names an unknown point {name!r}; use {POINTS}")
+        armed[name] = int(nth or 1)
+    return armed
+
+
+_ARMED = _armed()
+_SEEN: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Die here when the environment armed this point (and this is its n-th visit)."""
+    if name not in _ARMED:
+        return
+    _SEEN[name] = _SEEN.get(name, 0) + 1
+    if _SEEN[name] == _ARMED[name]:
+        sys.stderr.write(f'{{"event": "test.crash", "point": "{name}"}}\n')
+        sys.stderr.flush()
+        os._exit(137)

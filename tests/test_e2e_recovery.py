@@ -1,0 +1,283 @@
+"""Crash, restart, outage, shutdown: real `streamup run` processes killed at every instant that
+matters, S3 behind a proxy that counts the bytes and can cut the network."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent import (
+    MiB,
+    AgentProcess,
+    assert_exact,
+    doc_for,
+    metadata_docs,
+    object_keys,
+    wait_for,
+    write_slowly,
+)
+from tests.proxy import FaultProxy
+
+PART = 5 * MiB
+# HTTP request and response headers, the metadata JSON, ListParts: what is not part payload.
+OVERHEAD_BYTES = 512 * 1024
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(s3_endpoint).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def via_proxy(proxy: FaultProxy) -> dict[str, str]:
+    return {"S3_ENDPOINT_URL": proxy.url}
+
+
+def events_of(agent: AgentProcess, name: str) -> list[dict[str, Any]]:
+    return [e for e in agent.events() if e.get("event") == name]
+
+
+def wait_exit(agent: AgentProcess, code: int, deadline_s: float = 60) -> None:
+    assert agent.proc is not None
+    wait_for(lambda: agent.proc.poll() is not None, deadline_s=deadline_s, what="the agent to exit")
+    assert agent.proc.returncode == code, agent.log_text()[-2000:]
+
+
+def finished_file(watch_dir: Path, tmp_path: Path, name: str, size: int) -> Path:
+    """A finished recording copied into the folder (kept outside too, for comparison)."""
+    source = tmp_path / f"source-{name}"
+    source.write_bytes(os.urandom(size))
+    shutil.copy(source, watch_dir / name)
+    return source
+
+
+def test_crash_after_a_part_upload_before_its_checkpoint_adopts_the_part(
+    agent: Any,
+    via_proxy: dict[str, str],
+    proxy: FaultProxy,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+) -> None:
+    source = finished_file(watch_dir, tmp_path, "a.mp4", 4 * PART + 1234)
+    first = agent(STREAMUP_CRASH_AT="after_part_upload:2", UPLOAD_CONCURRENCY="1", **via_proxy)
+    wait_exit(first, 137)
+    second = agent(UPLOAD_CONCURRENCY="1", **via_proxy)
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "a.mp4"),
+        deadline_s=30,
+        what="the metadata",
+    )
+    assert_exact(s3_client, bucket, doc, source, tmp_path)
+    reconciled = events_of(second, "stream.reconciled")
+    assert reconciled and reconciled[0]["adopted"] == 1
+    # Part 2 reached S3 before the crash and was adopted, not sent again.
+    assert proxy.bytes_up <= source.stat().st_size + OVERHEAD_BYTES
+    assert second.stop() == 0
+
+
+@pytest.mark.parametrize("point", ["before_complete", "after_complete", "before_metadata"])
+def test_crash_around_completion_ends_in_one_object_with_metadata(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str, point: str
+) -> None:
+    source = finished_file(watch_dir, tmp_path, "b.mp4", 2 * PART + 99)
+    first = agent(STREAMUP_CRASH_AT=point)
+    wait_exit(first, 137)
+    second = agent()
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "b.mp4"),
+        deadline_s=30,
+        what="the metadata",
+    )
+    assert_exact(s3_client, bucket, doc, source, tmp_path)
+    assert len(object_keys(s3_client, bucket)) == 2
+    verified_again = events_of(second, "stream.verified")
+    if point == "before_complete":
+        assert len(verified_again) == 1  # not completed yet: verify and complete now
+    else:
+        assert verified_again == []  # completed before the crash: never a second completion
+    if point == "after_complete":
+        assert events_of(second, "stream.found_completed")
+    assert second.stop() == 0
+
+
+def test_kills_at_random_moments_while_a_file_grows_cost_at_most_a_part_each(
+    agent: Any,
+    via_proxy: dict[str, str],
+    proxy: FaultProxy,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+) -> None:
+    target = watch_dir / "chaos.mp4"
+    writer = threading.Thread(
+        target=write_slowly, args=(target,), kwargs={"total_bytes": 60 * MiB, "rate_bytes_s": MiB}
+    )
+    rng = random.Random(int(os.environ.get("CHAOS_SEED", "20261124")))
+    kill_after_s = sorted(rng.uniform(3, 55) for _ in range(4))
+    started = time.monotonic()
+    current = agent(**via_proxy)
+    writer.start()
+    for moment in kill_after_s:
+        time.sleep(max(0.0, started + moment - time.monotonic()))
+        current.kill()
+        current = agent(**via_proxy)
+    writer.join()
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "chaos.mp4"),
+        deadline_s=60,
+        what="the metadata",
+    )
+    assert_exact(s3_client, bucket, doc, target, tmp_path)
+    assert len(object_keys(s3_client, bucket)) == 2
+    budget = target.stat().st_size + len(kill_after_s) * PART + OVERHEAD_BYTES
+    print(
+        f"chaos: {len(kill_after_s)} kills, file {target.stat().st_size} B, sent {proxy.bytes_up} B"
+    )
+    assert proxy.bytes_up <= budget, f"sent {proxy.bytes_up} bytes, budget {budget}"
+    assert current.stop() == 0
+
+
+def test_network_outage_stalls_the_stream_and_it_catches_up(
+    agent: Any,
+    via_proxy: dict[str, str],
+    proxy: FaultProxy,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+) -> None:
+    target = watch_dir / "outage.mp4"
+    process = agent(**via_proxy)
+    writer = threading.Thread(
+        target=write_slowly,
+        args=(target,),
+        kwargs={"total_bytes": 45 * MiB, "rate_bytes_s": int(1.2 * MiB)},
+    )
+    writer.start()
+    wait_for(lambda: events_of(process, "part.uploaded"), deadline_s=20, what="a first part")
+    proxy.cut()
+    wait_for(lambda: events_of(process, "stream.stalled"), deadline_s=20, what="a stall report")
+    time.sleep(30)  # the outage itself: nothing to wait for but the clock
+    assert process.proc is not None and process.proc.poll() is None
+    proxy.restore()
+    writer.join()
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "outage.mp4"),
+        deadline_s=60,
+        what="the metadata",
+    )
+    assert_exact(s3_client, bucket, doc, target, tmp_path)
+    assert events_of(process, "stream.resumed")
+    assert process.stop() == 0
+
+
+def test_upload_that_s3_forgot_starts_afresh(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    target = watch_dir / "forgotten.mp4"
+    handle = target.open("wb")
+    first = agent()
+    write_slowly(handle, total_bytes=3 * PART, rate_bytes_s=4 * MiB)
+    wait_for(lambda: len(events_of(first, "part.uploaded")) >= 2, deadline_s=20, what="2 parts")
+    assert first.stop() == 0
+    for upload in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        s3_client.abort_multipart_upload(
+            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
+    second = agent()
+    write_slowly(handle, total_bytes=PART, rate_bytes_s=4 * MiB)
+    handle.close()
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "forgotten.mp4"),
+        deadline_s=30,
+        what="the metadata",
+    )
+    assert_exact(s3_client, bucket, doc, target, tmp_path)
+    assert events_of(second, "stream.upload_restarted")
+    assert second.stop() == 0
+
+
+def test_sigterm_mid_stream_exits_zero_and_the_stream_resumes(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    target = watch_dir / "term.mp4"
+    handle = target.open("wb")
+    first = agent()
+    write_slowly(handle, total_bytes=2 * PART + 10, rate_bytes_s=4 * MiB)
+    wait_for(lambda: events_of(first, "part.uploaded"), deadline_s=20, what="a part")
+    stopped_at = time.monotonic()
+    assert first.stop() == 0
+    assert time.monotonic() - stopped_at < 10
+    assert metadata_docs(s3_client, bucket) == {}  # a growing stream is not completed on exit
+    second = agent()
+    write_slowly(handle, total_bytes=PART, rate_bytes_s=4 * MiB)
+    handle.close()
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "term.mp4"),
+        deadline_s=30,
+        what="the metadata",
+    )
+    assert_exact(s3_client, bucket, doc, target, tmp_path)
+    assert events_of(second, "stream.resuming")
+    assert second.stop() == 0
+
+
+def test_second_signal_exits_at_once_and_checkpoints_stay_consistent(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    source = finished_file(watch_dir, tmp_path, "twice.mp4", 6 * PART)
+    first = agent(UPLOAD_CONCURRENCY="2")
+    wait_for(lambda: events_of(first, "part.uploaded"), deadline_s=20, what="a part")
+    assert first.proc is not None
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(10)
+    second = agent()
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "twice.mp4"),
+        deadline_s=30,
+        what="the metadata",
+    )
+    assert_exact(s3_client, bucket, doc, source, tmp_path)
+    assert second.stop() == 0
+
+
+def test_file_lost_while_the_agent_was_down_keeps_what_s3_holds_as_partial(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    target = watch_dir / "lost.mp4"
+    handle = target.open("wb")
+    first = agent()
+    write_slowly(handle, total_bytes=2 * PART + 100, rate_bytes_s=4 * MiB)
+    wait_for(lambda: len(events_of(first, "part.uploaded")) >= 2, deadline_s=20, what="2 parts")
+    first.kill()
+    handle.close()
+    kept = target.read_bytes()[: 2 * PART]
+    target.unlink()
+    second = agent()
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "lost.mp4"),
+        deadline_s=30,
+        what="the metadata",
+    )
+    assert doc["partial"] is True
+    assert doc["end_reason"] == "file_lost"
+    assert doc["sha256"] is None
+    body = s3_client.get_object(Bucket=bucket, Key=doc["s3_key_prefix"])["Body"].read()
+    assert body == kept
+    assert doc["total_size_bytes"] == len(kept)
+    assert second.stop() == 0
