@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tests.agent import (
-    MiB,
     AgentProcess,
+    MiB,
     assert_exact,
     doc_for,
     metadata_docs,
