@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -15,6 +16,7 @@ from streamup.checkpoint import CheckpointStore
 from streamup.errors import ConfigError, StorageError, StreamupError
 from streamup.finalize import finalize, finish_lost, write_metadata
 from streamup.models import CompletedRecord, FileState, Status, StreamRecord, utc_now
+from streamup.orphans import abort_orphans
 from streamup.recovery import reconcile
 from streamup.settings import Settings
 from streamup.source import SourceFile, stat_path
@@ -111,6 +113,8 @@ class Agent:
                 asyncio.create_task(watcher.run_scans(self.stopping)),
                 asyncio.create_task(self._update_gauges()),
             ]
+            if self.settings.orphan_upload_age_seconds > 0:
+                background.append(asyncio.create_task(self._reap_orphans()))
             if self.settings.prom_port:
                 server = await metrics.serve_http(
                     self.settings.prom_host, self.settings.prom_port, self.status, self.healthy
@@ -324,6 +328,26 @@ class Agent:
                 await write_metadata(worker)
             if worker.record.status == Status.COMPLETED:
                 return
+
+    async def _reap_orphans(self) -> None:
+        """Abort forgotten multipart uploads under our prefix, at start-up and then hourly."""
+        max_age = timedelta(seconds=self.settings.orphan_upload_age_seconds)
+        period_s = min(3600.0, max(1.0, self.settings.orphan_upload_age_seconds))
+        while not self.stopping.is_set():
+            try:
+                known = {r.upload_id for r in await self.store.unfinished_streams()}
+                known |= {w.record.upload_id for w in self.workers.values()}
+                await abort_orphans(
+                    self.storage,
+                    f"{self.settings.s3_key_prefix}/",
+                    {k for k in known if k},
+                    now=utc_now(),
+                    max_age=max_age,
+                )
+            except StreamupError as exc:
+                log.warning("upload.orphan_check_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), period_s)
 
     # ------------------------------------------------------------- observability
 

@@ -6,6 +6,7 @@ Every problem becomes a ConfigError whose one line names the setting and how to 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streamup.errors import ConfigError
 from streamup.parts import MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES
+
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class Settings(BaseSettings):
@@ -41,6 +44,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     state_dir: Path = Path("./.streamup")
     completed_history_limit: int = Field(1000, ge=1)
+    # Multipart uploads under S3_KEY_PREFIX that no checkpoint knows, untouched this long, are
+    # aborted (they cost storage forever otherwise). 0 turns the clean-up off.
+    orphan_upload_age_seconds: float = Field(86400.0, ge=0)
     agent_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     ffprobe_path: str | None = None
@@ -74,6 +80,17 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("s3_bucket_name")
+    @classmethod
+    def _check_bucket(cls, value: str) -> str:
+        # S3's naming rules; MinIO and R2 share them. Caught here, before any request is made.
+        if not _BUCKET_NAME.fullmatch(value) or ".." in value:
+            raise ValueError(
+                "bucket names are 3-63 characters of lowercase letters, digits, dots and "
+                "hyphens, starting and ending with a letter or digit"
+            )
+        return value
 
     @field_validator("s3_key_prefix")
     @classmethod

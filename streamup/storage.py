@@ -46,6 +46,7 @@ _RETRYABLE_CODES = frozenset(
 )
 _HINTS = {
     "AccessDenied": "check the credentials and the bucket policy",
+    "403": "access denied: check S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY and the bucket policy",
     "InvalidAccessKeyId": "check S3_ACCESS_KEY_ID",
     "SignatureDoesNotMatch": "check S3_SECRET_ACCESS_KEY",
     "NoSuchBucket": "create the bucket or check S3_BUCKET_NAME",
@@ -59,6 +60,7 @@ class RemotePart:
     number: int
     etag: str
     size_bytes: int
+    modified_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +209,9 @@ class S3Storage:
             )
             for item in page.get("Parts", []):
                 number = int(item["PartNumber"])
-                parts[number] = RemotePart(number, str(item["ETag"]), int(item["Size"]))
+                parts[number] = RemotePart(
+                    number, str(item["ETag"]), int(item["Size"]), item.get("LastModified")
+                )
             if not page.get("IsTruncated"):
                 return parts
             marker = int(page["NextPartNumberMarker"])

@@ -40,42 +40,37 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A throwaway redis-server; yields its URL."""
+def start_redis(workdir: Path, port: int, *, appendonly: bool = False) -> subprocess.Popen[bytes]:
+    """Start redis-server on `port` (with an append-only file in `workdir` if asked)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed; run `make setup` (or .ci/run)")
-    port = free_port()
     proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes" if appendonly else "no", "--appendfsync", "always",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for_port(port, proc)
+    return proc
+
+
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """A throwaway redis-server; yields its URL."""
+    port = free_port()
+    proc = start_redis(workdir, port)
     try:
-        wait_for_port(port, proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop(proc)
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
+def moto_server(**extra_env: str) -> Iterator[str]:
     """moto in server mode (real HTTP, real multipart rules); yields its endpoint URL."""
     port = free_port()
-    env = dict(os.environ, MOTO_ALLOW_NONEXISTENT_REGION="true")
+    env = dict(os.environ, MOTO_ALLOW_NONEXISTENT_REGION="true", **extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests import servers
 from tests.agent import (
     MiB,
     assert_exact,
@@ -174,6 +175,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
         ("WATCH_DIR", "/proc/streamup-cannot-exist", "WATCH_DIR"),
         ("S3_ENDPOINT_URL", "http://127.0.0.1:9", "S3_ENDPOINT_URL"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+        ("S3_BUCKET_NAME", "Not_A_Valid_Bucket", "S3_BUCKET_NAME"),
     ],
 )
 def test_bad_setting_exits_nonzero_with_one_line_naming_it(
@@ -186,3 +188,13 @@ def test_bad_setting_exits_nonzero_with_one_line_naming_it(
     assert len(errors) == 1, result.stderr
     assert named in errors[0]
     assert "testing" not in result.stderr  # the secret key never shows
+
+
+def test_access_denied_at_start_is_one_line_with_the_fix(env: dict[str, str]) -> None:
+    # moto enforcing IAM auth from the first request: every request with these keys is refused.
+    with servers.moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        result = run_cli(dict(env, S3_ENDPOINT_URL=endpoint), "run")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("streamup: error:")]
+    assert len(errors) == 1, result.stderr
+    assert "S3_BUCKET_NAME" in errors[0] and "access denied" in errors[0]

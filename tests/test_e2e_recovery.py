@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests import servers
 from tests.agent import (
     AgentProcess,
     MiB,
@@ -281,3 +282,75 @@ def test_file_lost_while_the_agent_was_down_keeps_what_s3_holds_as_partial(
     assert body == kept
     assert doc["total_size_bytes"] == len(kept)
     assert second.stop() == 0
+
+
+def test_orphan_uploads_under_the_prefix_are_aborted_and_others_are_left(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    s3_client.create_bucket(Bucket=bucket)
+    orphan = s3_client.create_multipart_upload(Bucket=bucket, Key="streams/gone/old.mp4")
+    s3_client.upload_part(
+        Bucket=bucket,
+        Key="streams/gone/old.mp4",
+        PartNumber=1,
+        UploadId=orphan["UploadId"],
+        Body=os.urandom(PART),
+    )
+    foreign = s3_client.create_multipart_upload(Bucket=bucket, Key="elsewhere/keep.mp4")
+    source = finished_file(watch_dir, tmp_path, "mine.mp4", 2 * PART + 1)
+    process = agent(ORPHAN_UPLOAD_AGE_SECONDS="1")
+
+    def open_uploads() -> set[str]:
+        uploads = s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return {u["UploadId"] for u in uploads}
+
+    wait_for(
+        lambda: orphan["UploadId"] not in open_uploads(),
+        deadline_s=20,
+        what="the orphan to be aborted",
+    )
+    assert foreign["UploadId"] in open_uploads()
+    doc = wait_for(
+        lambda: doc_for(metadata_docs(s3_client, bucket), "mine.mp4"),
+        deadline_s=30,
+        what="the metadata",
+    )
+    assert_exact(s3_client, bucket, doc, source, tmp_path)
+    aborted = events_of(process, "upload.orphan_aborted")
+    assert [e["key"] for e in aborted] == ["streams/gone/old.mp4"]
+    assert process.stop() == 0
+
+
+def test_redis_outage_stalls_checkpoints_and_the_stream_catches_up(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    port = servers.free_port()
+    redis_proc = servers.start_redis(redis_dir, port, appendonly=True)
+    try:
+        target = watch_dir / "redis-outage.mp4"
+        process = agent(REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        writer = threading.Thread(
+            target=write_slowly,
+            args=(target,),
+            kwargs={"total_bytes": 30 * MiB, "rate_bytes_s": int(1.5 * MiB)},
+        )
+        writer.start()
+        wait_for(lambda: events_of(process, "part.uploaded"), deadline_s=20, what="a part")
+        servers.stop(redis_proc)
+        wait_for(lambda: events_of(process, "stream.stalled"), deadline_s=20, what="a stall")
+        time.sleep(5)  # the outage itself
+        assert process.proc is not None and process.proc.poll() is None
+        redis_proc = servers.start_redis(redis_dir, port, appendonly=True)
+        writer.join()
+        doc = wait_for(
+            lambda: doc_for(metadata_docs(s3_client, bucket), "redis-outage.mp4"),
+            deadline_s=60,
+            what="the metadata",
+        )
+        assert_exact(s3_client, bucket, doc, target, tmp_path)
+        assert events_of(process, "stream.resumed")
+        assert process.stop() == 0
+    finally:
+        servers.stop(redis_proc)
