@@ -15,7 +15,7 @@ from streamup import metrics
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import ConfigError, StorageError, StreamupError
 from streamup.finalize import finalize, finish_lost, write_metadata
-from streamup.models import CompletedRecord, FileState, Status, StreamRecord, utc_now
+from streamup.models import CompletedRecord, EndReason, FileState, Status, StreamRecord, utc_now
 from streamup.orphans import abort_orphans
 from streamup.recovery import reconcile
 from streamup.settings import Settings
@@ -282,11 +282,17 @@ class Agent:
 
     async def _drive(self, worker: StreamWorker, resumed: bool) -> None:
         try:
-            await self._live(worker, resumed)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            worker.log.exception("stream.crashed")
+            while not self.stopping.is_set():
+                try:
+                    await self._live(worker, resumed)
+                    return
+                except Exception as exc:
+                    # A permanent error or a bug in one stream never stops the others: report
+                    # it, wait, and pick the stream up again as after a restart.
+                    worker.last_error = str(exc)
+                    worker.log.exception("stream.failed_step", retry_in_s=PERMANENT_ERROR_PAUSE_S)
+                    await worker.nap(PERMANENT_ERROR_PAUSE_S)
+                    resumed = True
         finally:
             if worker.source is not None:
                 worker.source.close()
@@ -295,8 +301,9 @@ class Agent:
             self.tasks.pop(stream_id, None)
             if self.by_path.get(worker.record.path) == stream_id:
                 del self.by_path[worker.record.path]
-            if worker.record.status.is_final and worker.completed_record is not None:
-                self.completed[worker.record.path] = worker.completed_record
+            done = worker.completed_record
+            if done is not None and done.end_reason is EndReason.IDLE:
+                self.completed[worker.record.path] = done
 
     async def _live(self, worker: StreamWorker, resumed: bool) -> None:
         if worker.record.status.object_completed:

@@ -1,0 +1,127 @@
+"""The S3 client against moto's real HTTP server: S3's rules, error translation, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+
+import pytest
+
+from streamup.errors import NoSuchUpload, StorageError, StreamupError
+from streamup.lifecycle import multipart_etag
+from streamup.retry import Backoff, retrying
+from streamup.storage import S3Storage
+from tests.servers import free_port
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
+    client = S3Storage(
+        bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
+        access_key_id="testing", secret_access_key="testing",
+    )  # fmt: skip
+    await client.open()
+    assert await client.ensure_bucket() is True
+    yield client
+    await client.close()
+
+
+async def send(storage: S3Storage, key: str, upload_id: str, number: int, body: bytes) -> str:
+    return await storage.upload_part(key, upload_id, number, body, hashlib.md5(body).digest())
+
+
+async def test_bucket_is_created_once(storage: S3Storage) -> None:
+    assert await storage.ensure_bucket() is False
+
+
+async def test_list_parts_follows_pagination_past_1000_parts(storage: S3Storage) -> None:
+    upload_id = await storage.create_upload("many", "video/mp4")
+    sem = asyncio.Semaphore(16)
+
+    async def one(number: int) -> None:
+        async with sem:
+            await send(storage, "many", upload_id, number, number.to_bytes(2, "big"))
+
+    await asyncio.gather(*(one(n) for n in range(1, 1206)))
+    parts = await storage.list_parts("many", upload_id)
+    assert sorted(parts) == list(range(1, 1206))
+    assert parts[1205].size_bytes == 2
+    await storage.abort_upload("many", upload_id)
+
+
+async def test_small_part_that_is_not_the_last_is_refused_at_completion(
+    storage: S3Storage,
+) -> None:
+    upload_id = await storage.create_upload("small", "video/mp4")
+    etags = [(n, await send(storage, "small", upload_id, n, os.urandom(1000))) for n in (1, 2)]
+    with pytest.raises(StorageError) as caught:
+        await storage.complete_upload("small", upload_id, etags)
+    assert caught.value.code == "EntityTooSmall"
+    assert not caught.value.retryable
+
+
+async def test_completed_object_etag_and_forgotten_upload(storage: S3Storage) -> None:
+    upload_id = await storage.create_upload("done", "video/mp4")
+    first, last = os.urandom(5 * MiB), b"tail"
+    etags = [
+        (1, await send(storage, "done", upload_id, 1, first)),
+        (2, await send(storage, "done", upload_id, 2, last)),
+    ]
+    await storage.complete_upload("done", upload_id, etags)
+    expected = multipart_etag([hashlib.md5(first).digest(), hashlib.md5(last).digest()])
+    assert await storage.head_object("done") == (5 * MiB + 4, expected)
+    assert await storage.head_object("nothing-here") is None
+    with pytest.raises(NoSuchUpload):
+        await storage.list_parts("done", upload_id)
+
+
+async def test_unreachable_endpoint_is_a_retryable_error() -> None:
+    client = S3Storage(
+        bucket="b-unreachable", region="us-east-1",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        access_key_id="testing", secret_access_key="testing",
+    )  # fmt: skip
+    await client.open()
+    try:
+        with pytest.raises(StorageError) as caught:
+            await client.create_upload("k", "video/mp4")
+        assert caught.value.retryable
+        assert "testing" not in str(caught.value)
+    finally:
+        await client.close()
+
+
+async def test_retrying_waits_out_transient_errors_and_gives_up_on_permanent_ones() -> None:
+    calls: list[int] = []
+    retries: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 4:
+            raise StorageError("blip", retryable=True)
+        return "ok"
+
+    fast = Backoff(first_s=0.001, cap_s=0.004)
+    result = await retrying(flaky, backoff=fast, on_retry=lambda e, n, d: retries.append(n))
+    assert result == "ok" and retries == [1, 2, 3]
+
+    async def denied() -> str:
+        calls.append(1)
+        raise StorageError("AccessDenied", retryable=False)
+
+    calls.clear()
+    with pytest.raises(StreamupError):
+        await retrying(denied, backoff=fast)
+    assert len(calls) == 1
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    backoff = Backoff(first_s=0.5, factor=2.0, cap_s=30.0)
+    delays = [backoff.delay_s(n) for n in range(1, 30)]
+    assert all(0 < d <= 30.0 for d in delays)
+    assert max(delays[10:]) >= 15.0  # it reaches the cap region
+    assert len(set(delays)) > 20  # jitter: not one fixed ladder
