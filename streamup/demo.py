@@ -20,13 +20,33 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from aiobotocore.session import get_session
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from streamup.progress import RateMeter, sample
 from streamup.service import Agent
-from streamup.settings import load_settings
+from streamup.settings import Settings
 
 MiB = 1024 * 1024
+
+
+class DemoSettings(Settings):
+    """The demo's settings come from the demo alone: "nothing configured" must also mean that a
+    REDIS_URL, S3_* or WATCH_EXTENSIONS in the environment or `.env` (a production Redis!) is
+    neither used nor touched."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 def _free_port() -> int:
@@ -101,13 +121,13 @@ async def _record(path: Path, seconds: float) -> None:
             await asyncio.sleep(0.25)
 
 
-def _progress(agent: Agent, path: Path) -> str:
+def _progress(agent: Agent, path: Path, meter: RateMeter) -> str:
     size = path.stat().st_size if path.exists() else 0
-    for worker in agent.workers.values():
-        uploaded = worker.record.uploaded_bytes / MiB
+    lines = sample(agent.workers.values(), meter, time.monotonic(), agent.settings.watch_dir)
+    for line in lines:
         return (
-            f"  recording {size / MiB:6.1f} MiB | uploaded {uploaded:6.1f} MiB"
-            f" in {len(worker.parts)} parts | {worker.record.status.value}"
+            f"  recording {size / MiB:6.1f} MiB | uploaded {line.uploaded_bytes / MiB:6.1f} MiB"
+            f" in {line.parts} parts at {line.rate_bytes_s / MiB:4.1f} MiB/s | {line.state}"
         )
     return f"  recording {size / MiB:6.1f} MiB | waiting for the first whole part"
 
@@ -117,20 +137,20 @@ async def run_demo(*, seconds: float = 8.0) -> int:
     with tempfile.TemporaryDirectory(prefix="streamup-demo-") as tmp, local_s3() as endpoint:
         print(f"  local S3 server: {endpoint} (moto, in memory: it is gone when the demo ends)")
         root = Path(tmp)
-        settings = load_settings(
-            {
-                "watch_dir": root / "watch",
-                "state_dir": root / "state",
-                "s3_endpoint_url": endpoint,
-                "s3_access_key_id": "demo",
-                "s3_secret_access_key": "demo",
-                "s3_bucket_name": "streamup-demo",
-                "chunk_size_bytes": 5 * MiB,
-                "stream_timeout_seconds": 2,
-                "scan_interval_seconds": 1,
-                "prom_port": 0,
-            }
-        )
+        values: dict[str, Any] = {
+            "watch_dir": root / "watch",
+            "state_dir": root / "state",
+            "s3_endpoint_url": endpoint,
+            "s3_access_key_id": "demo",
+            "s3_secret_access_key": "demo",
+            "s3_bucket_name": "streamup-demo",
+            "chunk_size_bytes": 5 * MiB,
+            "stream_timeout_seconds": 2,
+            "scan_interval_seconds": 1,
+            "prom_port": 0,
+        }
+        settings = DemoSettings(**values)
+        settings.watch_dir.mkdir()
         print(f"  watching {settings.watch_dir}; checkpoints in {settings.state_dir}")
         agent, stop = Agent(settings), asyncio.Event()
         running = asyncio.create_task(agent.run(stop))
@@ -139,8 +159,9 @@ async def run_demo(*, seconds: float = 8.0) -> int:
         recording.parent.mkdir()
         print(f"  recording {seconds:.0f} s of video into {recording.name} in real time ...")
         recorder = asyncio.create_task(_record(recording, seconds))
+        meter = RateMeter()
         while not recorder.done():
-            print(_progress(agent, recording), flush=True)
+            print(_progress(agent, recording, meter), flush=True)
             await asyncio.sleep(1.0)
         print("  recording ended; waiting for the stream to go idle and complete ...")
         deadline = time.monotonic() + 60

@@ -38,6 +38,10 @@ class CheckpointError(StreamupError):
     """The checkpoint store failed. Connection problems are retryable."""
 
 
+class LeaseLost(CheckpointError):
+    """Another agent owns the stream now: this one must stop touching it (never retried)."""
+
+
 class CheckpointCorrupt(CheckpointError):
     """A stored value cannot be parsed. Reported with the key and value, never dropped silently."""
 

@@ -108,6 +108,7 @@ async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
     assert upload_id is not None
     etags = [(p.number, p.etag) for p in parts]
     crash_point("before_complete")
+    await worker.check_lease()
     try:
         await worker.persist(lambda: storage.complete_upload(key, upload_id, etags), "complete")
         crash_point("after_complete")
@@ -117,6 +118,12 @@ async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
             await worker.set_status(Status.ACTIVE)
             return False
     except StorageError as exc:
+        if exc.code == "PreconditionFailed" and await already_completed(worker, parts):
+            # Completed already (by us before a crash, or by an agent that took over): the
+            # object is exactly these parts, so the stream goes on to its metadata.
+            await worker.persist(lambda: storage.abort_upload(key, upload_id), "abort")
+            await worker.set_status(Status.S3_COMPLETED, completed_at=utc_now(), error=None)
+            return True
         await worker.set_status(Status.FAILED_S3_COMPLETE, error=str(exc))
         await worker.pause_after(exc)
         return False
@@ -178,13 +185,25 @@ async def write_metadata(worker: StreamWorker) -> None:
         return
     body, key = encode_metadata(doc), f"{worker.record.key}.metadata.json"
     storage = worker.ctx.storage
+    await worker.check_lease()
     try:
-        await worker.persist(lambda: storage.put_bytes(key, body, "application/json"), "metadata")
+        await worker.persist(
+            lambda: storage.put_bytes(key, body, "application/json", exclusive=True), "metadata"
+        )
     except StorageError as exc:
+        if exc.code == "PreconditionFailed":
+            # Written already (a retry after a crash, or a previous owner): never overwritten.
+            worker.log.info("stream.metadata_exists", key=key)
+            await _completed(worker, doc)
+            return
         await worker.set_status(Status.FAILED_METADATA_UPLOAD, error=str(exc))
         metrics.FAILURES.labels(status=Status.FAILED_METADATA_UPLOAD.value).inc()
         worker.log.error("stream.failed", status="failed_metadata_upload", error=str(exc))
         return
+    await _completed(worker, doc)
+
+
+async def _completed(worker: StreamWorker, doc: dict[str, object]) -> None:
     await worker.set_status(Status.COMPLETED, error=None)
     await finish(worker)
     metrics.COMPLETIONS.inc()

@@ -46,6 +46,14 @@ class Status(StrEnum):
         )
 
 
+class Claim(StrEnum):
+    """What the checkpoint store says about a file an agent has just found."""
+
+    NEW = "new"  # registered now: the finder owns the new stream
+    EXISTING = "existing"  # an unfinished stream already covers this path and inode
+    COMPLETED = "completed"  # this very file (inode, size, mtime) was completed already
+
+
 class EndReason(StrEnum):
     """Why a stream ended; goes into the metadata and the completed record."""
 
@@ -128,6 +136,7 @@ class StreamRecord:
     completed_at: datetime | None = None
     end_reason: EndReason = EndReason.IDLE
     error: str | None = None
+    host: str = ""  # the host whose agent found the file: only it may call the file lost
 
     def evolve(self, **changes: object) -> StreamRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -9,12 +9,16 @@ so a long recording that another agent (with its own checkpoint store) is still 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 import structlog
 
-from streamup.errors import StorageError
+from streamup.checkpoint import CheckpointStore
+from streamup.errors import StorageError, StreamupError
+from streamup.models import utc_now
 from streamup.storage import RemoteUpload, S3Storage
 
 log = structlog.get_logger("streamup")
@@ -53,3 +57,28 @@ async def abort_orphans(
         aborted += 1
         log.warning("upload.orphan_aborted", key=upload.key, parts=len(parts))
     return aborted
+
+
+async def reap_orphans(
+    storage: S3Storage,
+    store: CheckpointStore,
+    prefix: str,
+    *,
+    max_age_s: float,
+    live_upload_ids: Callable[[], set[str | None]],
+    stopping: asyncio.Event,
+) -> None:
+    """At start-up and then hourly: abort the forgotten uploads under `prefix`."""
+    max_age = timedelta(seconds=max_age_s)
+    period_s = min(3600.0, max(1.0, max_age_s))
+    while not stopping.is_set():
+        try:
+            # Every stream any agent still works on (a shared store knows them all).
+            known = {r.upload_id for r in await store.unfinished_streams()} | live_upload_ids()
+            await abort_orphans(
+                storage, prefix, {k for k in known if k}, now=utc_now(), max_age=max_age
+            )
+        except StreamupError as exc:
+            log.warning("upload.orphan_check_failed", error=str(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), period_s)

@@ -3,6 +3,8 @@
 Both documents are built here so they have one shape. `streamup status --json` reads the
 checkpoint store (agent running or not); `/status` reads the running agent's workers, which also
 know what the store cannot: whether a stream is stalled right now (`stalled` is null offline).
+`owner` is the agent id holding the stream's lease: the store knows it with Redis (a fleet);
+the embedded SQLite store has one agent and keeps no lease a reader could see (null offline).
 Rows hold paths, sizes, states and errors; never a credential.
 """
 
@@ -34,6 +36,7 @@ def stream_row(
     size_bytes: int | None = None,
     stalled: bool | None = None,
     error: str | None = None,
+    owner: str | None = None,
 ) -> dict[str, object]:
     """One stream: where it is, how much of the file S3 holds, and what went wrong if anything."""
     size = record.size_bytes if size_bytes is None else size_bytes
@@ -42,6 +45,7 @@ def stream_row(
         "path": record.path,
         "state": record.status.value,
         "stalled": stalled,
+        "owner": owner,
         "uploaded_bytes": record.uploaded_bytes,
         "size_bytes": size,
         "lag_bytes": max(0, size - record.uploaded_bytes),
@@ -86,15 +90,17 @@ def document(
     }
 
 
-def live_streams(workers: Iterable[StreamWorker]) -> list[dict[str, object]]:
+def live_streams(workers: Iterable[StreamWorker], owner: str) -> list[dict[str, object]]:
+    """Rows of the streams an agent is working on; it holds the lease of each (`owner`)."""
     return [
-        stream_row(w.record, len(w.parts), stalled=w.stalled, error=w.last_error) for w in workers
+        stream_row(w.record, len(w.parts), stalled=w.stalled, error=w.last_error, owner=owner)
+        for w in workers
     ]
 
 
 async def agent_document(agent: Agent) -> dict[str, object]:
     """/status: the agent's own view, answered even when the checkpoint store is not."""
-    streams = live_streams(agent.workers.values())
+    streams = live_streams(agent.workers.values(), agent.settings.agent_id)
     completions: list[CompletedRecord] = []
     store_error = None
     try:
@@ -129,7 +135,8 @@ async def collect(store: CheckpointStore, *, recent_limit: int = RECENT_LIMIT) -
     rows = []
     for record in await store.unfinished_streams():
         parts = await store.load_parts(record.stream_id)
-        rows.append(stream_row(record, len(parts), size_bytes=_size_on_disk(record)))
+        owner = await store.lease_owner(record.stream_id)
+        rows.append(stream_row(record, len(parts), size_bytes=_size_on_disk(record), owner=owner))
     completions = await store.recent_completions(recent_limit)
     return document(
         source="checkpoint_store", store=store.name, streams=rows, completions=completions
@@ -171,6 +178,8 @@ def render(doc: dict[str, object]) -> str:
             f"{human_size(row['size_bytes']):<10} {human_size(row['lag_bytes']):>10} "
             f"{row['parts']:>5}  {row['last_activity_at_utc']:<32} {row['path']}"
         )
+        if row.get("owner"):
+            lines.append(f"    owner: {row['owner']}")
         if row.get("error"):
             lines.append(f"    error: {row['error']}")
     completions = doc.get("recent_completions") or []

@@ -6,17 +6,25 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Coroutine
-from datetime import timedelta
 from typing import Any
 
 import structlog
 
 from streamup import metrics
 from streamup.checkpoint import CheckpointStore
-from streamup.errors import ConfigError, StorageError, StreamupError
+from streamup.errors import ConfigError, LeaseLost, StorageError, StreamupError
 from streamup.finalize import finalize, finish_lost, write_metadata
-from streamup.models import CompletedRecord, EndReason, FileState, Status, StreamRecord, utc_now
-from streamup.orphans import abort_orphans
+from streamup.models import (
+    Claim,
+    CompletedRecord,
+    EndReason,
+    FileState,
+    Status,
+    StreamRecord,
+    utc_now,
+)
+from streamup.orphans import reap_orphans
+from streamup.ownership import Ownership
 from streamup.recovery import reconcile
 from streamup.settings import Settings
 from streamup.source import SourceFile, stat_path
@@ -79,6 +87,14 @@ class Agent:
             stopping=self.stopping,
             ffprobe_path=settings.ffprobe_path,
             ffprobe_timeout_s=settings.ffprobe_timeout_seconds,
+            lease_ttl_s=settings.lease_ttl_seconds,
+        )
+        self.ownership = Ownership(
+            self.store,
+            agent_id=settings.agent_id,
+            ttl_s=settings.lease_ttl_seconds,
+            stopping=self.stopping,
+            take_over=self._resume_owned,
         )
         self.workers: dict[str, StreamWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -106,7 +122,7 @@ class Agent:
         try:
             self.completed = await self.store.completed_files()
             for record in await self.store.unfinished_streams():
-                await self._resume(record)
+                await self._adopt(record)
             await watcher.scan_once()
             background = [
                 asyncio.create_task(watcher.run_events(self.stopping)),
@@ -114,7 +130,12 @@ class Agent:
                 asyncio.create_task(self._update_gauges()),
             ]
             if self.settings.orphan_upload_age_seconds > 0:
-                background.append(asyncio.create_task(self._reap_orphans()))
+                background.append(asyncio.create_task(reap_orphans(
+                    self.storage, self.store, f"{self.settings.s3_key_prefix}/",
+                    max_age_s=self.settings.orphan_upload_age_seconds,
+                    live_upload_ids=lambda: {w.record.upload_id for w in self.workers.values()},
+                    stopping=self.stopping,
+                )))  # fmt: skip
             if self.settings.prom_port:
                 server = await metrics.serve_http(
                     self.settings.prom_host, self.settings.prom_port, self.status, self.healthy
@@ -133,6 +154,7 @@ class Agent:
             if server is not None:
                 server.close()
             await self._drain()
+            await self.ownership.release_all()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -203,6 +225,8 @@ class Agent:
         if self.stopping.is_set() or path in self._starting:
             return
         state = stat_path(path)
+        if state is not None and self.ownership.is_foreign(path, state.identity.inode):
+            return  # another agent's stream; we stand by for it
         stream_id = self.by_path.get(path)
         if stream_id is not None:
             worker = self.workers[stream_id]
@@ -252,21 +276,52 @@ class Agent:
                 part_size_fixed=s.part_size_fixed,
                 started_at=now,
                 last_activity_at=now,
+                size_bytes=state.size_bytes,
+                mtime_ns=state.mtime_ns,
+                host=self.ownership.host,
             )
             worker = StreamWorker(self.ctx, record, {}, source)
-            await worker.persist(lambda: self.store.save_stream(record), "checkpoint")
+            claim, known_id = await worker.persist(
+                lambda: self.store.claim_stream(record), "checkpoint"
+            )
+            if claim is not Claim.NEW or not await self.ownership.acquire(known_id):
+                source.close()
+                self._settle_claim(claim, known_id, path, state)
+                return
             worker.log.info("stream.discovered", key=record.key)
             self._launch(worker)
         finally:
             self._starting.discard(path)
 
-    async def _resume(self, record: StreamRecord) -> None:
+    def _settle_claim(self, claim: Claim, stream_id: str, path: str, state: FileState) -> None:
+        """The file is not ours to start: completed already, or another agent's stream."""
+        if claim is Claim.COMPLETED:
+            self.completed[path] = CompletedRecord(
+                stream_id=stream_id, path=path, bucket=self.settings.s3_bucket_name, key="",
+                status=Status.COMPLETED, identity=state.identity, size_bytes=state.size_bytes,
+                mtime_ns=state.mtime_ns, completed_at=utc_now(),
+            )  # fmt: skip
+        elif stream_id not in self.workers:
+            self.ownership.watch(stream_id, path, state.identity.inode)
+
+    async def _adopt(self, record: StreamRecord) -> None:
+        """At start-up: resume an unfinished stream if its lease is free, else stand by."""
+        if self.ownership.may_take(record) and await self.ownership.acquire(record.stream_id):
+            await self._resume_owned(record)
+            return
+        self.ownership.watch(record.stream_id, record.path, record.identity.inode)
+
+    async def _resume_owned(self, record: StreamRecord) -> None:
+        """Resume a stream whose lease we hold, from its checkpoint (restart or takeover)."""
         parts = await self.store.load_parts(record.stream_id)
         source: SourceFile | None = None
         state = stat_path(record.path)
-        if state is not None and state.identity == record.identity:
+        if state is not None and state.identity.inode == record.identity.inode:
             with contextlib.suppress(OSError):
                 source = SourceFile(record.path)
+        if source is not None and source.identity != record.identity:
+            # The same file seen from another host (NFS numbers devices per client).
+            record = record.evolve(identity=source.identity)
         worker = StreamWorker(self.ctx, record, parts, source)
         worker.log.info("stream.resuming", status=record.status.value, parts=len(parts))
         self._launch(worker, resumed=True)
@@ -277,6 +332,15 @@ class Agent:
         if worker.source is not None:
             self.by_path[worker.record.path] = stream_id
         self.tasks[stream_id] = asyncio.create_task(self._drive(worker, resumed))
+        self.ownership.keep(stream_id, on_lost=lambda: self._lost(worker))
+
+    def _lost(self, worker: StreamWorker) -> None:
+        """Another agent holds the lease now: stop at once; it resumes from the checkpoint."""
+        worker.lease_lost = True
+        worker.log.warning("stream.lease_lost", action="backing off")
+        task = self.tasks.get(worker.record.stream_id)
+        if task is not None:
+            task.cancel()
 
     # ------------------------------------------------------------- one stream's life
 
@@ -285,6 +349,10 @@ class Agent:
             while not self.stopping.is_set():
                 try:
                     await self._live(worker, resumed)
+                    return
+                except LeaseLost as exc:
+                    worker.lease_lost = True
+                    worker.log.warning("stream.lease_lost", error=str(exc), action="backing off")
                     return
                 except Exception as exc:
                     # A permanent error or a bug in one stream never stops the others: report
@@ -297,6 +365,11 @@ class Agent:
             if worker.source is not None:
                 worker.source.close()
             stream_id = worker.record.stream_id
+            unfinished = not worker.record.status.is_final and not worker.lease_lost
+            self.ownership.drop(stream_id, held=unfinished)
+            if worker.lease_lost and not self.stopping.is_set():
+                record = worker.record
+                self.ownership.watch(stream_id, record.path, record.identity.inode)
             self.workers.pop(stream_id, None)
             self.tasks.pop(stream_id, None)
             if self.by_path.get(worker.record.path) == stream_id:
@@ -335,26 +408,6 @@ class Agent:
                 await write_metadata(worker)
             if worker.record.status == Status.COMPLETED:
                 return
-
-    async def _reap_orphans(self) -> None:
-        """Abort forgotten multipart uploads under our prefix, at start-up and then hourly."""
-        max_age = timedelta(seconds=self.settings.orphan_upload_age_seconds)
-        period_s = min(3600.0, max(1.0, self.settings.orphan_upload_age_seconds))
-        while not self.stopping.is_set():
-            try:
-                known = {r.upload_id for r in await self.store.unfinished_streams()}
-                known |= {w.record.upload_id for w in self.workers.values()}
-                await abort_orphans(
-                    self.storage,
-                    f"{self.settings.s3_key_prefix}/",
-                    {k for k in known if k},
-                    now=utc_now(),
-                    max_age=max_age,
-                )
-            except StreamupError as exc:
-                log.warning("upload.orphan_check_failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), period_s)
 
     # ------------------------------------------------------------- observability
 

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # aborted (they cost storage forever otherwise). 0 turns the clean-up off.
     orphan_upload_age_seconds: float = Field(86400.0, ge=0)
     agent_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # With a shared Redis: an owner that stops renewing loses its streams after this long.
+    lease_ttl_seconds: float = Field(15.0, ge=1)
 
     ffprobe_path: str | None = None
     ffprobe_timeout_seconds: float = Field(30.0, gt=0)

@@ -128,6 +128,7 @@ class S3Storage:
         }
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self.conditional_writes = True  # turned off when the server does not support them
 
     async def open(self) -> None:
         session = get_session()
@@ -217,16 +218,31 @@ class S3Storage:
             marker = int(page["NextPartNumberMarker"])
 
     async def complete_upload(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> str:
-        response = await self._call(
+        """Complete the upload, never over an existing object (`If-None-Match: *` where the
+        server supports it). An existing object raises StorageError code PreconditionFailed."""
+        parts = {"Parts": [{"PartNumber": n, "ETag": e} for n, e in etags]}
+        response = await self._exclusive(
             f"completing {key!r}",
-            lambda: self._client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": e} for n, e in etags]},
+            lambda extra: self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=parts, **extra
             ),
         )
         return str(response.get("ETag", ""))
+
+    async def _exclusive(self, what: str, call: Callable[[dict[str, str]], Awaitable[T]]) -> T:
+        """Make a write conditional on the key being free, if the server knows how.
+
+        Servers without conditional writes answer NotImplemented (or reject the header); then the
+        write goes ahead without it and the lease alone protects the object.
+        """
+        if self.conditional_writes:
+            try:
+                return await self._call(what, lambda: call({"IfNoneMatch": "*"}))
+            except StorageError as exc:
+                if exc.code not in ("NotImplemented", "501", "InvalidArgument", "InvalidRequest"):
+                    raise
+                self.conditional_writes = False
+        return await self._call(what, lambda: call({}))
 
     async def abort_upload(self, key: str, upload_id: str) -> None:
         try:
@@ -251,12 +267,20 @@ class S3Storage:
             raise translate(exc, f"reading {key!r}") from exc
         return int(response["ContentLength"]), str(response["ETag"])
 
-    async def put_bytes(self, key: str, body: bytes, content_type: str) -> str:
-        response = await self._call(
-            f"writing {key!r}",
-            lambda: self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
-            ),
+    async def put_bytes(
+        self, key: str, body: bytes, content_type: str, *, exclusive: bool = False
+    ) -> str:
+        """PutObject; with `exclusive`, never over an existing object (PreconditionFailed)."""
+
+        def put(extra: dict[str, str]) -> Awaitable[Any]:
+            call: Awaitable[Any] = self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra
+            )
+            return call
+
+        what = f"writing {key!r}"
+        response = await (
+            self._exclusive(what, put) if exclusive else self._call(what, lambda: put({}))
         )
         return str(response["ETag"])
 

@@ -17,7 +17,7 @@ import structlog
 
 from streamup import metrics
 from streamup.checkpoint import CheckpointStore
-from streamup.errors import NoSuchUpload, StorageError, StreamupError
+from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
 from streamup.lifecycle import Activity, check_transition, parts_past_end, should_end
 from streamup.metadata import content_type_for
@@ -46,6 +46,7 @@ class StreamContext:
     window: int  # parts in flight for one stream
     timeout_s: float
     stopping: asyncio.Event
+    lease_ttl_s: float = 15.0
     writers: WriterIndex = field(default_factory=WriterIndex)
     ffprobe_path: str | None = None
     ffprobe_timeout_s: float = 30.0
@@ -74,6 +75,7 @@ class StreamWorker:
         self._in_flight: set[int] = set()
         self.completed_record: CompletedRecord | None = None
         self.writer_seen = False  # a process on this host was seen writing the file
+        self.lease_lost = False  # another agent took the stream over
         self.log = log.bind(stream_id=record.stream_id, path=record.path)
 
     # ----------------------------------------------------------------- plumbing
@@ -114,6 +116,12 @@ class StreamWorker:
             self.stalled = False
             self.last_error = None
             self.log.info("stream.resumed")
+
+    async def check_lease(self) -> None:
+        """Before a step that cannot be undone: is the stream still ours? (LeaseLost if not.)"""
+        stream_id, ttl_s = self.record.stream_id, self.ctx.lease_ttl_s
+        if not await self.persist(lambda: self.ctx.store.renew_lease(stream_id, ttl_s), "lease"):
+            raise LeaseLost(f"stream {stream_id} is owned by another agent now")
 
     async def set_status(self, status: Status, **changes: object) -> None:
         check_transition(self.record.status, status)

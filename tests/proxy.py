@@ -20,6 +20,7 @@ class FaultProxy:
         self.target = (host, int(port))
         self.port = free_port()
         self.bytes_up = 0  # agent -> S3: what the agent sent
+        self.content_md5_headers = 0  # requests that carried an integrity header
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -60,6 +61,7 @@ class FaultProxy:
                 if upward:
                     with self._lock:
                         self.bytes_up += len(data)
+                        self.content_md5_headers += data.lower().count(b"\r\ncontent-md5: ")
                 dst.sendall(data)
         except OSError:
             pass

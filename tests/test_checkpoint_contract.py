@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,8 +20,9 @@ from streamup.checkpoint.base import CheckpointStore
 from streamup.checkpoint.memory import MemoryStore
 from streamup.checkpoint.redis import RedisStore, parse_part_value
 from streamup.checkpoint.sqlite import SqliteStore
-from streamup.errors import CheckpointCorrupt, CheckpointError
+from streamup.errors import CheckpointCorrupt, CheckpointError, LeaseLost
 from streamup.models import (
+    Claim,
     CompletedRecord,
     EndReason,
     FileIdentity,
@@ -30,6 +32,8 @@ from streamup.models import (
     iso,
 )
 from tests import servers
+
+T = TypeVar("T")
 
 MiB = 1024 * 1024
 HISTORY_LIMIT = 3
@@ -136,6 +140,7 @@ async def test_every_stream_field_round_trips(store: CheckpointStore) -> None:
         completed_at=T0 + timedelta(hours=2),
         end_reason=EndReason.FILE_REPLACED,
         error="metadata upload failed: AccessDenied: no",
+        host="edge-07.example",
     )
     await store.save_stream(stream)
     loaded = await store.load_stream("s1")
@@ -327,6 +332,88 @@ async def test_concurrent_part_checkpoints_of_one_stream_all_land(store: Checkpo
     assert await store.load_parts("s1") == {part.number: part for part in parts}
 
 
+# -- claims: one stream per file, however many agents find it -----------------------------------
+
+
+async def test_claim_registers_a_new_file_then_reports_it_existing(
+    store: CheckpointStore,
+) -> None:
+    first = make_stream("s1", path="/watch/cam.mp4", host="edge-a")
+    assert await store.claim_stream(first) == (Claim.NEW, "s1")
+    assert await store.load_stream("s1") == first
+    # Another agent finds the same file (its own device number: inode only counts).
+    second = make_stream("s2", path="/watch/cam.mp4", identity=FileIdentity(77, 1_234_567))
+    assert await store.claim_stream(second) == (Claim.EXISTING, "s1")
+    assert await store.load_stream("s2") is None
+    assert await store.unfinished_streams() == [first]
+
+
+async def test_a_retried_claim_is_new_again_without_a_second_stream(
+    store: CheckpointStore,
+) -> None:
+    stream = make_stream("s1", path="/watch/cam.mp4")
+    assert await store.claim_stream(stream) == (Claim.NEW, "s1")
+    assert await store.claim_stream(stream) == (Claim.NEW, "s1")
+    assert await store.unfinished_streams() == [stream]
+
+
+async def test_claim_of_a_new_inode_at_a_busy_path_is_a_new_stream(
+    store: CheckpointStore,
+) -> None:
+    first = make_stream("s1", path="/watch/cam.mp4")
+    await store.claim_stream(first)
+    await store.save_stream(first.evolve(size_bytes=5))  # the old stream goes on while it ends
+    replacement = make_stream("s2", path="/watch/cam.mp4", identity=FileIdentity(2049, 99))
+    assert await store.claim_stream(replacement) == (Claim.NEW, "s2")
+    assert {s.stream_id for s in await store.unfinished_streams()} == {"s1", "s2"}
+    await store.save_stream(first.evolve(size_bytes=6))
+    again = make_stream("s3", path="/watch/cam.mp4", identity=FileIdentity(2049, 99))
+    assert await store.claim_stream(again) == (Claim.EXISTING, "s2")
+
+
+async def test_claim_of_an_unchanged_completed_file_is_completed(store: CheckpointStore) -> None:
+    done = make_stream("s1", path="/watch/cam.mp4", size_bytes=20 * MiB, mtime_ns=2**62 + 1)
+    await store.claim_stream(done)
+    await store.finish_stream(done, completed_of(done))
+    found_again = done.evolve(stream_id="s2", identity=FileIdentity(3, done.identity.inode))
+    assert await store.claim_stream(found_again) == (Claim.COMPLETED, "s1")
+    assert await store.load_stream("s2") is None
+    assert await store.unfinished_streams() == []
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"size_bytes": 20 * MiB + 1},
+        {"mtime_ns": 2**62 + 2},  # beyond a double's precision: compared exactly
+        {"identity": FileIdentity(2049, 5)},
+    ],
+)
+async def test_claim_of_a_changed_completed_file_is_new(
+    store: CheckpointStore, change: dict[str, object]
+) -> None:
+    done = make_stream("s1", path="/watch/cam.mp4", size_bytes=20 * MiB, mtime_ns=2**62 + 1)
+    await store.claim_stream(done)
+    await store.finish_stream(done, completed_of(done))
+    changed = done.evolve(stream_id="s2", **change)
+    assert await store.claim_stream(changed) == (Claim.NEW, "s2")
+    assert await store.unfinished_streams() == [changed]
+
+
+async def test_a_lone_agent_is_granted_its_leases(store: CheckpointStore) -> None:
+    await store.save_stream(make_stream("s1"))
+    first = await store.acquire_lease("s1", "agent-a", 5.0)
+    second = await store.acquire_lease("s2", "agent-a", 5.0)
+    assert first is not None and second is not None and first < second
+    assert await store.lease_owner("s1") == "agent-a"
+    assert await store.renew_lease("s1", 5.0)
+    await store.record_part("s1", make_part(1), 8 * MiB, T0)
+    await store.save_stream(make_stream("s1", size_bytes=9))
+    await store.release_lease("s1")
+    assert await store.lease_owner("s1") is None
+    assert await store.lease_owner("never") is None
+
+
 # -- Redis: the seed's key schema ---------------------------------------------------------------
 
 
@@ -382,6 +469,7 @@ async def test_redis_writes_the_seed_key_schema(
         "completed_at_utc": "",
         "end_reason": "idle",
         "error": "",
+        "host": "",
     }
     assert await raw.hgetall("stream:s1:parts") == {
         "1": f'"{1:032x}":{8 * MiB}:2024-05-01T12:00:01.123457+00:00'
@@ -588,6 +676,146 @@ async def test_redis_bad_url_names_the_setting() -> None:
     assert not caught.value.retryable
 
 
+# -- Redis: many agents, one server (two RedisStore instances are two agents) -------------------
+
+
+@pytest.fixture
+async def agent_b(redis_url: str) -> AsyncIterator[RedisStore]:
+    """A second agent on the same Redis as `redis_store` (agent A)."""
+    opened = RedisStore(redis_url, history_limit=HISTORY_LIMIT)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def eventually(check: Callable[[], Awaitable[T]], deadline_s: float = 5.0) -> T:
+    """The first truthy result of `check`, polled until the deadline."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    while not (result := await check()):
+        assert loop.time() < end, f"still {result!r} after {deadline_s} s"
+        await asyncio.sleep(0.01)
+    return result
+
+
+async def take_over(old: RedisStore, new: RedisStore, stream: StreamRecord) -> tuple[int, int]:
+    """`old` leases the stream briefly and lets it lapse; `new` takes it: the two tokens."""
+    old_token = await old.acquire_lease(stream.stream_id, "agent-a", 0.2)
+    assert old_token is not None
+    new_token = await eventually(lambda: new.acquire_lease(stream.stream_id, "agent-b", 30.0))
+    return old_token, new_token
+
+
+async def test_redis_a_held_lease_is_refused_to_another_agent(
+    redis_store: RedisStore, agent_b: RedisStore, raw: aioredis.Redis
+) -> None:
+    await redis_store.save_stream(make_stream())
+    token = await redis_store.acquire_lease("s1", "agent-a", 30.0)
+    assert token is not None
+    assert await agent_b.acquire_lease("s1", "agent-b", 30.0) is None
+    assert await agent_b.lease_owner("s1") == "agent-a"
+    assert await redis_store.lease_owner("s1") == "agent-a"
+    assert await raw.get("stream:s1:lease") == f"agent-a|{token}"
+    assert await redis_store.acquire_lease("s1", "agent-a", 30.0) == token  # same owner: kept
+    assert not await agent_b.renew_lease("s1", 30.0)  # B never held it
+    assert await agent_b.lease_owner("s2") is None
+
+
+async def test_redis_an_agent_whose_lease_lapsed_is_fenced_out(
+    redis_store: RedisStore, agent_b: RedisStore, raw: aioredis.Redis
+) -> None:
+    stream = make_stream()
+    await redis_store.save_stream(stream)
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+    old_token, new_token = await take_over(redis_store, agent_b, stream)
+    assert old_token < new_token
+    assert await redis_store.lease_owner("s1") == "agent-b"
+    b_stream = stream.evolve(size_bytes=99, uploaded_bytes=16 * MiB)
+    await agent_b.save_stream(b_stream)
+    await agent_b.record_part("s1", make_part(2), 16 * MiB, T0)
+    stale: list[Callable[[], Awaitable[None]]] = [
+        lambda: redis_store.record_part("s1", make_part(3), 24 * MiB, T0),
+        lambda: redis_store.remove_parts("s1", [1, 2], 0),
+        lambda: redis_store.save_stream(stream.evolve(status=Status.FAILED_S3_COMPLETE)),
+        lambda: redis_store.finish_stream(stream, completed_of(stream)),
+    ]
+    for write in stale:
+        with pytest.raises(LeaseLost, match="stream s1 is leased to agent-b") as caught:
+            await write()
+        assert not caught.value.retryable
+    assert await agent_b.load_parts("s1") == {1: make_part(1), 2: make_part(2)}
+    assert await agent_b.load_stream("s1") == b_stream
+    assert await agent_b.completed_files() == {}
+    assert not await redis_store.renew_lease("s1", 30.0)
+    await redis_store.release_lease("s1")
+    assert await raw.get("stream:s1:lease") == f"agent-b|{new_token}"
+    assert await agent_b.renew_lease("s1", 30.0)
+    await agent_b.record_part("s1", make_part(3), 24 * MiB, T0)
+    await agent_b.finish_stream(b_stream, completed_of(b_stream))
+    assert await raw.exists("stream:s1:lease", "stream:s1:meta") == 0
+
+
+async def test_redis_a_lapsed_lease_nobody_took_is_renewed(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    await redis_store.save_stream(make_stream())
+    token = await redis_store.acquire_lease("s1", "agent-a", 0.1)
+
+    async def lapsed() -> bool:
+        return await raw.exists("stream:s1:lease") == 0
+
+    await eventually(lapsed)
+    assert await redis_store.renew_lease("s1", 30.0)
+    assert await raw.get("stream:s1:lease") == f"agent-a|{token}"
+    assert await raw.pttl("stream:s1:lease") > 10_000
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+
+
+async def test_redis_a_stream_finished_by_its_new_owner_stays_finished(
+    redis_store: RedisStore, agent_b: RedisStore, raw: aioredis.Redis
+) -> None:
+    stream = make_stream()
+    await redis_store.save_stream(stream)
+    await take_over(redis_store, agent_b, stream)
+    await agent_b.finish_stream(stream, completed_of(stream))
+    # The lease key is gone with the stream: "missing" must not read as "still ours" now.
+    assert not await redis_store.renew_lease("s1", 30.0)
+    with pytest.raises(LeaseLost, match="stream s1 was finished by another agent"):
+        await redis_store.save_stream(stream.evolve(status=Status.PENDING_COMPLETION))
+    with pytest.raises(LeaseLost, match="stream s1 was finished by another agent"):
+        await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+    assert await raw.exists("stream:s1:meta", "stream:s1:lease") == 0
+    assert await agent_b.unfinished_streams() == []
+
+
+async def test_redis_finish_drops_the_lease_and_the_path_entry(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    stream = make_stream(path="/watch/cam.mp4")
+    await redis_store.claim_stream(stream)
+    assert await raw.hgetall("streams:paths") == {"/watch/cam.mp4": "s1"}
+    assert await redis_store.acquire_lease("s1", "agent-a", 30.0) is not None
+    await redis_store.finish_stream(stream, completed_of(stream))
+    assert await raw.exists("stream:s1:lease") == 0
+    assert await raw.hgetall("streams:paths") == {}
+    assert not await redis_store.renew_lease("s1", 30.0)  # the store forgot the lease
+
+
+async def test_redis_path_entry_follows_the_newest_stream_of_a_path(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    old = make_stream("old", path="/watch/cam.mp4")
+    await redis_store.save_stream(old)  # a plain save indexes the path too
+    assert await raw.hgetall("streams:paths") == {"/watch/cam.mp4": "old"}
+    new = make_stream("new", path="/watch/cam.mp4", identity=FileIdentity(2049, 99))
+    assert await redis_store.claim_stream(new) == (Claim.NEW, "new")
+    await redis_store.save_stream(old.evolve(end_reason=EndReason.FILE_REPLACED))
+    await redis_store.finish_stream(old, completed_of(old))
+    assert await raw.hgetall("streams:paths") == {"/watch/cam.mp4": "new"}
+
+
 # -- SQLite: one file in STATE_DIR, one agent at a time -----------------------------------------
 
 
@@ -678,6 +906,29 @@ async def test_sqlite_non_exclusive_store_reads_while_the_agent_runs(tmp_path: P
         await agent.record_part("s1", make_part(2), 16 * MiB, T0)  # the agent's lock is intact
     finally:
         await agent.close()
+
+
+async def test_sqlite_database_without_host_column_is_migrated(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    await store.save_stream(make_stream(host="edge-a"))
+    await store.close()
+    with sqlite3.connect(tmp_path / "streamup.db") as conn:  # as an older streamup left it
+        conn.execute("DROP INDEX streams_by_path")
+        conn.execute("ALTER TABLE streams DROP COLUMN host")
+    conn.close()
+    await store.open()
+    try:
+        assert await store.load_stream("s1") == make_stream()
+        await store.save_stream(make_stream(host="edge-b"))
+        assert await store.load_stream("s1") == make_stream(host="edge-b")
+        claim = await store.claim_stream(make_stream("s2", path=make_stream().path))
+        assert claim == (Claim.EXISTING, "s1")
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "streamup.db") as conn:
+        assert conn.execute("PRAGMA index_list(streams)").fetchall()[0][1] == "streams_by_path"
+    conn.close()
 
 
 async def test_sqlite_closed_store_refuses_calls(tmp_path: Path) -> None:

@@ -82,6 +82,8 @@ def test_crash_after_a_part_upload_before_its_checkpoint_adopts_the_part(
         what="the metadata",
     )
     assert_exact(s3_client, bucket, doc, source, tmp_path)
+    # Every part carried Content-MD5, so S3 checks the bytes on receipt (5 parts, 1 adopted).
+    assert proxy.content_md5_headers >= 5
     reconciled = events_of(second, "stream.reconciled")
     assert reconciled and reconciled[0]["adopted"] == 1
     # Part 2 reached S3 before the crash and was adopted, not sent again.

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Protocol
 
-from streamup.models import CompletedRecord, PartRecord, StreamRecord
+from streamup.models import Claim, CompletedRecord, PartRecord, StreamRecord
 
 
 class CheckpointStore(Protocol):
@@ -63,3 +63,28 @@ class CheckpointStore(Protocol):
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         """Newest first."""
+
+    # ---- many agents, one store: claims and leases (single-agent stores grant everything)
+
+    async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
+        """Atomically register a file an agent has just found, as `stream` (status active).
+
+        - (NEW, stream.stream_id): nothing covered the file; `stream` is saved, like save_stream.
+        - (EXISTING, other_id): an unfinished stream has the same path and inode.
+        - (COMPLETED, other_id): the path's completed record has the same inode, size and mtime.
+        Inode only, not device: NFS clients number devices differently for one file.
+        """
+
+    async def acquire_lease(self, stream_id: str, owner: str, ttl_s: float) -> int | None:
+        """Take the stream's lease when nobody holds it (or it expired). Returns a fencing token
+        that grows with every acquisition, or None when another owner holds the lease. From then
+        on this store instance fences its writes for the stream with that lease."""
+
+    async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
+        """Extend our lease; False when it is not ours any more (then writes raise LeaseLost)."""
+
+    async def release_lease(self, stream_id: str) -> None:
+        """Give our lease up so another agent need not wait for it to expire."""
+
+    async def lease_owner(self, stream_id: str) -> str | None:
+        """Who holds the stream's lease now, or None."""

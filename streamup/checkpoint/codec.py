@@ -138,6 +138,7 @@ _META_DEFAULTS = {
     "completed_at_utc": "",
     "end_reason": EndReason.IDLE.value,
     "error": "",
+    "host": "",
 }
 
 
@@ -164,6 +165,7 @@ def stream_to_meta(stream: StreamRecord) -> dict[str, str]:
         "completed_at_utc": "" if stream.completed_at is None else iso(stream.completed_at),
         "end_reason": stream.end_reason.value,
         "error": stream.error or "",
+        "host": stream.host,
     }
 
 
@@ -192,6 +194,7 @@ def stream_from_meta(stream_id: str, fields: dict[str, str], *, where: str) -> S
         completed_at=meta.parse("completed_at_utc", parse_iso) if completed_at else None,
         end_reason=meta.parse("end_reason", EndReason),
         error=meta.text("error") or None,
+        host=meta.text("host"),
     )
 
 
@@ -265,6 +268,7 @@ def stream_to_row(stream: StreamRecord) -> dict[str, object]:
         "completed_at": None if stream.completed_at is None else iso(stream.completed_at),
         "end_reason": stream.end_reason.value,
         "error": stream.error or None,
+        "host": stream.host,
     }
 
 
@@ -301,4 +305,5 @@ _PLAIN_COLUMNS = (
     "reuploaded_parts",
     "sha256_hex",
     "error",
+    "host",
 )

@@ -5,6 +5,7 @@ them): progress only for saved streams, finishing removes working state, recent 
 unique per stream and trimmed to `history_limit`. Records are stored encoded, as Redis holds them,
 so what reads back is normalised the same way (timestamps in UTC, empty strings as None). Data
 lives as long as the object: closing and reopening the same instance stands in for a restart.
+Leases follow the SQLite store's (one agent per store): always granted, never fenced.
 
 `inject_error` makes the next calls fail, to test how callers retry.
 """
@@ -12,6 +13,7 @@ lives as long as the object: closing and reopening the same instance stands in f
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -24,7 +26,7 @@ from streamup.checkpoint.codec import (
     stream_to_meta,
 )
 from streamup.errors import CheckpointError
-from streamup.models import CompletedRecord, PartRecord, StreamRecord, iso
+from streamup.models import Claim, CompletedRecord, PartRecord, StreamRecord, iso
 
 
 class MemoryStore:
@@ -41,6 +43,8 @@ class MemoryStore:
         self._completed_files: dict[str, str] = {}  # path -> record JSON
         self._completions: list[tuple[str, str]] = []  # (stream id, record JSON), newest first
         self._errors: list[CheckpointError] = []
+        self._lease_tokens = itertools.count(1)
+        self._lease_owners: dict[str, str] = {}
 
     def inject_error(self, error: CheckpointError, *, count: int = 1) -> None:
         """Make the next `count` calls (of any method but open/close) raise `error`."""
@@ -103,6 +107,7 @@ class MemoryStore:
         check_finish(stream, record)
         self._streams.pop(stream.stream_id, None)
         self._parts.pop(stream.stream_id, None)
+        self._lease_owners.pop(stream.stream_id, None)
         entry = completed_to_json(record)
         self._completed_files[record.path] = entry
         # One entry per stream: finishing again (a retried call) moves it to the front.
@@ -124,6 +129,49 @@ class MemoryStore:
         self._check()
         entries = self._completions[: max(limit, 0)]
         return [completed_from_json(text, where=sid) for sid, text in entries]
+
+    async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
+        self._check()
+        streams = [stream_from_meta(sid, meta, where=sid) for sid, meta in self._streams.items()]
+        covering = sorted(
+            (other.stream_id != stream.stream_id, other.started_at, other.stream_id)
+            for other in streams
+            if other.path == stream.path
+            and other.identity.inode == stream.identity.inode
+            and not other.status.is_final
+        )
+        if covering:
+            # Our own id sorts first: a retried claim finds the stream it registered.
+            not_ours, _, found = covering[0]
+            return (Claim.EXISTING if not_ours else Claim.NEW), found
+        done = self._completed_files.get(stream.path)
+        if done is not None:
+            record = completed_from_json(done, where=stream.path)
+            if (record.identity.inode, record.size_bytes, record.mtime_ns) == (
+                stream.identity.inode,
+                stream.size_bytes,
+                stream.mtime_ns,
+            ):
+                return Claim.COMPLETED, record.stream_id
+        self._streams[stream.stream_id] = stream_to_meta(stream)
+        return Claim.NEW, stream.stream_id
+
+    async def acquire_lease(self, stream_id: str, owner: str, ttl_s: float) -> int | None:
+        self._check()
+        self._lease_owners[stream_id] = owner
+        return next(self._lease_tokens)
+
+    async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
+        self._check()
+        return True
+
+    async def release_lease(self, stream_id: str) -> None:
+        self._check()
+        self._lease_owners.pop(stream_id, None)
+
+    async def lease_owner(self, stream_id: str) -> str | None:
+        self._check()
+        return self._lease_owners.get(stream_id)
 
     def _meta(self, stream_id: str) -> dict[str, str]:
         meta = self._streams.get(stream_id)

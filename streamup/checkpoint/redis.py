@@ -10,8 +10,9 @@ A finished stream leaves `streams:completed_files` (path -> record JSON, pruned 
 and an entry in `streams:completed_log` (newest first, trimmed to the history limit; ids trimmed
 off the log leave `streams:completed` too), so nothing else grows without bound.
 
-Writes that must not be torn are one MULTI/EXEC or one Lua script. redis-py errors are translated
-here, once: connection trouble is retryable, anything else is not.
+Leases, claims and `streams:paths` are `redis_leases.py`'s, and so are the write scripts: every
+write is one Lua script, which first checks the stream's lease (the fence). redis-py errors are
+translated here, once: connection trouble is retryable, anything else is not.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import redis.exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.typing import EncodableT, FieldT
 
 from streamup.checkpoint.codec import (
     check_finish,
@@ -39,8 +39,20 @@ from streamup.checkpoint.codec import (
     stream_from_meta,
     stream_to_meta,
 )
+from streamup.checkpoint.redis_leases import (
+    CLAIM_SCRIPT,
+    FINISH_SCRIPT,
+    PATHS,
+    RECORD_PART_SCRIPT,
+    REMOVE_PARTS_SCRIPT,
+    SAVE_SCRIPT,
+    Leases,
+    claim_result,
+    lease_key,
+    owner_of,
+)
 from streamup.errors import CheckpointCorrupt, CheckpointError
-from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, iso, parse_iso
+from streamup.models import Claim, CompletedRecord, PartRecord, Status, StreamRecord, iso, parse_iso
 
 ACTIVE = "streams:active"
 PENDING = "streams:pending_completion"
@@ -52,59 +64,6 @@ _STATUS_SETS = (ACTIVE, PENDING, FAILED, COMPLETED)
 
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
-# Progress scripts refuse (return 0) when the meta hash is gone: a late write after finish must
-# not recreate a torn stream. A Lua script rather than WATCH + MULTI/EXEC, because every part
-# checkpoint writes the meta hash, so concurrent parts of one stream would keep aborting each
-# other's transactions (20 concurrent parts: 160 aborted EXECs).
-# KEYS: meta, parts, checksums. ARGV: part number, part value, checksum value, uploaded_bytes,
-# last_activity_at_utc.
-_RECORD_PART_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
-redis.call('HSET', KEYS[1], 'uploaded_bytes', ARGV[4], 'last_activity_at_utc', ARGV[5])
-return 1
-"""
-
-# KEYS: meta, parts, checksums. ARGV: uploaded_bytes, then the part numbers to drop.
-_REMOVE_PARTS_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-for i = 2, #ARGV do
-  redis.call('HDEL', KEYS[2], ARGV[i])
-  redis.call('HDEL', KEYS[3], ARGV[i])
-end
-redis.call('HSET', KEYS[1], 'uploaded_bytes', ARGV[1])
-return 1
-"""
-
-# KEYS: meta, parts, checksums, active, pending, failed, completed, completed_files, completed_log
-# ARGV: stream id, "1" if the stream completed, path, record JSON, history limit
-_FINISH_SCRIPT = """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-for i = 4, 7 do redis.call('SREM', KEYS[i], ARGV[1]) end
-if ARGV[2] == '1' then redis.call('SADD', KEYS[7], ARGV[1]) end
-redis.call('HSET', KEYS[8], ARGV[3], ARGV[4])
-local function entry_id(entry)
-  local ok, old = pcall(cjson.decode, entry)
-  if ok and type(old) == 'table' and type(old['stream_id']) == 'string' then
-    return old['stream_id']
-  end
-  return nil
-end
--- One entry per stream, so a retried finish does not show twice and trimming an id's entry
--- means no other entry still names it. At most history-limit small decodes per finish.
-for _, entry in ipairs(redis.call('LRANGE', KEYS[9], 0, -1)) do
-  if entry_id(entry) == ARGV[1] then redis.call('LREM', KEYS[9], 0, entry) end
-end
-redis.call('LPUSH', KEYS[9], ARGV[4])
-local limit = tonumber(ARGV[5])
-for _, entry in ipairs(redis.call('LRANGE', KEYS[9], limit, -1)) do
-  local id = entry_id(entry)
-  if id then redis.call('SREM', KEYS[7], id) end
-end
-redis.call('LTRIM', KEYS[9], 0, limit - 1)
-return 1
-"""
 
 
 def meta_key(stream_id: str) -> str:
@@ -117,6 +76,16 @@ def parts_key(stream_id: str) -> str:
 
 def checksums_key(stream_id: str) -> str:
     return f"stream:{stream_id}:checksums"
+
+
+def stream_keys(stream_id: str) -> list[str]:
+    """KEYS[1..4] of the fenced progress and finish scripts."""
+    return [
+        lease_key(stream_id),
+        meta_key(stream_id),
+        parts_key(stream_id),
+        checksums_key(stream_id),
+    ]
 
 
 def status_set(status: Status) -> str | None:
@@ -208,9 +177,15 @@ def _corrupt(where: str, problem: str, value: str) -> CheckpointCorrupt:
     return CheckpointCorrupt(f"{where}: {problem}: {quote(value)}")
 
 
-def _fields(mapping: dict[str, str]) -> dict[FieldT, EncodableT]:
-    # redis-py's `mapping` parameter has an invariant key type that dict[str, str] cannot meet.
-    return {name: value for name, value in mapping.items()}
+def save_call(stream: StreamRecord, lease: str) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of SAVE_SCRIPT (and CLAIM_SCRIPT, which adds a key) for `stream`."""
+    sid = stream.stream_id
+    target = status_set(stream.status)
+    where = "0" if target is None else str(_STATUS_SETS.index(target) + 4)  # KEYS[4..7]
+    fields = [text for pair in stream_to_meta(stream).items() for text in pair]
+    final = "1" if stream.status.is_final else "0"
+    keys = [lease_key(sid), meta_key(sid), PATHS, *_STATUS_SETS]
+    return keys, [lease, sid, stream.path, where, final, *fields]
 
 
 def _strings(reply: Any) -> dict[str, str]:
@@ -231,6 +206,8 @@ class RedisStore:
         self.history_limit = history_limit
         self._client: aioredis.Redis | None = None
         self._scripts: dict[str, AsyncScript] = {}
+        # Lives across close/open: leases are in Redis, not in the connection.
+        self._leases = Leases(self._script)
 
     async def open(self) -> None:
         if self._client is not None:
@@ -267,18 +244,11 @@ class RedisStore:
             await self._redis().ping()
 
     async def save_stream(self, stream: StreamRecord) -> None:
-        meta = meta_key(stream.stream_id)
-        target = status_set(stream.status)
-        with self._translate(f"saving stream {stream.stream_id}"):
-            async with self._redis().pipeline(transaction=True) as pipe:
-                pipe.delete(meta)  # a replace, not a merge: no field of an older record survives
-                pipe.hset(meta, mapping=_fields(stream_to_meta(stream)))
-                for name in _STATUS_SETS:
-                    if name != target:
-                        pipe.srem(name, stream.stream_id)
-                if target is not None:
-                    pipe.sadd(target, stream.stream_id)
-                await pipe.execute()
+        sid = stream.stream_id
+        keys, args = save_call(stream, self._leases.held(sid))
+        with self._translate(f"saving stream {sid}"):
+            reply = await self._script(SAVE_SCRIPT, keys, args)
+        self._leases.check(sid, reply)
 
     async def record_part(
         self, stream_id: str, part: PartRecord, uploaded_bytes: int, last_activity_at: datetime
@@ -287,21 +257,23 @@ class RedisStore:
             raise CheckpointError(f"part {part.number} of stream {stream_id}: ETag with a colon")
         value = f"{part.etag}:{part.size_bytes}:{iso(part.uploaded_at)}"
         checksum = f"{part.offset_bytes}:{part.md5_hex}"
-        keys = [meta_key(stream_id), parts_key(stream_id), checksums_key(stream_id)]
-        args = [str(part.number), value, checksum, str(uploaded_bytes), iso(last_activity_at)]
+        keys = stream_keys(stream_id)
+        args = [self._leases.held(stream_id), str(part.number), value, checksum]
+        args += [str(uploaded_bytes), iso(last_activity_at)]
         with self._translate(f"checkpointing part {part.number} of stream {stream_id}"):
-            done = await self._script(_RECORD_PART_SCRIPT, keys, args)
-        if not done:
+            reply = await self._script(RECORD_PART_SCRIPT, keys, args)
+        if not self._leases.check(stream_id, reply):
             raise missing_stream(stream_id)
 
     async def remove_parts(
         self, stream_id: str, numbers: Iterable[int], uploaded_bytes: int
     ) -> None:
-        keys = [meta_key(stream_id), parts_key(stream_id), checksums_key(stream_id)]
-        args = [str(uploaded_bytes), *(str(number) for number in numbers)]
+        keys = stream_keys(stream_id)
+        args = [self._leases.held(stream_id), str(uploaded_bytes)]
+        args += [str(number) for number in numbers]
         with self._translate(f"removing parts of stream {stream_id}"):
-            done = await self._script(_REMOVE_PARTS_SCRIPT, keys, args)
-        if not done:
+            reply = await self._script(REMOVE_PARTS_SCRIPT, keys, args)
+        if not self._leases.check(stream_id, reply):
             raise missing_stream(stream_id)
 
     async def load_stream(self, stream_id: str) -> StreamRecord | None:
@@ -339,12 +311,14 @@ class RedisStore:
     async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
         check_finish(stream, record)
         sid = stream.stream_id
-        keys = [meta_key(sid), parts_key(sid), checksums_key(sid), *_STATUS_SETS]
-        keys += [COMPLETED_FILES, COMPLETED_LOG]
+        keys = [*stream_keys(sid), *_STATUS_SETS, COMPLETED_FILES, COMPLETED_LOG, PATHS]
         completed = "1" if record.status is Status.COMPLETED else "0"
-        args = [sid, completed, record.path, completed_to_json(record), str(self.history_limit)]
+        args = [self._leases.held(sid), sid, completed, record.path, completed_to_json(record)]
+        args += [str(self.history_limit), stream.path]
         with self._translate(f"finishing stream {sid}"):
-            await self._script(_FINISH_SCRIPT, keys, args)
+            reply = await self._script(FINISH_SCRIPT, keys, args)
+        self._leases.check(sid, reply)
+        self._leases.forget(sid)
 
     async def completed_files(self) -> dict[str, CompletedRecord]:
         with self._translate("loading completed files"):
@@ -367,6 +341,31 @@ class RedisStore:
             completed_from_json(text, where=f"{COMPLETED_LOG}[{index}]")
             for index, text in enumerate(entries)
         ]
+
+    # -- many agents: claims and leases (see redis_leases.py) -------------------------------------
+
+    async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
+        keys, args = save_call(stream, "")  # a new stream: nobody holds a lease on it yet
+        with self._translate(f"claiming {stream.path!r} as stream {stream.stream_id}"):
+            reply = await self._script(CLAIM_SCRIPT, [*keys, COMPLETED_FILES], args)
+        return claim_result(reply)
+
+    async def acquire_lease(self, stream_id: str, owner: str, ttl_s: float) -> int | None:
+        with self._translate(f"taking the lease of stream {stream_id}"):
+            return await self._leases.acquire(stream_id, owner, ttl_s)
+
+    async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
+        with self._translate(f"renewing the lease of stream {stream_id}"):
+            return await self._leases.renew(stream_id, meta_key(stream_id), ttl_s)
+
+    async def release_lease(self, stream_id: str) -> None:
+        with self._translate(f"releasing the lease of stream {stream_id}"):
+            await self._leases.release(stream_id)
+
+    async def lease_owner(self, stream_id: str) -> str | None:
+        with self._translate(f"reading the lease of stream {stream_id}"):
+            value = cast(str | None, await self._redis().get(lease_key(stream_id)))
+        return None if value is None else owner_of(value)
 
     # -- plumbing ---------------------------------------------------------------------------------
 

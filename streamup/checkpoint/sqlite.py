@@ -8,12 +8,17 @@ transaction; WAL with `synchronous=FULL` makes a committed part survive a power 
 Two agents writing one STATE_DIR would fight over the same uploads, so an exclusive `flock` on
 `streamup.lock` is held while the store is open. `streamup status` opens with `exclusive=False`
 to read while an agent runs (WAL lets it read without blocking the writer).
+
+That lock is also why leases here are bookkeeping only: one agent per store, so `acquire_lease`
+always succeeds and writes need no fencing (they could only race this very agent). Tokens and
+owners are kept in memory, per store object; `finish_stream` and `release_lease` drop the owner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -34,55 +39,25 @@ from streamup.checkpoint.codec import (
     stream_to_row,
     to_i64,
 )
+from streamup.checkpoint.sqlite_schema import (
+    COMPLETED_COLUMNS,
+    COMPLETED_OF_FILE,
+    COMPLETED_VALUES,
+    FINAL,
+    INSERT_STREAM,
+    STREAM_COLUMNS,
+    UNFINISHED_OF_FILE,
+    prepare,
+    transaction,
+)
 from streamup.errors import CheckpointCorrupt, CheckpointError
-from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, iso, parse_iso
+from streamup.models import Claim, CompletedRecord, PartRecord, StreamRecord, iso, parse_iso
 
 T = TypeVar("T")
 
 DB_NAME = "streamup.db"
 LOCK_NAME = "streamup.lock"
-_SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_S = 10.0  # a `status` reader and the agent may briefly contend for the file
-_FINAL = tuple(s.value for s in Status if s.is_final)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS streams (
-    stream_id TEXT PRIMARY KEY, path TEXT NOT NULL, relative_path TEXT NOT NULL,
-    bucket TEXT NOT NULL, "key" TEXT NOT NULL, status TEXT NOT NULL,
-    device INTEGER NOT NULL, inode INTEGER NOT NULL,
-    part_size_bytes INTEGER NOT NULL, part_size_fixed INTEGER NOT NULL,
-    started_at TEXT NOT NULL, last_activity_at TEXT NOT NULL, upload_id TEXT,
-    size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, uploaded_bytes INTEGER NOT NULL,
-    reuploaded_parts INTEGER NOT NULL, sha256_hex TEXT, completed_at TEXT,
-    end_reason TEXT NOT NULL, error TEXT
-);
-CREATE TABLE IF NOT EXISTS parts (
-    stream_id TEXT NOT NULL, number INTEGER NOT NULL, offset_bytes INTEGER NOT NULL,
-    size_bytes INTEGER NOT NULL, etag TEXT NOT NULL, md5_hex TEXT NOT NULL,
-    uploaded_at TEXT NOT NULL,
-    PRIMARY KEY (stream_id, number)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS completed_files (
-    path TEXT PRIMARY KEY, stream_id TEXT NOT NULL, bucket TEXT NOT NULL, "key" TEXT NOT NULL,
-    status TEXT NOT NULL, device INTEGER NOT NULL, inode INTEGER NOT NULL,
-    size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, completed_at_utc TEXT NOT NULL,
-    end_reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS completions (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, stream_id TEXT NOT NULL UNIQUE, record TEXT NOT NULL
-);
-"""
-_STREAM_COLUMNS = (
-    'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'
-    " part_size_fixed, started_at, last_activity_at, upload_id, size_bytes, mtime_ns,"
-    " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error"
-)
-_STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in _STREAM_COLUMNS.split(","))
-_COMPLETED_COLUMNS = (
-    'path, stream_id, bucket, "key", status, device, inode, size_bytes, mtime_ns,'
-    " completed_at_utc, end_reason"
-)
-_COMPLETED_VALUES = ", ".join(":" + n.strip().strip('"') for n in _COMPLETED_COLUMNS.split(","))
 
 
 class SqliteStore:
@@ -103,6 +78,8 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._lease_tokens = itertools.count(1)
+        self._lease_owners: dict[str, str] = {}
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -139,8 +116,7 @@ class SqliteStore:
 
     async def save_stream(self, stream: StreamRecord) -> None:
         row = stream_to_row(stream)
-        sql = f"INSERT OR REPLACE INTO streams ({_STREAM_COLUMNS}) VALUES ({_STREAM_VALUES})"
-        await self._write(lambda conn: conn.execute(sql, row))
+        await self._write(lambda conn: conn.execute(INSERT_STREAM, row))
 
     async def record_part(
         self, stream_id: str, part: PartRecord, uploaded_bytes: int, last_activity_at: datetime
@@ -175,7 +151,7 @@ class SqliteStore:
         await self._write(write)
 
     async def load_stream(self, stream_id: str) -> StreamRecord | None:
-        sql = f"SELECT {_STREAM_COLUMNS} FROM streams WHERE stream_id = ?"
+        sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE stream_id = ?"
         row = await self._call(lambda conn: conn.execute(sql, (stream_id,)).fetchone())
         return None if row is None else self._stream(row)
 
@@ -188,9 +164,9 @@ class SqliteStore:
         return {row["number"]: _part_from_row(stream_id, row) for row in rows}
 
     async def unfinished_streams(self) -> list[StreamRecord]:
-        marks = ", ".join("?" * len(_FINAL))
-        sql = f"SELECT {_STREAM_COLUMNS} FROM streams WHERE status NOT IN ({marks})"
-        rows = await self._call(lambda conn: conn.execute(sql, _FINAL).fetchall())
+        marks = ", ".join("?" * len(FINAL))
+        sql = f"SELECT {STREAM_COLUMNS} FROM streams WHERE status NOT IN ({marks})"
+        rows = await self._call(lambda conn: conn.execute(sql, FINAL).fetchall())
         streams = [self._stream(row) for row in rows]
         # Sorted on parsed timestamps: ISO strings only sort right when formatted identically.
         return sorted(streams, key=lambda s: (s.started_at, s.stream_id))
@@ -202,12 +178,14 @@ class SqliteStore:
         completed["inode"] = to_i64(record.identity.inode)
         entry = completed_to_json(record)
 
+        self._lease_owners.pop(stream.stream_id, None)
+
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM streams WHERE stream_id = ?", (stream.stream_id,))
             conn.execute("DELETE FROM parts WHERE stream_id = ?", (stream.stream_id,))
             conn.execute(
-                f"INSERT OR REPLACE INTO completed_files ({_COMPLETED_COLUMNS})"
-                f" VALUES ({_COMPLETED_VALUES})",
+                f"INSERT OR REPLACE INTO completed_files ({COMPLETED_COLUMNS})"
+                f" VALUES ({COMPLETED_VALUES})",
                 completed,
             )
             # One entry per stream: finishing again (a retried call) moves it to the front.
@@ -225,7 +203,7 @@ class SqliteStore:
         await self._write(write)
 
     async def completed_files(self) -> dict[str, CompletedRecord]:
-        sql = f"SELECT {_COMPLETED_COLUMNS} FROM completed_files"
+        sql = f"SELECT {COMPLETED_COLUMNS} FROM completed_files"
         rows = await self._call(lambda conn: conn.execute(sql).fetchall())
         records = {}
         for row in rows:
@@ -245,6 +223,38 @@ class SqliteStore:
         where = f"{self.db_path} completions"
         return [completed_from_json(row["record"], where=f"{where}[{row['seq']}]") for row in rows]
 
+    async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
+        row = stream_to_row(stream)
+        file = (stream.path, row["inode"])
+
+        def claim(conn: sqlite3.Connection) -> tuple[Claim, str]:
+            found = conn.execute(UNFINISHED_OF_FILE, (*file, *FINAL, stream.stream_id)).fetchone()
+            if found is not None:
+                # Our own id: a retried claim finds the stream it registered, and is its finder.
+                other = found["stream_id"]
+                return (Claim.NEW if other == stream.stream_id else Claim.EXISTING), other
+            unchanged = (*file, stream.size_bytes, stream.mtime_ns)
+            done = conn.execute(COMPLETED_OF_FILE, unchanged).fetchone()
+            if done is not None:
+                return Claim.COMPLETED, done["stream_id"]
+            conn.execute(INSERT_STREAM, row)
+            return Claim.NEW, stream.stream_id
+
+        return await self._call(lambda conn: transaction(conn, claim))
+
+    async def acquire_lease(self, stream_id: str, owner: str, ttl_s: float) -> int | None:
+        self._lease_owners[stream_id] = owner
+        return next(self._lease_tokens)
+
+    async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
+        return True
+
+    async def release_lease(self, stream_id: str) -> None:
+        self._lease_owners.pop(stream_id, None)
+
+    async def lease_owner(self, stream_id: str) -> str | None:
+        return self._lease_owners.get(stream_id)
+
     def _stream(self, row: sqlite3.Row) -> StreamRecord:
         return stream_from_row(dict(row), where=f"{self.db_path} streams[{row['stream_id']!r}]")
 
@@ -262,7 +272,7 @@ class SqliteStore:
                 check_same_thread=False,
             )
             try:
-                _prepare(conn)
+                prepare(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -295,7 +305,7 @@ class SqliteStore:
             raise CheckpointError(f"SQLite {self.db_path}: {exc}") from exc
 
     async def _write(self, work: Callable[[sqlite3.Connection], object]) -> None:
-        await self._call(lambda conn: _transaction(conn, work))
+        await self._call(lambda conn: transaction(conn, work))
 
 
 def _lock(lock_path: Path, state_dir: Path) -> int:
@@ -313,39 +323,6 @@ def _lock(lock_path: Path, state_dir: Path) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _prepare(conn: sqlite3.Connection) -> None:
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > _SCHEMA_VERSION:
-        raise CheckpointError(
-            f"the checkpoint database was written by a newer streamup (schema {version}, this"
-            f" one reads {_SCHEMA_VERSION}); upgrade streamup or use another STATE_DIR"
-        )
-
-    def create(conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-
-    _transaction(conn, create)
-
-
-def _transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
-    # IMMEDIATE takes the write lock up front, so a transaction never fails halfway on a lock.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
 
 
 def _update_progress(

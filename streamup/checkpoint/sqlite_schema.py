@@ -1,0 +1,121 @@
+"""The SQLite checkpoint store's schema, its migrations and its transactions.
+
+`prepare` runs at every open, in one transaction: it creates what is missing and migrates an older
+database in place. Columns added later (`streams.host`) are added when missing, without a schema
+version bump: an older agent still reads and writes a database that has them (it never names
+them), so going back a version stays possible. `user_version` only changes for changes an older
+agent could not live with.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+from streamup.errors import CheckpointError
+from streamup.models import Status
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+# Columns added to `streams` since schema 1 (also in its CREATE TABLE), with their declaration.
+_ADDED_STREAM_COLUMNS = {"host": "TEXT NOT NULL DEFAULT ''"}
+FINAL = tuple(s.value for s in Status if s.is_final)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id TEXT PRIMARY KEY, path TEXT NOT NULL, relative_path TEXT NOT NULL,
+    bucket TEXT NOT NULL, "key" TEXT NOT NULL, status TEXT NOT NULL,
+    device INTEGER NOT NULL, inode INTEGER NOT NULL,
+    part_size_bytes INTEGER NOT NULL, part_size_fixed INTEGER NOT NULL,
+    started_at TEXT NOT NULL, last_activity_at TEXT NOT NULL, upload_id TEXT,
+    size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, uploaded_bytes INTEGER NOT NULL,
+    reuploaded_parts INTEGER NOT NULL, sha256_hex TEXT, completed_at TEXT,
+    end_reason TEXT NOT NULL, error TEXT, host TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS streams_by_path ON streams (path);
+CREATE TABLE IF NOT EXISTS parts (
+    stream_id TEXT NOT NULL, number INTEGER NOT NULL, offset_bytes INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL, etag TEXT NOT NULL, md5_hex TEXT NOT NULL,
+    uploaded_at TEXT NOT NULL,
+    PRIMARY KEY (stream_id, number)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS completed_files (
+    path TEXT PRIMARY KEY, stream_id TEXT NOT NULL, bucket TEXT NOT NULL, "key" TEXT NOT NULL,
+    status TEXT NOT NULL, device INTEGER NOT NULL, inode INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, completed_at_utc TEXT NOT NULL,
+    end_reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS completions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, stream_id TEXT NOT NULL UNIQUE, record TEXT NOT NULL
+);
+"""
+STREAM_COLUMNS = (
+    'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'
+    " part_size_fixed, started_at, last_activity_at, upload_id, size_bytes, mtime_ns,"
+    " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error, host"
+)
+STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in STREAM_COLUMNS.split(","))
+COMPLETED_COLUMNS = (
+    'path, stream_id, bucket, "key", status, device, inode, size_bytes, mtime_ns,'
+    " completed_at_utc, end_reason"
+)
+COMPLETED_VALUES = ", ".join(":" + n.strip().strip('"') for n in COMPLETED_COLUMNS.split(","))
+
+INSERT_STREAM = f"INSERT OR REPLACE INTO streams ({STREAM_COLUMNS}) VALUES ({STREAM_VALUES})"
+# claim_stream. Parameters: path, inode, the final statuses, the claiming stream's id (first).
+UNFINISHED_OF_FILE = (
+    "SELECT stream_id FROM streams WHERE path = ? AND inode = ?"
+    f" AND status NOT IN ({', '.join('?' * len(FINAL))})"
+    " ORDER BY stream_id = ? DESC, started_at LIMIT 1"
+)
+# Parameters: path, inode, size_bytes, mtime_ns.
+COMPLETED_OF_FILE = (
+    "SELECT stream_id FROM completed_files"
+    " WHERE path = ? AND inode = ? AND size_bytes = ? AND mtime_ns = ?"
+)
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Set the connection up, then create or migrate the schema (see the module docstring)."""
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"the checkpoint database was written by a newer streamup (schema {version}, this"
+            f" one reads {SCHEMA_VERSION}); upgrade streamup or use another STATE_DIR"
+        )
+
+    def create(conn: sqlite3.Connection) -> None:
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        _add_missing_columns(conn)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    transaction(conn, create)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    # CREATE TABLE IF NOT EXISTS leaves an older `streams` table as it was.
+    present = {info["name"] for info in conn.execute("PRAGMA table_info(streams)")}
+    for name, declaration in _ADDED_STREAM_COLUMNS.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE streams ADD COLUMN {name} {declaration}")
+
+
+def transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `work` in one write transaction; roll back on any exception."""
+    # IMMEDIATE takes the write lock up front, so a transaction never fails halfway on a lock.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result

@@ -1,0 +1,154 @@
+"""Stream ownership when several agents share one checkpoint store (one Redis for a fleet).
+
+Only the owner of a stream's lease uploads its parts, completes it and writes its metadata.
+The owner renews the lease a few times per TTL; if it dies, its lease lapses and another agent
+that can see the file takes the stream over and resumes it from the checkpoint, exactly as after
+a restart. An owner that was paused past its lease (SIGSTOP, a VM freeze) finds out at its next
+renewal or its next checkpoint write (the store fences those writes) and backs off.
+
+With the embedded SQLite store there is one agent per store, and every lease is granted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from streamup.checkpoint import CheckpointStore
+from streamup.errors import StreamupError
+from streamup.models import StreamRecord
+from streamup.source import stat_path
+
+log = structlog.get_logger("streamup")
+
+
+def host_of(agent_id: str) -> str:
+    """`host:pid` -> `host`; an identity without a colon is a host name already."""
+    return agent_id.rsplit(":", 1)[0] if ":" in agent_id else agent_id
+
+
+class Ownership:
+    """The leases this agent holds, and the streams it stands by to take over."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        *,
+        agent_id: str,
+        ttl_s: float,
+        stopping: asyncio.Event,
+        take_over: Callable[[StreamRecord], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.agent_id = agent_id
+        self.host = host_of(agent_id)
+        self.ttl_s = ttl_s
+        self.stopping = stopping
+        self._take_over = take_over
+        self._renewals: dict[str, asyncio.Task[None]] = {}
+        self._held: set[str] = set()  # leases of unfinished streams, released on shutdown
+        self._standby: dict[str, asyncio.Task[None]] = {}
+        # path -> inode of each file whose stream another agent owns: discovery leaves it alone.
+        self.foreign: dict[str, int] = {}
+
+    async def acquire(self, stream_id: str) -> bool:
+        return await self.store.acquire_lease(stream_id, self.agent_id, self.ttl_s) is not None
+
+    def may_take(self, record: StreamRecord) -> bool:
+        """Take a stream only when this agent sees its file (same inode: device numbers differ
+        between NFS clients), or when the file vanished from this very host."""
+        state = stat_path(record.path)
+        if state is not None:
+            return state.identity.inode == record.identity.inode
+        return record.host in ("", self.host)
+
+    # ------------------------------------------------------------- leases we hold
+
+    def keep(self, stream_id: str, on_lost: Callable[[], None]) -> None:
+        """Renew the lease in the background; call `on_lost` if another agent took it."""
+        self._held.add(stream_id)
+        self._renewals[stream_id] = asyncio.create_task(self._renew(stream_id, on_lost))
+
+    async def _renew(self, stream_id: str, on_lost: Callable[[], None]) -> None:
+        period_s = self.ttl_s / 3
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), period_s)
+            if self.stopping.is_set():
+                return
+            try:
+                still_ours = await self.store.renew_lease(stream_id, self.ttl_s)
+            except StreamupError as exc:
+                # The store is unreachable: keep trying; the lease may lapse meanwhile, and
+                # the fenced writes will tell.
+                log.warning("lease.renew_failed", stream_id=stream_id, error=str(exc))
+                continue
+            if not still_ours:
+                on_lost()
+                return
+
+    def drop(self, stream_id: str, *, held: bool) -> None:
+        """Stop renewing. `held`: the stream is unfinished and still ours (release it later)."""
+        task = self._renewals.pop(stream_id, None)
+        if task is not None:
+            task.cancel()
+        if not held:
+            self._held.discard(stream_id)
+
+    async def release_all(self) -> None:
+        """On shutdown, once no stream writes any more: hand unfinished streams over at once
+        instead of after the TTL."""
+        for stream_id in list(self._held):
+            self.drop(stream_id, held=False)
+            with contextlib.suppress(StreamupError):
+                await self.store.release_lease(stream_id)
+        for task in self._standby.values():
+            task.cancel()
+
+    # ------------------------------------------------------------- streams others own
+
+    def watching(self, stream_id: str) -> bool:
+        return stream_id in self._standby
+
+    def is_foreign(self, path: str, inode: int) -> bool:
+        return self.foreign.get(path) == inode
+
+    def watch(self, stream_id: str, path: str, inode: int) -> None:
+        """Stand by for a stream another agent owns; take it over when its lease lapses."""
+        self.foreign[path] = inode
+        if stream_id not in self._standby:
+            task = asyncio.create_task(self._stand_by(stream_id, path))
+            self._standby[stream_id] = task
+
+    async def _stand_by(self, stream_id: str, path: str) -> None:
+        try:
+            while not self.stopping.is_set():
+                try:
+                    record = await self.store.load_stream(stream_id)
+                    if record is None or record.status.is_final:
+                        return  # its owner finished it
+                    if self.may_take(record) and await self.acquire(stream_id):
+                        owner = record.host or "another agent"
+                        log.info(
+                            "stream.taken_over",
+                            stream_id=stream_id,
+                            path=record.path,
+                            previous_host=owner,
+                        )
+                        del self._standby[stream_id]
+                        self.foreign.pop(path, None)
+                        await self._take_over(record)
+                        return
+                except StreamupError as exc:
+                    log.warning("lease.standby_failed", stream_id=stream_id, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), self.ttl_s / 3)
+        finally:
+            if self._standby.get(stream_id) is asyncio.current_task():
+                del self._standby[stream_id]
+            # Finished or ours now: discovery may look at the path again (a file that grows
+            # after completion is a new stream).
+            self.foreign.pop(path, None)
