@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,9 @@ class AgentProcess:
                 except json.JSONDecodeError:
                     continue
         return found
+
+    def events_named(self, name: str) -> list[dict[str, Any]]:
+        return [e for e in self.events() if e.get("event") == name]
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -171,3 +175,20 @@ def assert_exact(s3: Any, bucket: str, doc: dict[str, Any], local: Path, tmp_pat
     assert doc["total_size_bytes"] == local.stat().st_size == copy.stat().st_size
     assert sum(c["size_bytes"] for c in doc["chunks"]) == doc["total_size_bytes"]
     copy.unlink()
+
+
+def wait_metadata(s3: Any, bucket: str, name: str, *, deadline_s: float = 30) -> dict[str, Any]:
+    """The metadata document of the object for file `name`, once it exists."""
+    return wait_for(
+        lambda: doc_for(metadata_docs(s3, bucket), name), deadline_s=deadline_s,
+        what=f"the metadata of {name}",
+    )  # fmt: skip
+
+
+def grow(path: Path, total_bytes: int, rate_bytes_s: int) -> threading.Thread:
+    thread = threading.Thread(
+        target=write_slowly, args=(path,),
+        kwargs={"total_bytes": total_bytes, "rate_bytes_s": rate_bytes_s},
+    )  # fmt: skip
+    thread.start()
+    return thread

@@ -11,6 +11,7 @@ import redis as redis_sync
 
 from tests import servers
 from tests.agent import AgentProcess, agent_env
+from tests.proxy import FaultProxy
 
 S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -78,3 +79,10 @@ def agent(env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     for process in agents:
         if process.proc is not None and process.proc.poll() is None:
             process.kill()
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(s3_endpoint).start()
+    yield proxy
+    proxy.stop()

@@ -7,8 +7,6 @@ or paused owner's streams are taken over by an agent that can see the file.
 from __future__ import annotations
 
 import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +17,17 @@ from tests.agent import (
     MiB,
     assert_exact,
     doc_for,
+    grow,
     metadata_docs,
     object_keys,
     wait_for,
-    write_slowly,
+    wait_metadata,
 )
 from tests.proxy import FaultProxy
 
 PART = 5 * MiB
 OVERHEAD_BYTES = 1024 * 1024
 TTL_S = 3
-
-
-@pytest.fixture
-def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(s3_endpoint).start()
-    yield proxy
-    proxy.stop()
 
 
 @pytest.fixture
@@ -51,25 +43,12 @@ def fleet(agent: Any, redis_url: str, proxy: FaultProxy, tmp_path: Path) -> Any:
     return start
 
 
-def events_of(agent: AgentProcess, name: str) -> list[dict[str, Any]]:
-    return [e for e in agent.events() if e.get("event") == name]
-
-
-def grow(path: Path, total_bytes: int, rate_bytes_s: int) -> threading.Thread:
-    thread = threading.Thread(
-        target=write_slowly, args=(path,),
-        kwargs={"total_bytes": total_bytes, "rate_bytes_s": rate_bytes_s},
-    )  # fmt: skip
-    thread.start()
-    return thread
-
-
 def test_two_agents_on_one_folder_upload_every_file_exactly_once(
     fleet: Any, proxy: FaultProxy, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:
     first, second = fleet(1), fleet(2)
     for process in (first, second):
-        wait_for(lambda p=process: events_of(p, "agent.started"), deadline_s=30, what="start")
+        wait_for(lambda p=process: p.events_named("agent.started"), deadline_s=30, what="start")
     names = [f"cam-{i}.mp4" for i in range(10)]
     writers = [grow(watch_dir / name, 12 * MiB + i, int(1.5 * MiB)) for i, name in enumerate(names)]
     for writer in writers:
@@ -86,7 +65,7 @@ def test_two_agents_on_one_folder_upload_every_file_exactly_once(
     assert len(object_keys(s3_client, bucket)) == 2 * len(names)
     sizes = sum((watch_dir / n).stat().st_size for n in names)
     assert proxy.bytes_up <= sizes + len(names) * PART + OVERHEAD_BYTES
-    discovered = [len(events_of(p, "stream.discovered")) for p in (first, second)]
+    discovered = [len(p.events_named("stream.discovered")) for p in (first, second)]
     assert sum(discovered) == len(names)  # each file became one stream, on one agent
     assert first.stop() == 0 and second.stop() == 0
 
@@ -95,7 +74,7 @@ def owner_of(name: str, *agents: AgentProcess) -> tuple[AgentProcess, AgentProce
     """(owner, other) of the stream for file `name`, from who discovered it."""
 
     def found(process: AgentProcess) -> bool:
-        return any(e["path"].endswith(name) for e in events_of(process, "stream.discovered"))
+        return any(e["path"].endswith(name) for e in process.events_named("stream.discovered"))
 
     owner = wait_for(
         lambda: next((a for a in agents if found(a)), None),
@@ -110,22 +89,18 @@ def test_killed_owner_is_taken_over_within_the_lease_ttl(
 ) -> None:
     agents = (fleet(1), fleet(2))
     for process in agents:
-        wait_for(lambda p=process: events_of(p, "agent.started"), deadline_s=30, what="start")
+        wait_for(lambda p=process: p.events_named("agent.started"), deadline_s=30, what="start")
     target = watch_dir / "handover.mp4"
     writer = grow(target, 30 * MiB, 2 * MiB)
     owner, other = owner_of("handover.mp4", *agents)
-    wait_for(lambda: len(events_of(owner, "part.uploaded")) >= 2, deadline_s=30, what="2 parts")
+    wait_for(lambda: len(owner.events_named("part.uploaded")) >= 2, deadline_s=30, what="2 parts")
     owner.kill()
     taken = wait_for(
-        lambda: events_of(other, "stream.taken_over"), deadline_s=TTL_S + 10, what="the takeover"
+        lambda: other.events_named("stream.taken_over"), deadline_s=TTL_S + 10, what="the takeover"
     )
     assert taken[0]["path"] == str(target)
     writer.join()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "handover.mp4"),
-        deadline_s=60,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "handover.mp4", deadline_s=60)
     assert_exact(s3_client, bucket, doc, target, tmp_path)
     assert len(object_keys(s3_client, bucket)) == 2
     assert other.stop() == 0
@@ -136,35 +111,31 @@ def test_paused_owner_notices_it_lost_the_lease_and_backs_off(
 ) -> None:
     agents = (fleet(1), fleet(2))
     for process in agents:
-        wait_for(lambda p=process: events_of(p, "agent.started"), deadline_s=30, what="start")
+        wait_for(lambda p=process: p.events_named("agent.started"), deadline_s=30, what="start")
     target = watch_dir / "paused.mp4"
     writer = grow(target, 30 * MiB, 2 * MiB)
     owner, other = owner_of("paused.mp4", *agents)
-    wait_for(lambda: events_of(owner, "part.uploaded"), deadline_s=30, what="a part")
+    wait_for(lambda: owner.events_named("part.uploaded"), deadline_s=30, what="a part")
     assert owner.proc is not None
     owner.proc.send_signal(signal.SIGSTOP)
     try:
         wait_for(
-            lambda: events_of(other, "stream.taken_over"),
+            lambda: other.events_named("stream.taken_over"),
             deadline_s=TTL_S + 15,
             what="the takeover",
         )
     finally:
         owner.proc.send_signal(signal.SIGCONT)
     wait_for(
-        lambda: events_of(owner, "stream.lease_lost"),
+        lambda: owner.events_named("stream.lease_lost"),
         deadline_s=TTL_S + 10,
         what="the paused owner to notice",
     )
     writer.join()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "paused.mp4"),
-        deadline_s=60,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "paused.mp4", deadline_s=60)
     assert_exact(s3_client, bucket, doc, target, tmp_path)
     assert len(object_keys(s3_client, bucket)) == 2
-    completed = [len(events_of(a, "stream.completed")) for a in agents]
+    completed = [len(a.events_named("stream.completed")) for a in agents]
     assert sorted(completed) == [0, 1]
-    assert events_of(other, "stream.completed")
+    assert other.events_named("stream.completed")
     assert owner.stop() == 0 and other.stop() == 0

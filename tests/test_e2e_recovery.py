@@ -7,9 +7,7 @@ import os
 import random
 import shutil
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,11 @@ from tests.agent import (
     AgentProcess,
     MiB,
     assert_exact,
-    doc_for,
+    grow,
     metadata_docs,
     object_keys,
     wait_for,
+    wait_metadata,
     write_slowly,
 )
 from tests.proxy import FaultProxy
@@ -34,19 +33,8 @@ OVERHEAD_BYTES = 512 * 1024
 
 
 @pytest.fixture
-def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(s3_endpoint).start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
 def via_proxy(proxy: FaultProxy) -> dict[str, str]:
     return {"S3_ENDPOINT_URL": proxy.url}
-
-
-def events_of(agent: AgentProcess, name: str) -> list[dict[str, Any]]:
-    return [e for e in agent.events() if e.get("event") == name]
 
 
 def wait_exit(agent: AgentProcess, code: int, deadline_s: float = 60) -> None:
@@ -76,15 +64,11 @@ def test_crash_after_a_part_upload_before_its_checkpoint_adopts_the_part(
     first = agent(STREAMUP_CRASH_AT="after_part_upload:2", UPLOAD_CONCURRENCY="1", **via_proxy)
     wait_exit(first, 137)
     second = agent(UPLOAD_CONCURRENCY="1", **via_proxy)
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "a.mp4"),
-        deadline_s=30,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "a.mp4", deadline_s=30)
     assert_exact(s3_client, bucket, doc, source, tmp_path)
     # Every part carried Content-MD5, so S3 checks the bytes on receipt (5 parts, 1 adopted).
     assert proxy.content_md5_headers >= 5
-    reconciled = events_of(second, "stream.reconciled")
+    reconciled = second.events_named("stream.reconciled")
     assert reconciled and reconciled[0]["adopted"] == 1
     # Part 2 reached S3 before the crash and was adopted, not sent again.
     assert proxy.bytes_up <= source.stat().st_size + OVERHEAD_BYTES
@@ -99,20 +83,16 @@ def test_crash_around_completion_ends_in_one_object_with_metadata(
     first = agent(STREAMUP_CRASH_AT=point)
     wait_exit(first, 137)
     second = agent()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "b.mp4"),
-        deadline_s=30,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "b.mp4", deadline_s=30)
     assert_exact(s3_client, bucket, doc, source, tmp_path)
     assert len(object_keys(s3_client, bucket)) == 2
-    verified_again = events_of(second, "stream.verified")
+    verified_again = second.events_named("stream.verified")
     if point == "before_complete":
         assert len(verified_again) == 1  # not completed yet: verify and complete now
     else:
         assert verified_again == []  # completed before the crash: never a second completion
     if point == "after_complete":
-        assert events_of(second, "stream.found_completed")
+        assert second.events_named("stream.found_completed")
     assert second.stop() == 0
 
 
@@ -126,24 +106,17 @@ def test_kills_at_random_moments_while_a_file_grows_cost_at_most_a_part_each(
     bucket: str,
 ) -> None:
     target = watch_dir / "chaos.mp4"
-    writer = threading.Thread(
-        target=write_slowly, args=(target,), kwargs={"total_bytes": 60 * MiB, "rate_bytes_s": MiB}
-    )
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "20261124")))
     kill_after_s = sorted(rng.uniform(3, 55) for _ in range(4))
     started = time.monotonic()
     current = agent(**via_proxy)
-    writer.start()
+    writer = grow(target, 60 * MiB, MiB)
     for moment in kill_after_s:
         time.sleep(max(0.0, started + moment - time.monotonic()))
         current.kill()
         current = agent(**via_proxy)
     writer.join()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "chaos.mp4"),
-        deadline_s=60,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "chaos.mp4", deadline_s=60)
     assert_exact(s3_client, bucket, doc, target, tmp_path)
     assert len(object_keys(s3_client, bucket)) == 2
     budget = target.stat().st_size + len(kill_after_s) * PART + OVERHEAD_BYTES
@@ -165,26 +138,17 @@ def test_network_outage_stalls_the_stream_and_it_catches_up(
 ) -> None:
     target = watch_dir / "outage.mp4"
     process = agent(**via_proxy)
-    writer = threading.Thread(
-        target=write_slowly,
-        args=(target,),
-        kwargs={"total_bytes": 45 * MiB, "rate_bytes_s": int(1.2 * MiB)},
-    )
-    writer.start()
-    wait_for(lambda: events_of(process, "part.uploaded"), deadline_s=20, what="a first part")
+    writer = grow(target, 45 * MiB, int(1.2 * MiB))
+    wait_for(lambda: process.events_named("part.uploaded"), deadline_s=20, what="a first part")
     proxy.cut()
-    wait_for(lambda: events_of(process, "stream.stalled"), deadline_s=20, what="a stall report")
+    wait_for(lambda: process.events_named("stream.stalled"), deadline_s=20, what="a stall report")
     time.sleep(30)  # the outage itself: nothing to wait for but the clock
     assert process.proc is not None and process.proc.poll() is None
     proxy.restore()
     writer.join()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "outage.mp4"),
-        deadline_s=60,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "outage.mp4", deadline_s=60)
     assert_exact(s3_client, bucket, doc, target, tmp_path)
-    assert events_of(process, "stream.resumed")
+    assert process.events_named("stream.resumed")
     assert process.stop() == 0
 
 
@@ -195,7 +159,7 @@ def test_upload_that_s3_forgot_starts_afresh(
     handle = target.open("wb")
     first = agent()
     write_slowly(handle, total_bytes=3 * PART, rate_bytes_s=4 * MiB)
-    wait_for(lambda: len(events_of(first, "part.uploaded")) >= 2, deadline_s=20, what="2 parts")
+    wait_for(lambda: len(first.events_named("part.uploaded")) >= 2, deadline_s=20, what="2 parts")
     assert first.stop() == 0
     for upload in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
         s3_client.abort_multipart_upload(
@@ -204,13 +168,9 @@ def test_upload_that_s3_forgot_starts_afresh(
     second = agent()
     write_slowly(handle, total_bytes=PART, rate_bytes_s=4 * MiB)
     handle.close()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "forgotten.mp4"),
-        deadline_s=30,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "forgotten.mp4", deadline_s=30)
     assert_exact(s3_client, bucket, doc, target, tmp_path)
-    assert events_of(second, "stream.upload_restarted")
+    assert second.events_named("stream.upload_restarted")
     assert second.stop() == 0
 
 
@@ -221,7 +181,7 @@ def test_sigterm_mid_stream_exits_zero_and_the_stream_resumes(
     handle = target.open("wb")
     first = agent()
     write_slowly(handle, total_bytes=2 * PART + 10, rate_bytes_s=4 * MiB)
-    wait_for(lambda: events_of(first, "part.uploaded"), deadline_s=20, what="a part")
+    wait_for(lambda: first.events_named("part.uploaded"), deadline_s=20, what="a part")
     stopped_at = time.monotonic()
     assert first.stop() == 0
     assert time.monotonic() - stopped_at < 10
@@ -229,13 +189,9 @@ def test_sigterm_mid_stream_exits_zero_and_the_stream_resumes(
     second = agent()
     write_slowly(handle, total_bytes=PART, rate_bytes_s=4 * MiB)
     handle.close()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "term.mp4"),
-        deadline_s=30,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "term.mp4", deadline_s=30)
     assert_exact(s3_client, bucket, doc, target, tmp_path)
-    assert events_of(second, "stream.resuming")
+    assert second.events_named("stream.resuming")
     assert second.stop() == 0
 
 
@@ -244,17 +200,13 @@ def test_second_signal_exits_at_once_and_checkpoints_stay_consistent(
 ) -> None:
     source = finished_file(watch_dir, tmp_path, "twice.mp4", 6 * PART)
     first = agent(UPLOAD_CONCURRENCY="2")
-    wait_for(lambda: events_of(first, "part.uploaded"), deadline_s=20, what="a part")
+    wait_for(lambda: first.events_named("part.uploaded"), deadline_s=20, what="a part")
     assert first.proc is not None
     first.proc.send_signal(signal.SIGTERM)
     first.proc.send_signal(signal.SIGTERM)
     first.proc.wait(10)
     second = agent()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "twice.mp4"),
-        deadline_s=30,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "twice.mp4", deadline_s=30)
     assert_exact(s3_client, bucket, doc, source, tmp_path)
     assert second.stop() == 0
 
@@ -266,17 +218,13 @@ def test_file_lost_while_the_agent_was_down_keeps_what_s3_holds_as_partial(
     handle = target.open("wb")
     first = agent()
     write_slowly(handle, total_bytes=2 * PART + 100, rate_bytes_s=4 * MiB)
-    wait_for(lambda: len(events_of(first, "part.uploaded")) >= 2, deadline_s=20, what="2 parts")
+    wait_for(lambda: len(first.events_named("part.uploaded")) >= 2, deadline_s=20, what="2 parts")
     first.kill()
     handle.close()
     kept = target.read_bytes()[: 2 * PART]
     target.unlink()
     second = agent()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "lost.mp4"),
-        deadline_s=30,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "lost.mp4", deadline_s=30)
     assert doc["partial"] is True
     assert doc["end_reason"] == "file_lost"
     assert doc["sha256"] is None
@@ -312,13 +260,9 @@ def test_orphan_uploads_under_the_prefix_are_aborted_and_others_are_left(
         what="the orphan to be aborted",
     )
     assert foreign["UploadId"] in open_uploads()
-    doc = wait_for(
-        lambda: doc_for(metadata_docs(s3_client, bucket), "mine.mp4"),
-        deadline_s=30,
-        what="the metadata",
-    )
+    doc = wait_metadata(s3_client, bucket, "mine.mp4", deadline_s=30)
     assert_exact(s3_client, bucket, doc, source, tmp_path)
-    aborted = events_of(process, "upload.orphan_aborted")
+    aborted = process.events_named("upload.orphan_aborted")
     assert [e["key"] for e in aborted] == ["streams/gone/old.mp4"]
     assert process.stop() == 0
 
@@ -333,26 +277,17 @@ def test_redis_outage_stalls_checkpoints_and_the_stream_catches_up(
     try:
         target = watch_dir / "redis-outage.mp4"
         process = agent(REDIS_URL=f"redis://127.0.0.1:{port}/0")
-        writer = threading.Thread(
-            target=write_slowly,
-            args=(target,),
-            kwargs={"total_bytes": 30 * MiB, "rate_bytes_s": int(1.5 * MiB)},
-        )
-        writer.start()
-        wait_for(lambda: events_of(process, "part.uploaded"), deadline_s=20, what="a part")
+        writer = grow(target, 30 * MiB, int(1.5 * MiB))
+        wait_for(lambda: process.events_named("part.uploaded"), deadline_s=20, what="a part")
         servers.stop(redis_proc)
-        wait_for(lambda: events_of(process, "stream.stalled"), deadline_s=20, what="a stall")
+        wait_for(lambda: process.events_named("stream.stalled"), deadline_s=20, what="a stall")
         time.sleep(5)  # the outage itself
         assert process.proc is not None and process.proc.poll() is None
         redis_proc = servers.start_redis(redis_dir, port, appendonly=True)
         writer.join()
-        doc = wait_for(
-            lambda: doc_for(metadata_docs(s3_client, bucket), "redis-outage.mp4"),
-            deadline_s=60,
-            what="the metadata",
-        )
+        doc = wait_metadata(s3_client, bucket, "redis-outage.mp4", deadline_s=60)
         assert_exact(s3_client, bucket, doc, target, tmp_path)
-        assert events_of(process, "stream.resumed")
+        assert process.events_named("stream.resumed")
         assert process.stop() == 0
     finally:
         servers.stop(redis_proc)
