@@ -74,12 +74,10 @@ async def verify_and_send(worker: StreamWorker) -> tuple[list[PartRecord], str, 
             if data is None:
                 raise SourceChanged(f"the file shrank while part {span.number} was read")
             known = worker.parts.get(span.number)
-            if known is not None and (known.size_bytes, known.md5_hex) == (
-                span.size_bytes,
-                data.md5_digest.hex(),
-            ):
+            same_range = known is not None and known.size_bytes == span.size_bytes
+            if same_range and known is not None and known.md5_hex == data.md5_digest.hex():
                 continue
-            if known is not None and known.size_bytes == span.size_bytes:
+            if same_range:
                 reuploaded += 1  # same range, other bytes: the writer went back and changed it
                 metrics.PARTS_REUPLOADED.inc()
             await worker.ctx.part_slots.acquire()
@@ -176,7 +174,11 @@ async def write_metadata(worker: StreamWorker) -> None:
     parts = [worker.parts[n] for n in sorted(worker.parts)]
     try:
         doc = build_metadata(
-            worker.record, parts, probe, processed_at=utc_now(), content_type=content_type(worker)
+            worker.record,
+            parts,
+            probe,
+            processed_at=utc_now(),
+            content_type=content_type_for(worker.record.path),
         )
     except (ValueError, TypeError) as exc:
         await worker.set_status(Status.FAILED_METADATA_GENERATION, error=str(exc))
@@ -214,10 +216,6 @@ async def _completed(worker: StreamWorker, doc: dict[str, object]) -> None:
         duration_s=doc.get("duration_seconds"),
         end_reason=worker.record.end_reason.value,
     )
-
-
-def content_type(worker: StreamWorker) -> str:
-    return content_type_for(worker.record.path)
 
 
 async def probe_source(worker: StreamWorker) -> ProbeResult:
