@@ -39,6 +39,7 @@ from streamup.checkpoint.codec import (
     stream_from_meta,
     stream_to_meta,
 )
+from streamup.checkpoint.redis_connect import connect
 from streamup.checkpoint.redis_leases import (
     CLAIM_SCRIPT,
     FINISH_SCRIPT,
@@ -205,6 +206,7 @@ class RedisStore:
         self.safe_url = redact_url(url)
         self.history_limit = history_limit
         self._client: aioredis.Redis | None = None
+        self._sentinels: list[aioredis.Redis] = []
         self._scripts: dict[str, AsyncScript] = {}
         # Lives across close/open: leases are in Redis, not in the connection.
         self._leases = Leases(self._script)
@@ -213,7 +215,7 @@ class RedisStore:
         if self._client is not None:
             return
         try:
-            self._client = aioredis.Redis.from_url(
+            self._client, self._sentinels = connect(
                 self.url,
                 decode_responses=True,
                 socket_connect_timeout=_CONNECT_TIMEOUT_S,
@@ -225,7 +227,8 @@ class RedisStore:
         except ValueError as exc:
             raise CheckpointError(
                 f"REDIS_URL={self.safe_url} is not a Redis URL ({self._scrub(str(exc))}); use"
-                " redis://[user:password@]host:port/db"
+                " redis://[user:password@]host:port/db or"
+                " redis+sentinel://[:password@]host:port[,host:port]/master-name[/db]"
             ) from exc
         try:
             await self.ping()
@@ -238,6 +241,9 @@ class RedisStore:
         self._scripts.clear()
         if client is not None:
             await client.aclose()
+        sentinels, self._sentinels = self._sentinels, []
+        for sentinel in sentinels:
+            await sentinel.aclose()
 
     async def ping(self) -> None:
         with self._translate("pinging"):
