@@ -19,7 +19,7 @@ from streamup.metadata import build_metadata, content_type_for, encode_metadata
 from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
 from streamup.parts import PartSpan, final_layout
 from streamup.probe import ProbeResult, probe_media
-from streamup.source import hash_part, stat_path
+from streamup.source import PartData, hash_part, stat_path
 from streamup.stream import StreamWorker
 
 
@@ -67,24 +67,23 @@ async def verify_and_send(worker: StreamWorker) -> tuple[list[PartRecord], str, 
     await worker.drop_parts_past_end(before.size_bytes)
     whole = hashlib.sha256()
     reuploaded = 0
+    slots = worker.ctx.part_slots
     pending: set[asyncio.Future[PartRecord]] = set()
     try:
         for span in layout:
-            data = await hash_part(source, span, whole)
-            if data is None:
-                raise SourceChanged(f"the file shrank while part {span.number} was read")
+            data = await _read_holding_slot(worker, span, whole)
             known = worker.parts.get(span.number)
             same_range = known is not None and known.size_bytes == span.size_bytes
             if same_range and known is not None and known.md5_hex == data.md5_digest.hex():
+                slots.release()
                 continue
             if same_range:
                 reuploaded += 1  # same range, other bytes: the writer went back and changed it
                 metrics.PARTS_REUPLOADED.inc()
-            await worker.ctx.part_slots.acquire()
             task = asyncio.create_task(worker.send(data))
-            task.add_done_callback(lambda _t: worker.ctx.part_slots.release())
+            task.add_done_callback(lambda _t: slots.release())
             pending.add(task)
-            while len(pending) >= worker.ctx.window:
+            if len(pending) >= worker.ctx.window:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
                     finished.result()
@@ -97,6 +96,27 @@ async def verify_and_send(worker: StreamWorker) -> tuple[list[PartRecord], str, 
     if source.fstat() != before:
         raise SourceChanged("the file changed while it was verified")
     return [worker.parts[s.number] for s in layout], whole.hexdigest(), reuploaded
+
+
+async def _read_holding_slot(
+    worker: StreamWorker, span: PartSpan, whole: hashlib._Hash
+) -> PartData:
+    """Take a part slot, then read and hash the part; the caller releases the slot.
+
+    The slot is taken before the bytes are read: however many streams verify at once, no more
+    than UPLOAD_CONCURRENCY parts are in memory.
+    """
+    assert worker.source is not None
+    await worker.ctx.part_slots.acquire()
+    try:
+        data = await hash_part(worker.source, span, whole)
+    except BaseException:
+        worker.ctx.part_slots.release()
+        raise
+    if data is None:
+        worker.ctx.part_slots.release()
+        raise SourceChanged(f"the file shrank while part {span.number} was read")
+    return data
 
 
 async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
