@@ -60,8 +60,9 @@ class Activity:
     changed_at_s: float
 
     @classmethod
-    def first(cls, state: FileState, now_s: float) -> Activity:
-        return cls(state.size_bytes, state.mtime_ns, now_s)
+    def first(cls, state: FileState, now_s: float, *, credit_s: float = 0.0) -> Activity:
+        """The first look at a file; `credit_s` of idleness already granted (see idle_credit_s)."""
+        return cls(state.size_bytes, state.mtime_ns, now_s - credit_s)
 
     def observe(self, state: FileState, now_s: float) -> Activity:
         """A file is unchanged only when both size and mtime are; either one moving resets it."""
@@ -93,6 +94,17 @@ def should_end(
     if writer_now is False and writer_seen:
         return idle_s >= min(WRITER_GONE_CONFIRM_S, timeout_s)
     return idle_s >= timeout_s
+
+
+def idle_credit_s(mtime_age_s: float, timeout_s: float, confirm_s: float) -> float:
+    """Idleness a file has already earned when the agent first looks at it.
+
+    A file whose mtime is older than the timeout (a finished recording copied in with its times,
+    a folder full of files at start-up) need not wait a whole timeout again; one confirmation
+    interval without change is still required, so the mtime is never the only evidence. A future
+    mtime (clock skew on a network mount) earns nothing.
+    """
+    return max(0.0, min(mtime_age_s, timeout_s - confirm_s))
 
 
 def end_reason(stream_identity: FileIdentity, path_state: FileState | None) -> EndReason:

@@ -19,7 +19,13 @@ from streamup import metrics
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
-from streamup.lifecycle import Activity, check_transition, parts_past_end, should_end
+from streamup.lifecycle import (
+    Activity,
+    check_transition,
+    idle_credit_s,
+    parts_past_end,
+    should_end,
+)
 from streamup.metadata import content_type_for
 from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, utc_now
 from streamup.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
@@ -246,7 +252,10 @@ class StreamWorker:
         """Upload while the file grows. True when it went idle; False when shutting down."""
         assert self.source is not None
         tick_s = min(0.5, self.ctx.timeout_s / 4)
-        activity = Activity.first(self.source.fstat(), self.ctx.clock())
+        first = self.source.fstat()
+        mtime_age_s = time.time() - first.mtime_ns / 1e9
+        credit_s = idle_credit_s(mtime_age_s, self.ctx.timeout_s, confirm_s=tick_s)
+        activity = Activity.first(first, self.ctx.clock(), credit_s=credit_s)
         while not self.ctx.stopping.is_set():
             state = self.source.fstat()
             activity = activity.observe(state, self.ctx.clock())

@@ -13,6 +13,7 @@ from streamup.lifecycle import (
     check_transition,
     contiguous_prefix,
     end_reason,
+    idle_credit_s,
     multipart_etag,
     parts_past_end,
     should_end,
@@ -33,6 +34,26 @@ def test_activity_resets_when_size_or_mtime_moves_and_only_then() -> None:
     assert first.observe(FileState(ID, 101, 5), now_s=20.0).idle_for_s(20.0) == 0.0
     # Same size, new mtime: the writer rewrote bytes in place; not idle.
     assert first.observe(FileState(ID, 100, 6), now_s=20.0).idle_for_s(21.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("age_s", "credit_s"),
+    [
+        (0.0, 0.0),  # just written
+        (-50.0, 0.0),  # mtime in the future (clock skew): no credit
+        (10.0, 10.0),  # partly idle already
+        (3600.0, 29.5),  # long finished: one confirmation interval still required
+    ],
+)
+def test_idle_credit_from_the_mtime(age_s: float, credit_s: float) -> None:
+    assert idle_credit_s(age_s, 30.0, confirm_s=0.5) == credit_s
+
+
+def test_a_credited_file_still_needs_one_unchanged_look() -> None:
+    state = FileState(ID, 100, 5)
+    first = Activity.first(state, now_s=100.0, credit_s=idle_credit_s(3600.0, 30.0, 0.5))
+    assert first.idle_for_s(100.0) < 30.0
+    assert first.observe(state, now_s=100.5).idle_for_s(100.5) >= 30.0
 
 
 @pytest.mark.parametrize(
