@@ -15,6 +15,7 @@ import structlog
 
 from streamup import __version__
 from streamup.errors import ConfigError, StreamupError
+from streamup.memory import pin_mmap_threshold
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -120,6 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     from streamup.settings import load_settings
 
     settings = load_settings(_overrides(args))
+    pin_mmap_threshold()
     console = None
     if sys.stderr.isatty():
         from streamup.progress import terminal_console

@@ -75,12 +75,16 @@ async def verify_and_send(worker: StreamWorker) -> tuple[list[PartRecord], str, 
             known = worker.parts.get(span.number)
             same_range = known is not None and known.size_bytes == span.size_bytes
             if same_range and known is not None and known.md5_hex == data.md5_digest.hex():
+                # Drop the bytes before waiting for the next slot: a buffer held across that
+                # wait is a part in memory outside the slots (100 streams: 100 parts).
+                del data
                 slots.release()
                 continue
             if same_range:
                 reuploaded += 1  # same range, other bytes: the writer went back and changed it
                 metrics.PARTS_REUPLOADED.inc()
             task = asyncio.create_task(worker.send(data))
+            del data  # the task holds it now, and releases the slot when done
             task.add_done_callback(lambda _t: slots.release())
             pending.add(task)
             if len(pending) >= worker.ctx.window:

@@ -62,10 +62,13 @@ async def _adopt(worker: StreamWorker, number: int, etag: str, size_bytes: int) 
     span = worker.schedule.span(number)
     if span.size_bytes != size_bytes:
         return False  # a short tail from an interrupted finalization: it is re-cut anyway
-    data = await worker.source.read_part(span)
-    if data is None or f'"{data.md5_digest.hex()}"' != etag:
+    async with worker.ctx.part_slots:  # a part in memory counts against the slots
+        data = await worker.source.read_part(span)
+        md5_hex = data.md5_digest.hex() if data is not None else None
+        del data
+    if md5_hex is None or f'"{md5_hex}"' != etag:
         return False
-    part = PartRecord(number, span.offset_bytes, size_bytes, etag, data.md5_digest.hex(), utc_now())
+    part = PartRecord(number, span.offset_bytes, size_bytes, etag, md5_hex, utc_now())
     worker.parts[number] = part
     uploaded = sum(p.size_bytes for p in worker.parts.values())
     worker.record = worker.record.evolve(uploaded_bytes=uploaded)
