@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Until the event loop takes the signals over, a SIGTERM during start-up (nothing to save
+    # yet) is a clean exit, not death by signal.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":

@@ -176,8 +176,7 @@ async def finish_lost(worker: StreamWorker) -> None:
         await worker.set_status(Status.ABORTED_NO_PARTS)
         await finish(worker)
         return
-    for number in [n for n in worker.parts if n > len(parts)]:
-        del worker.parts[number]
+    await worker.forget_parts([n for n in worker.parts if n > len(parts)])
     worker.record = worker.record.evolve(
         size_bytes=sum(p.size_bytes for p in parts), sha256_hex=None
     )

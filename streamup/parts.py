@@ -119,16 +119,23 @@ def _check_number(number: int) -> None:
 
 
 def whole_parts_ready(
-    schedule: PartSchedule, size_bytes: int, done: Container[int], *, limit: int
+    schedule: PartSchedule,
+    size_bytes: int,
+    done: Container[int],
+    *,
+    limit: int,
+    first: int = 1,
 ) -> list[PartSpan]:
     """Whole parts that lie entirely within the first `size_bytes` and are not in `done`.
 
     Only whole parts go up while a file grows: an early short part would be smaller than 5 MiB and
-    S3 would refuse to complete the upload (EntityTooSmall). At most `limit` spans, lowest first.
+    S3 would refuse to complete the upload (EntityTooSmall). At most `limit` spans, lowest first,
+    from part `first` on (every part below it is known to be done: a long stream does not rescan
+    its thousands of finished parts twice a second).
     """
     ready: list[PartSpan] = []
-    number = 1
-    offset = 0
+    number = first
+    offset = schedule.offset_of(first)
     while number <= MAX_PARTS and len(ready) < limit:
         size = schedule.size_of(number)
         if offset + size > size_bytes:

@@ -37,13 +37,7 @@ async def reconcile(worker: StreamWorker) -> bool:
         return False
     stale = [n for n, p in worker.parts.items() if n not in remote or remote[n].etag != p.etag]
     if stale:
-        for number in stale:
-            del worker.parts[number]
-        uploaded = sum(p.size_bytes for p in worker.parts.values())
-        worker.record = worker.record.evolve(uploaded_bytes=uploaded)
-        await worker.persist(
-            lambda: worker.ctx.store.remove_parts(record.stream_id, stale, uploaded), "checkpoint"
-        )
+        await worker.forget_parts(stale)
     adopted = 0
     for number, part in sorted(remote.items()):
         if number in worker.parts:

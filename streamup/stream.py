@@ -79,6 +79,7 @@ class StreamWorker:
         self._wake = asyncio.Event()
         self._upload_lock = asyncio.Lock()
         self._in_flight: set[int] = set()
+        self._done_below = 0  # parts 1.._done_below are all checkpointed (a scan hint)
         self.completed_record: CompletedRecord | None = None
         self.writer_seen = False  # a process on this host was seen writing the file
         self.lease_lost = False  # another agent took the stream over
@@ -206,7 +207,12 @@ class StreamWorker:
                 busy = self.parts.keys() | self._in_flight
                 room = self.ctx.window - len(pending)
                 if room > 0 and not self.ctx.stopping.is_set():
-                    for span in whole_parts_ready(self.schedule, size, busy, limit=room):
+                    while self._done_below + 1 in self.parts:
+                        self._done_below += 1
+                    ready = whole_parts_ready(
+                        self.schedule, size, busy, limit=room, first=self._done_below + 1
+                    )
+                    for span in ready:
                         self._in_flight.add(span.number)
                         pending[asyncio.create_task(self._read_and_send(span))] = span.number
                 if not pending:
@@ -221,28 +227,30 @@ class StreamWorker:
                 await asyncio.gather(*pending, return_exceptions=True)
                 self._in_flight.difference_update(pending.values())
 
-    async def drop_parts_past_end(self, size_bytes: int) -> None:
-        gone = parts_past_end(self.parts.values(), size_bytes)
-        if not gone:
-            return
-        for number in gone:
+    async def forget_parts(self, numbers: list[int]) -> None:
+        """Drop part records (they will be sent again, or are not wanted), in memory and in the
+        checkpoint, with the stream's progress, in one store write."""
+        for number in numbers:
             del self.parts[number]
+        self._done_below = min(self._done_below, min(numbers, default=self._done_below + 1) - 1)
         uploaded = sum(p.size_bytes for p in self.parts.values())
         self.record = self.record.evolve(uploaded_bytes=uploaded)
         stream_id = self.record.stream_id
         await self.persist(
-            lambda: self.ctx.store.remove_parts(stream_id, gone, uploaded), "checkpoint"
+            lambda: self.ctx.store.remove_parts(stream_id, numbers, uploaded), "checkpoint"
         )
-        self.log.info("stream.shrank", size_bytes=size_bytes, dropped_parts=gone)
+
+    async def drop_parts_past_end(self, size_bytes: int) -> None:
+        gone = parts_past_end(self.parts.values(), size_bytes)
+        if gone:
+            await self.forget_parts(gone)
+            self.log.info("stream.shrank", size_bytes=size_bytes, dropped_parts=gone)
 
     async def restart_upload(self, reason: str) -> None:
         """S3 lost the upload (NoSuchUpload): start a fresh one; every part goes up again."""
         self.log.warning("stream.upload_restarted", reason=reason)
-        stream_id = self.record.stream_id
-        numbers = list(self.parts)
-        self.parts.clear()
-        await self.persist(lambda: self.ctx.store.remove_parts(stream_id, numbers, 0), "checkpoint")
-        self.record = self.record.evolve(upload_id=None, uploaded_bytes=0)
+        await self.forget_parts(list(self.parts))
+        self.record = self.record.evolve(upload_id=None)
         record = self.record
         await self.persist(lambda: self.ctx.store.save_stream(record), "checkpoint")
 

@@ -76,6 +76,10 @@ class FaultProxy:
     def cut(self) -> None:
         """The network is gone: refuse new connections, reset the open ones."""
         if self._listener is not None:
+            # close() alone does not wake a thread blocked in accept() on Linux (it would go on
+            # accepting); shutdown() does.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
             self._listener.close()
             self._listener = None
         with self._lock:

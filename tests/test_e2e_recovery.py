@@ -142,8 +142,10 @@ def test_network_outage_stalls_the_stream_and_it_catches_up(
     wait_for(lambda: process.events_named("part.uploaded"), deadline_s=20, what="a first part")
     proxy.cut()
     wait_for(lambda: process.events_named("stream.stalled"), deadline_s=20, what="a stall report")
+    parts_before = len(process.events_named("part.uploaded"))
     time.sleep(30)  # the outage itself: nothing to wait for but the clock
     assert process.proc is not None and process.proc.poll() is None
+    assert len(process.events_named("part.uploaded")) == parts_before  # nothing got through
     proxy.restore()
     writer.join()
     doc = wait_metadata(s3_client, bucket, "outage.mp4", deadline_s=60)
@@ -196,18 +198,33 @@ def test_sigterm_mid_stream_exits_zero_and_the_stream_resumes(
 
 
 def test_second_signal_exits_at_once_and_checkpoints_stay_consistent(
-    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+    agent: Any,
+    via_proxy: dict[str, str],
+    proxy: FaultProxy,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
 ) -> None:
-    source = finished_file(watch_dir, tmp_path, "twice.mp4", 6 * PART)
-    first = agent(UPLOAD_CONCURRENCY="2")
+    target = watch_dir / "twice.mp4"
+    handle = target.open("wb")
+    first = agent(**via_proxy)
+    write_slowly(handle, total_bytes=PART + 10, rate_bytes_s=8 * MiB)
     wait_for(lambda: first.events_named("part.uploaded"), deadline_s=20, what="a part")
+    proxy.cut()  # the next part hangs in its retry loop: a graceful stop would wait for it
+    write_slowly(handle, total_bytes=PART, rate_bytes_s=8 * MiB)
+    wait_for(lambda: first.events_named("stream.stalled"), deadline_s=20, what="a stall")
     assert first.proc is not None
     first.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: first.events_named("agent.stopping"), deadline_s=10, what="the first signal")
     first.proc.send_signal(signal.SIGTERM)
-    first.proc.wait(10)
-    second = agent()
+    wait_exit(first, 130, deadline_s=5)
+    proxy.restore()
+    second = agent(**via_proxy)
+    write_slowly(handle, total_bytes=PART + 5, rate_bytes_s=8 * MiB)
+    handle.close()
     doc = wait_metadata(s3_client, bucket, "twice.mp4", deadline_s=30)
-    assert_exact(s3_client, bucket, doc, source, tmp_path)
+    assert_exact(s3_client, bucket, doc, target, tmp_path)
     assert second.stop() == 0
 
 
