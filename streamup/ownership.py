@@ -41,8 +41,10 @@ class Ownership:
         ttl_s: float,
         stopping: asyncio.Event,
         take_over: Callable[[StreamRecord], Awaitable[None]],
+        shared: bool = True,
     ) -> None:
         self.store = store
+        self.shared = shared  # False: one agent per store (SQLite), every stream is ours
         self.agent_id = agent_id
         self.host = host_of(agent_id)
         self.ttl_s = ttl_s
@@ -59,10 +61,13 @@ class Ownership:
 
     def may_take(self, record: StreamRecord) -> bool:
         """Take a stream only when this agent sees its file (same inode: device numbers differ
-        between NFS clients), or when the file vanished from this very host."""
+        between NFS clients), or when the file left its path (deleted or replaced) on this very
+        host. With a store of its own, every stream is this agent's."""
+        if not self.shared:
+            return True
         state = stat_path(record.path)
-        if state is not None:
-            return state.identity.inode == record.identity.inode
+        if state is not None and state.identity.inode == record.identity.inode:
+            return True
         return record.host in ("", self.host)
 
     # ------------------------------------------------------------- leases we hold

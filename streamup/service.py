@@ -95,6 +95,7 @@ class Agent:
             ttl_s=settings.lease_ttl_seconds,
             stopping=self.stopping,
             take_over=self._resume_owned,
+            shared=settings.redis_url is not None,
         )
         self.workers: dict[str, StreamWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}

@@ -308,3 +308,33 @@ def test_redis_outage_stalls_checkpoints_and_the_stream_catches_up(
         assert process.stop() == 0
     finally:
         servers.stop(redis_proc)
+
+
+def test_file_replaced_while_the_agent_was_down_ends_old_stream_and_starts_new_one(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    target = watch_dir / "swapped.mp4"
+    handle = target.open("wb")
+    first = agent()
+    write_slowly(handle, total_bytes=PART + 100, rate_bytes_s=4 * MiB)
+    wait_for(lambda: first.events_named("part.uploaded"), deadline_s=20, what="a part")
+    first.kill()
+    handle.close()
+    kept = target.read_bytes()[:PART]
+    newcomer = tmp_path / "newcomer.mp4"
+    newcomer.write_bytes(os.urandom(PART + 7))
+    os.replace(newcomer, target)  # a new inode under the same name
+    second = agent()
+
+    def both() -> list[dict[str, Any]] | None:
+        docs = [
+            d for k, d in metadata_docs(s3_client, bucket).items() if k.endswith("/swapped.mp4")
+        ]
+        return docs if len(docs) == 2 else None
+
+    docs = {d["end_reason"]: d for d in wait_for(both, deadline_s=30, what="two objects")}
+    assert set(docs) == {"file_lost", "idle"}
+    old = s3_client.get_object(Bucket=bucket, Key=docs["file_lost"]["s3_key_prefix"])
+    assert old["Body"].read() == kept and docs["file_lost"]["partial"] is True
+    assert_exact(s3_client, bucket, docs["idle"], target, tmp_path)
+    assert second.stop() == 0
