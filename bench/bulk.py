@@ -30,7 +30,7 @@ def run(bench: Bench, opts: argparse.Namespace) -> dict[str, Any]:
             settings = agent_settings(concurrency, chunk_mib * MiB)
             result["streamup"].append(streamup_runs(bench, settings, source, sha, opts.reps))
     for peer in bench.peers:
-        result["peers"][peer.name] = peer_runs(bench, peer, source, opts.reps)
+        result["peers"][peer.label] = peer_runs(bench, peer, source, opts.reps)
     result["moto_complete_s"] = {
         "no_checksum": moto_complete_s(bench, source, crc32=False),
         "crc32": moto_complete_s(bench, source, crc32=True),
@@ -91,7 +91,7 @@ def peer_runs(bench: Bench, peer: Peer, source: Path, reps: int) -> dict[str, An
         timed = peer.run(source, PEER_BUCKET, key)
         moto_cpu = cpu_seconds(bench.moto.pid) - moto_cpu
         if bench.s3.head_object(Bucket=PEER_BUCKET, Key=key)["ContentLength"] != size:
-            raise AssertionError(f"{peer.name} uploaded the wrong number of bytes")
+            raise AssertionError(f"{peer.label} uploaded the wrong number of bytes")
         empty_bucket(bench.s3, PEER_BUCKET)
         runs.append({"complete_s": timed.wall_s, "cpu_s": timed.cpu_s, "moto_cpu_s": moto_cpu})
     command = peer.command("FILE", PEER_BUCKET, "bulk.mp4")

@@ -28,12 +28,12 @@ def run(bench: Bench, opts: argparse.Namespace) -> dict[str, Any]:
     agent.start()
     agent.wait_for("agent.started", deadline_s=60)
     pool = os.urandom(_POOL_BYTES)
-    aws = next((p for p in bench.peers if p.name == "aws"), None)
+    peers = [p for p in bench.peers if p.name == "aws"]
     result: dict[str, Any] = {
         "rate_bytes_s": opts.durable_rate_mib * MiB,
         "reps": opts.reps,
         "command": agent.command(),
-        "aws_command": aws.command("FILE", PEER_BUCKET, "recording.mp4") if aws else None,
+        "peer_commands": {p.label: p.command("FILE", PEER_BUCKET, "recording.mp4") for p in peers},
         "sizes": [],
     }
     for size_mib in opts.durable_mib:
@@ -42,9 +42,11 @@ def run(bench: Bench, opts: argparse.Namespace) -> dict[str, Any]:
             target = agent.watch_dir / f"recording-{size_mib}-{rep}.mp4"
             size = size_mib * MiB
             measured = record_once(bench, agent, target, size, opts.durable_rate_mib, pool)
-            if aws is not None:
+            for peer in peers:
                 os.sync()
-                measured["aws_after_end_s"] = aws.run(target, PEER_BUCKET, target.name).wall_s
+                measured[f"after_end_s[{peer.label}]"] = peer.run(
+                    target, PEER_BUCKET, target.name
+                ).wall_s
                 empty_bucket(bench.s3, PEER_BUCKET)
             target.unlink()
             empty_bucket(bench.s3, STREAMUP_BUCKET)

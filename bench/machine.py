@@ -57,5 +57,5 @@ def describe(peers: list[Peer]) -> dict[str, Any]:
         "commit": _commit(),
         "python": platform.python_version(),
         "packages": packages,
-        "peers": {p.name: p.version() for p in peers},
+        "peers": {p.name: p.version() for p in peers if not p.no_checksum},
     }

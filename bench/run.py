@@ -30,6 +30,7 @@ from harness import (
     Bench,
     cpu_seconds,
     machine_busy_seconds,
+    memory_bytes,
     moto_command,
     moto_server,
     own_seconds,
@@ -105,7 +106,7 @@ def main(argv: list[str]) -> int:
             s3 = s3_client(moto.endpoint)
             s3.create_bucket(Bucket=PEER_BUCKET)
             bench = Bench(moto, s3, workdir, peers.available(moto.endpoint))
-            found = ", ".join(p.name for p in bench.peers) or "none"
+            found = ", ".join(p.label for p in bench.peers) or "none"
             print(f"moto at {moto.endpoint}; peers: {found}; scratch {workdir}", flush=True)
             results: dict[str, Any] = {
                 "argv": shlex.join(["bench/run.py", *argv]),
@@ -119,6 +120,7 @@ def main(argv: list[str]) -> int:
                 outcome = measure(bench, name, opts)
                 results["workloads"][name] = outcome
                 (opts.results / f"{name}.json").write_text(json.dumps(outcome, indent=2) + "\n")
+            results["moto_peak_rss_bytes"] = memory_bytes(moto.pid)["VmHWM"]
     results["duration_s"] = time.monotonic() - clock
     opts.doc.parent.mkdir(parents=True, exist_ok=True)
     opts.doc.write_text(report.render(results))
