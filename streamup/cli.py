@@ -15,7 +15,7 @@ import structlog
 
 from streamup import __version__
 from streamup.errors import ConfigError, StreamupError
-from streamup.memory import pin_mmap_threshold
+from streamup.memory import pin_mmap_threshold, raise_open_file_limit
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -125,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = load_settings(_overrides(args))
     pin_mmap_threshold()
+    raise_open_file_limit()
     console = None
     if sys.stderr.isatty():
         from streamup.progress import terminal_console

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -252,6 +253,11 @@ class Agent:
             try:
                 source = SourceFile(path)
             except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    # Out of descriptors, not a bad file: the next scan tries again.
+                    log.error("stream.deferred", path=path, error=exc.strerror,
+                              hint="raise the open-files limit (ulimit -n)")  # fmt: skip
+                    return
                 self._unreadable[path] = state
                 log.error(
                     "stream.unreadable",
