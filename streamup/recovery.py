@@ -62,13 +62,7 @@ async def _adopt(worker: StreamWorker, number: int, etag: str, size_bytes: int) 
         del data
     if md5_hex is None or f'"{md5_hex}"' != etag:
         return False
-    part = PartRecord(number, span.offset_bytes, size_bytes, etag, md5_hex, utc_now())
-    worker.parts[number] = part
-    uploaded = sum(p.size_bytes for p in worker.parts.values())
-    worker.record = worker.record.evolve(uploaded_bytes=uploaded)
-    stream_id = worker.record.stream_id
-    await worker.persist(
-        lambda: worker.ctx.store.record_part(stream_id, part, uploaded, part.uploaded_at),
-        "checkpoint",
+    await worker.keep_part(
+        PartRecord(number, span.offset_bytes, size_bytes, etag, md5_hex, utc_now())
     )
     return True

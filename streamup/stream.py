@@ -166,14 +166,7 @@ class StreamWorker:
         part = PartRecord(
             span.number, span.offset_bytes, span.size_bytes, etag, data.md5_digest.hex(), utc_now()
         )
-        self.parts[span.number] = part
-        uploaded = sum(p.size_bytes for p in self.parts.values())
-        self.record = self.record.evolve(uploaded_bytes=uploaded, last_activity_at=part.uploaded_at)
-        stream_id = self.record.stream_id
-        await self.persist(
-            lambda: self.ctx.store.record_part(stream_id, part, uploaded, part.uploaded_at),
-            "checkpoint",
-        )
+        await self.keep_part(part)
         metrics.PART_SECONDS.observe(self.ctx.clock() - started)
         metrics.BYTES_UPLOADED.inc(span.size_bytes)
         metrics.PARTS_UPLOADED.inc()
@@ -185,6 +178,17 @@ class StreamWorker:
                 hint="S3 allows 10,000 parts; raise CHUNK_SIZE_BYTES or unset PART_SIZE_FIXED",
             )
         return part
+
+    async def keep_part(self, part: PartRecord) -> None:
+        """Checkpoint a part S3 holds, with the stream's progress, in one store write."""
+        self.parts[part.number] = part
+        uploaded = sum(p.size_bytes for p in self.parts.values())
+        self.record = self.record.evolve(uploaded_bytes=uploaded, last_activity_at=part.uploaded_at)
+        stream_id = self.record.stream_id
+        await self.persist(
+            lambda: self.ctx.store.record_part(stream_id, part, uploaded, part.uploaded_at),
+            "checkpoint",
+        )
 
     async def _read_and_send(self, span: PartSpan) -> None:
         async with self.ctx.part_slots:
