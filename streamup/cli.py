@@ -52,7 +52,7 @@ def configure_logging(
         json_logs = not sys.stderr.isatty()
     out: TextIO = sys.stderr
     if console is not None:
-        from streamup.progress import log_file_for
+        from streamup.ops.progress import log_file_for
 
         out = log_file_for(console)
     renderer: Any = (
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "status":
             return _status(args)
-        from streamup.demo import run_demo
+        from streamup.ops.demo import run_demo
 
         configure_logging("WARNING")
         return asyncio.run(run_demo(seconds=args.seconds))
@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     raise_open_file_limit()
     console = None
     if sys.stderr.isatty():
-        from streamup.progress import terminal_console
+        from streamup.ops.progress import terminal_console
 
         console = terminal_console(sys.stderr)
     configure_logging(settings.log_level, console=console)
@@ -159,9 +159,9 @@ async def _serve(settings: Settings, console: Console | None = None) -> int:
     agent = Agent(settings)
     board: asyncio.Task[None] | None = None
     if console is not None:
-        from streamup.progress import show_progress
+        from streamup.ops.progress import show_progress
 
-        board = asyncio.create_task(show_progress(agent, console))
+        board = asyncio.create_task(show_progress(agent.snapshot, console))
     try:
         await agent.run(stop)
     finally:
@@ -173,7 +173,7 @@ async def _serve(settings: Settings, console: Console | None = None) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from streamup.checkpoint.sqlite import DB_NAME
-    from streamup.report import collect, empty_document, render
+    from streamup.ops.report import collect, empty_document, render
     from streamup.service import make_store
     from streamup.settings import load_settings
 

@@ -168,3 +168,27 @@ class CompletedRecord:
             and state.size_bytes == self.size_bytes
             and state.mtime_ns == self.mtime_ns
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamView:
+    """What the operator's faces see of one live stream, copied on the agent's event loop."""
+
+    record: StreamRecord
+    parts: int
+    stalled: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSnapshot:
+    """The narrow view of a running agent that the report, the board and the demo read.
+
+    The agent hands out copies, so the operator's faces never reach into its workers, and
+    `ops` never imports the agent class.
+    """
+
+    agent_id: str
+    store_name: str
+    watch_dir: str
+    streams: tuple[StreamView, ...]

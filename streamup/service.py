@@ -14,24 +14,28 @@ import structlog
 from streamup import metrics
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import ConfigError, LeaseLost, StorageError, StreamupError
-from streamup.finalize import finalize, finish_lost, write_metadata
+from streamup.files.source import SourceFile, stat_path
+from streamup.files.watcher import Watcher, relative_key_path
 from streamup.models import (
+    AgentSnapshot,
     Claim,
     CompletedRecord,
     EndReason,
     FileState,
     Status,
     StreamRecord,
+    StreamView,
     utc_now,
 )
-from streamup.orphans import reap_orphans
-from streamup.ownership import Ownership
-from streamup.recovery import reconcile
+from streamup.ops.http import serve_http
+from streamup.ops.report import agent_document
+from streamup.s3.client import S3Storage
+from streamup.s3.orphans import reap_orphans
 from streamup.settings import Settings
-from streamup.source import SourceFile, stat_path
-from streamup.storage import S3Storage
-from streamup.stream import PERMANENT_ERROR_PAUSE_S, StreamContext, StreamWorker
-from streamup.watcher import Watcher, relative_key_path
+from streamup.stream.finalize import finalize, finish_lost, write_metadata
+from streamup.stream.ownership import Ownership
+from streamup.stream.recovery import reconcile
+from streamup.stream.worker import PERMANENT_ERROR_PAUSE_S, StreamContext, StreamWorker
 
 log = structlog.get_logger("streamup")
 
@@ -139,7 +143,7 @@ class Agent:
                     stopping=self.stopping,
                 )))  # fmt: skip
             if self.settings.prom_port:
-                server = await metrics.serve_http(
+                server = await serve_http(
                     self.settings.prom_host, self.settings.prom_port, self.status, self.healthy
                 )
             log.info(
@@ -440,8 +444,18 @@ class Agent:
             return False
         return True
 
+    def snapshot(self) -> AgentSnapshot:
+        """A copy of what the operator's faces show; taken on this loop, so it is consistent."""
+        return AgentSnapshot(
+            agent_id=self.settings.agent_id,
+            store_name=self.store.name,
+            watch_dir=str(self.settings.watch_dir),
+            streams=tuple(
+                StreamView(w.record, len(w.parts), w.stalled, w.last_error)
+                for w in self.workers.values()
+            ),
+        )
+
     async def status(self) -> dict[str, object]:
         """/status: the same document as `streamup status --json`, from the live workers."""
-        from streamup.report import agent_document
-
-        return await agent_document(self)
+        return await agent_document(self.snapshot(), self.store)

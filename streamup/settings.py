@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streamup.errors import ConfigError
-from streamup.parts import MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES
+from streamup.s3.parts import MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 

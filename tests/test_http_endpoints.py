@@ -6,7 +6,10 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
+from prometheus_client import generate_latest
+
 from streamup import metrics
+from streamup.ops.http import serve_http
 
 
 async def ask(server: asyncio.Server, request: bytes) -> tuple[str, bytes]:
@@ -24,7 +27,7 @@ async def ask(server: asyncio.Server, request: bytes) -> tuple[str, bytes]:
 async def serve(
     status: Callable[[], Awaitable[dict[str, object]]], healthy: Callable[[], Awaitable[bool]]
 ) -> asyncio.Server:
-    return await metrics.serve_http("127.0.0.1", 0, status, healthy)
+    return await serve_http("127.0.0.1", 0, status, healthy)
 
 
 async def fine_status() -> dict[str, object]:
@@ -86,6 +89,6 @@ async def test_a_failing_status_source_answers_500_and_the_server_keeps_serving(
 
 
 def test_failure_and_retry_series_exist_before_the_first_failure() -> None:
-    text = metrics.generate_latest(metrics.REGISTRY).decode()
+    text = generate_latest(metrics.REGISTRY).decode()
     assert 'streamup_stream_failures_total{status="failed_s3_complete"}' in text
     assert 'streamup_retries_total{kind="CheckpointError"}' in text

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streamup.lifecycle import (
+from streamup.models import EndReason, FileIdentity, FileState, PartRecord, Status
+from streamup.stream.lifecycle import (
     Activity,
     IllegalTransition,
     check_transition,
@@ -18,7 +19,6 @@ from streamup.lifecycle import (
     parts_past_end,
     should_end,
 )
-from streamup.models import EndReason, FileIdentity, FileState, PartRecord, Status
 
 ID = FileIdentity(1, 42)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 import streamup
-from streamup.metadata import build_metadata, content_type_for, encode_metadata
+from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
+from streamup.files.probe import ProbeResult
 from streamup.models import EndReason, FileIdentity, PartRecord, Status, StreamRecord
-from streamup.probe import ProbeResult
 
 MiB = 1024 * 1024
 STARTED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)

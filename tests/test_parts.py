@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamup.parts import (
+from streamup.s3.parts import (
     MAX_OBJECT_SIZE_BYTES,
     MAX_PART_SIZE_BYTES,
     MAX_PARTS,

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from streamup.probe import ProbeResult, parse_ffprobe_output, probe_media
+from streamup.files.probe import ProbeResult, parse_ffprobe_output, probe_media
 
 DATA = Path(__file__).parent / "data" / "ffprobe"
 MP4_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"

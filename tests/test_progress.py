@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from streamup.models import FileIdentity, PartRecord, Status, StreamRecord
-from streamup.progress import ProgressLine, RateMeter, display_name, render, sample
-from streamup.report import render as render_status
+from streamup.models import FileIdentity, Status, StreamRecord, StreamView
+from streamup.ops.progress import ProgressLine, RateMeter, display_name, render, sample
+from streamup.ops.report import render as render_status
 
 MiB = 1024 * 1024
 WATCH = Path("/data/watch")
@@ -77,26 +76,12 @@ def record(path: str, *, uploaded: int, size: int, status: Status = Status.ACTIV
     )
 
 
-@dataclass
-class Worker:
-    """The three attributes the board reads of a StreamWorker."""
-
-    record: StreamRecord
-    parts: dict[int, PartRecord] = field(default_factory=dict)
-    stalled: bool = False
-
-
-def part(number: int) -> PartRecord:
-    return PartRecord(number, (number - 1) * 5 * MiB, 5 * MiB, '"e"', "00", T0)
-
-
-def test_sample_reads_one_line_per_worker_with_its_rate() -> None:
-    worker = Worker(record("/data/watch/cam1/a.mp4", uploaded=0, size=6 * MiB))
+def test_sample_reads_one_line_per_stream_with_its_rate() -> None:
+    first = StreamView(record("/data/watch/cam1/a.mp4", uploaded=0, size=6 * MiB), 0, False)
     meter = RateMeter()
-    sample([worker], meter, 0.0, WATCH)
-    worker.record = record("/data/watch/cam1/a.mp4", uploaded=10 * MiB, size=12 * MiB)
-    worker.parts = {1: part(1), 2: part(2)}
-    (line,) = sample([worker], meter, 2.0, WATCH)
+    sample([first], meter, 0.0, WATCH)
+    later = StreamView(record("/data/watch/cam1/a.mp4", uploaded=10 * MiB, size=12 * MiB), 2, False)
+    (line,) = sample([later], meter, 2.0, WATCH)
     assert line == ProgressLine("cam1/a.mp4", "active", False, 10 * MiB, 12 * MiB, 2, 5 * MiB)
     assert line.percent == pytest.approx(100 * 10 / 12)
 

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from streamup.errors import NoSuchUpload, StorageError, StreamupError
-from streamup.lifecycle import multipart_etag
 from streamup.retry import Backoff, retrying
-from streamup.storage import S3Storage
+from streamup.s3.client import S3Storage
+from streamup.stream.lifecycle import multipart_etag
 from tests.servers import free_port
 
 MiB = 1024 * 1024

@@ -19,8 +19,8 @@ import structlog
 
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import StreamupError
+from streamup.files.source import stat_path
 from streamup.models import StreamRecord
-from streamup.source import stat_path
 
 log = structlog.get_logger("streamup")
 

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from streamup.models import FileIdentity, FileState
-from streamup.parts import PartSpan
+from streamup.s3.parts import PartSpan
 
 READ_BLOCK_BYTES = 8 * 1024 * 1024
 

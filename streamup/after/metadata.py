@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import streamup
+from streamup.files.probe import ProbeResult
 from streamup.models import EndReason, PartRecord, StreamRecord, iso
-from streamup.probe import ProbeResult
 
 _FALLBACK_CONTENT_TYPE = "application/octet-stream"
 

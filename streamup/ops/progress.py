@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TextIO, cast
+from typing import IO, TextIO, cast
 
 import structlog
 from rich.console import Console, Group, JustifyMethod
@@ -23,11 +23,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streamup.report import human_size
-
-if TYPE_CHECKING:
-    from streamup.service import Agent
-    from streamup.stream import StreamWorker
+from streamup.models import AgentSnapshot, StreamView
+from streamup.ops.report import human_size
 
 REFRESH_S = 1.0
 # Parts land whole (5 MiB or more at once), so a rate over one refresh would jump between zero
@@ -101,24 +98,25 @@ def display_name(path: str, watch_dir: Path) -> str:
 
 
 def sample(
-    workers: Iterable[StreamWorker], meter: RateMeter, now: float, watch_dir: Path
+    views: Iterable[StreamView], meter: RateMeter, now: float, watch_dir: Path
 ) -> list[ProgressLine]:
-    """One board's worth of lines, read from the workers (a snapshot, no I/O)."""
+    """One board's worth of lines, read from a snapshot of the streams (no I/O)."""
+    views = list(views)
     lines = []
-    for worker in list(workers):
-        record = worker.record
+    for view in views:
+        record = view.record
         lines.append(
             ProgressLine(
                 name=display_name(record.path, watch_dir),
                 state=record.status.value,
-                stalled=worker.stalled,
+                stalled=view.stalled,
                 uploaded_bytes=record.uploaded_bytes,
                 size_bytes=max(record.size_bytes, record.uploaded_bytes),
-                parts=len(worker.parts),
+                parts=view.parts,
                 rate_bytes_s=meter.update(record.stream_id, record.uploaded_bytes, now),
             )
         )
-    meter.keep_only(w.record.stream_id for w in workers)
+    meter.keep_only(v.record.stream_id for v in views)
     return lines
 
 
@@ -151,15 +149,18 @@ def render(lines: list[ProgressLine], watch_dir: Path) -> Group:
     return Group(Text(summary, style="bold"), table)
 
 
-async def show_progress(agent: Agent, console: Console, *, refresh_s: float = REFRESH_S) -> None:
+async def show_progress(
+    snapshot: Callable[[], AgentSnapshot], console: Console, *, refresh_s: float = REFRESH_S
+) -> None:
     """Repaint the board every `refresh_s` until cancelled; a rendering fault ends only this."""
     meter = RateMeter()
-    watch_dir = agent.settings.watch_dir
     loop = asyncio.get_running_loop()
     try:
         with Live(console=console, auto_refresh=False, transient=True) as live:
             while True:
-                lines = sample(agent.workers.values(), meter, loop.time(), watch_dir)
+                view = snapshot()
+                watch_dir = Path(view.watch_dir)
+                lines = sample(view.streams, meter, loop.time(), watch_dir)
                 live.update(render(lines, watch_dir), refresh=True)
                 await asyncio.sleep(refresh_s)
     except asyncio.CancelledError:

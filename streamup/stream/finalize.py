@@ -12,15 +12,15 @@ import asyncio
 import hashlib
 
 from streamup import metrics
+from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
 from streamup.errors import NoSuchUpload, SourceChanged, StorageError
 from streamup.faults import crash_point
-from streamup.lifecycle import contiguous_prefix, end_reason, multipart_etag
-from streamup.metadata import build_metadata, content_type_for, encode_metadata
+from streamup.files.probe import ProbeResult, probe_media
+from streamup.files.source import PartData, hash_part, stat_path
 from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
-from streamup.parts import PartSpan, final_layout
-from streamup.probe import ProbeResult, probe_media
-from streamup.source import PartData, hash_part, stat_path
-from streamup.stream import StreamWorker
+from streamup.s3.parts import PartSpan, final_layout
+from streamup.stream.lifecycle import contiguous_prefix, end_reason, multipart_etag
+from streamup.stream.worker import StreamWorker
 
 
 async def finalize(worker: StreamWorker) -> bool:

@@ -8,10 +8,10 @@ their bytes still match the file; parts the checkpoint has but S3 lacks go up ag
 from __future__ import annotations
 
 from streamup.errors import NoSuchUpload
-from streamup.finalize import already_completed
-from streamup.lifecycle import contiguous_prefix
 from streamup.models import PartRecord, Status, utc_now
-from streamup.stream import StreamWorker
+from streamup.stream.finalize import already_completed
+from streamup.stream.lifecycle import contiguous_prefix
+from streamup.stream.worker import StreamWorker
 
 
 async def reconcile(worker: StreamWorker) -> bool:

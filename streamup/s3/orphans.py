@@ -19,7 +19,7 @@ import structlog
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import StorageError, StreamupError
 from streamup.models import utc_now
-from streamup.storage import RemoteUpload, S3Storage
+from streamup.s3.client import RemoteUpload, S3Storage
 
 log = structlog.get_logger("streamup")
 

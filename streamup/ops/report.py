@@ -12,16 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import StreamupError
-from streamup.models import CompletedRecord, StreamRecord, iso, utc_now
-from streamup.source import stat_path
-
-if TYPE_CHECKING:
-    from streamup.service import Agent
-    from streamup.stream import StreamWorker
+from streamup.files.source import stat_path
+from streamup.models import AgentSnapshot, CompletedRecord, StreamRecord, StreamView, iso, utc_now
 
 RECENT_LIMIT = 20
 # /status must answer while the store is down (that is when an operator looks), so a slow store
@@ -90,22 +85,21 @@ def document(
     }
 
 
-def live_streams(workers: Iterable[StreamWorker], owner: str) -> list[dict[str, object]]:
+def live_streams(views: Iterable[StreamView], owner: str) -> list[dict[str, object]]:
     """Rows of the streams an agent is working on; it holds the lease of each (`owner`)."""
     return [
-        stream_row(w.record, len(w.parts), stalled=w.stalled, error=w.last_error, owner=owner)
-        for w in workers
+        stream_row(v.record, v.parts, stalled=v.stalled, error=v.error, owner=owner) for v in views
     ]
 
 
-async def agent_document(agent: Agent) -> dict[str, object]:
+async def agent_document(snapshot: AgentSnapshot, store: CheckpointStore) -> dict[str, object]:
     """/status: the agent's own view, answered even when the checkpoint store is not."""
-    streams = live_streams(agent.workers.values(), agent.settings.agent_id)
+    streams = live_streams(snapshot.streams, snapshot.agent_id)
     completions: list[CompletedRecord] = []
     store_error = None
     try:
         completions = await asyncio.wait_for(
-            agent.store.recent_completions(RECENT_LIMIT), STORE_TIMEOUT_S
+            store.recent_completions(RECENT_LIMIT), STORE_TIMEOUT_S
         )
     except StreamupError as exc:  # store errors are scrubbed of credentials where raised
         store_error = str(exc)
@@ -113,8 +107,8 @@ async def agent_document(agent: Agent) -> dict[str, object]:
         store_error = f"the checkpoint store did not answer within {STORE_TIMEOUT_S:g} s"
     return document(
         source="agent",
-        store=agent.store.name,
-        agent_id=agent.settings.agent_id,
+        store=snapshot.store_name,
+        agent_id=snapshot.agent_id,
         streams=streams,
         completions=completions,
         store_error=store_error,

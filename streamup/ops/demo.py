@@ -25,7 +25,7 @@ from typing import Any
 from aiobotocore.session import get_session
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from streamup.progress import RateMeter, sample
+from streamup.ops.progress import RateMeter, sample
 from streamup.service import Agent
 from streamup.settings import Settings
 
@@ -123,7 +123,7 @@ async def _record(path: Path, seconds: float) -> None:
 
 def _progress(agent: Agent, path: Path, meter: RateMeter) -> str:
     size = path.stat().st_size if path.exists() else 0
-    lines = sample(agent.workers.values(), meter, time.monotonic(), agent.settings.watch_dir)
+    lines = sample(agent.snapshot().streams, meter, time.monotonic(), agent.settings.watch_dir)
     for line in lines:
         return (
             f"  recording {size / MiB:6.1f} MiB | uploaded {line.uploaded_bytes / MiB:6.1f} MiB"

@@ -16,23 +16,23 @@ from typing import TypeVar
 import structlog
 
 from streamup import metrics
+from streamup.after.metadata import content_type_for
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
-from streamup.lifecycle import (
+from streamup.files.source import PartData, SourceFile
+from streamup.files.writers import WriterIndex
+from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, utc_now
+from streamup.retry import retrying
+from streamup.s3.client import S3Storage
+from streamup.s3.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
+from streamup.stream.lifecycle import (
     Activity,
     check_transition,
     idle_credit_s,
     parts_past_end,
     should_end,
 )
-from streamup.metadata import content_type_for
-from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, utc_now
-from streamup.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
-from streamup.retry import retrying
-from streamup.source import PartData, SourceFile
-from streamup.storage import S3Storage
-from streamup.writers import WriterIndex
 
 T = TypeVar("T")
 log = structlog.get_logger("streamup")
