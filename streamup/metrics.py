@@ -20,6 +20,11 @@ PARTS_REUPLOADED = Counter(
     "Parts sent again because the writer changed their bytes after they were uploaded",
     registry=REGISTRY,
 )
+PARTS_PROOF_FAILED = Counter(
+    "streamup_parts_proof_failed",
+    "Parts sent again because the server did not hold exactly their bytes (refused or ETag)",
+    registry=REGISTRY,
+)
 PART_SECONDS = Histogram(
     "streamup_part_upload_seconds",
     "Time to upload one part, retries included",

@@ -98,7 +98,12 @@ class FileState:
 
 @dataclass(frozen=True, slots=True)
 class PartRecord:
-    """A part S3 has acknowledged. `md5_hex` is the checksum of the bytes that were sent."""
+    """A part S3 has acknowledged and the agent has proven (see s3.integrity).
+
+    `crc32c_hex` is the CRC32C of the bytes that were sent, the fast checksum every comparison
+    uses; `md5_hex` their MD5, kept only where the proof needs it (Content-MD5, an ETag compared
+    with it) and empty otherwise. Parts checkpointed before CRC32C existed have only the MD5.
+    """
 
     number: int
     offset_bytes: int
@@ -106,6 +111,7 @@ class PartRecord:
     etag: str
     md5_hex: str
     uploaded_at: datetime
+    crc32c_hex: str = ""
 
     @property
     def end_bytes(self) -> int:
@@ -137,6 +143,9 @@ class StreamRecord:
     end_reason: EndReason = EndReason.IDLE
     error: str | None = None
     host: str = ""  # the host whose agent found the file: only it may call the file lost
+    # "CRC32C" when the upload was created with that additional checksum (every part then
+    # carries it); empty for uploads created before checksums existed, which never get one.
+    checksum_algorithm: str = ""
 
     def evolve(self, **changes: object) -> StreamRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -192,3 +201,13 @@ class AgentSnapshot:
     store_name: str
     watch_dir: str
     streams: tuple[StreamView, ...]
+    integrity: dict[str, object] | None = None  # what the S3 endpoint proves (s3.integrity)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMark:
+    """When a part's bytes were read, on both clocks: the wall clock is the one the kernel
+    stamps a file's ctime with, the monotonic one shows whether the wall clock jumped since."""
+
+    wall_ns: int
+    mono_ns: int

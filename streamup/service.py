@@ -29,7 +29,9 @@ from streamup.models import (
 )
 from streamup.ops.http import serve_http
 from streamup.ops.report import agent_document
+from streamup.retry import retrying
 from streamup.s3.client import S3Storage
+from streamup.s3.integrity import Capabilities, ProofMode, probe
 from streamup.s3.orphans import reap_orphans
 from streamup.settings import Settings
 from streamup.stream.finalize import finalize, finish_lost, write_metadata
@@ -177,6 +179,7 @@ class Agent:
             try:
                 if await self.storage.ensure_bucket():
                     log.info("bucket.created", bucket=self.settings.s3_bucket_name)
+                self.ctx.integrity = await self._integrity()
                 return
             except StorageError as exc:
                 last = exc
@@ -194,6 +197,28 @@ class Agent:
         raise ConfigError(
             f"S3_BUCKET_NAME={self.settings.s3_bucket_name} cannot be used: {last}"
         ) from None
+
+    async def _integrity(self) -> Capabilities:
+        """What this endpoint proves of each part: asked once at start-up, or as configured."""
+        mode = self.settings.s3_integrity_mode
+        if mode == "auto":
+            try:
+                caps = await retrying(lambda: probe(self.storage, self.settings.s3_key_prefix))
+            except StorageError as exc:
+                raise ConfigError(
+                    f"S3_INTEGRITY_MODE=auto could not ask the server what it checks ({exc}); "
+                    "set S3_INTEGRITY_MODE to checksum, content_md5, etag or none"
+                ) from None
+        else:
+            caps = Capabilities.forced(ProofMode(mode))
+        log.info("s3.integrity", configured=mode, **caps.describe())
+        if caps.mode is ProofMode.NONE:
+            log.warning(
+                "s3.integrity_unproven",
+                detail="this server proves no part's bytes (no checksum or Content-MD5 check,"
+                " ETags are not MD5s): objects are completed but marked unverified",
+            )
+        return caps
 
     async def _drain(self) -> None:
         """Let in-flight parts land within the grace period, then cancel what is left."""
@@ -450,6 +475,7 @@ class Agent:
             agent_id=self.settings.agent_id,
             store_name=self.store.name,
             watch_dir=str(self.settings.watch_dir),
+            integrity=self.ctx.integrity.describe(),
             streams=tuple(
                 StreamView(w.record, len(w.parts), w.stalled, w.last_error)
                 for w in self.workers.values()

@@ -9,7 +9,7 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     s3_bucket_name: str = Field("video-streams", min_length=3, max_length=63)
     s3_region_name: str = "us-east-1"
     s3_key_prefix: str = "streams"
+    # How each part is proven to be in S3 byte for byte (s3.integrity); `auto` asks the server.
+    s3_integrity_mode: Literal["auto", "checksum", "content_md5", "etag", "none"] = "auto"
 
     redis_url: SecretStr | None = None
     state_dir: Path = Path("./.streamup")
@@ -127,6 +129,10 @@ def redact_url(url: str) -> str:
 
 
 _RANGES = {
+    "s3_integrity_mode": (
+        "must be auto (ask the server), checksum, content_md5, etag or none; leave it at auto "
+        "unless the server is known"
+    ),
     "chunk_size_bytes": (
         f"must be between {MIN_PART_SIZE_BYTES} (5 MiB, S3's smallest part) and "
         f"{MAX_PART_SIZE_BYTES} (5 GiB, S3's largest part)"

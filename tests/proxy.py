@@ -1,7 +1,10 @@
-"""A TCP proxy between the agent and S3 that counts bytes and can cut the network.
+"""A TCP proxy between the agent and S3 that counts bytes, can cut the network, and can damage
+one byte of one part on the wire.
 
 `cut()` drops every open connection and refuses new ones (the listening socket is closed, so a
-connect gets ECONNREFUSED); `restore()` listens again on the same port.
+connect gets ECONNREFUSED); `restore()` listens again on the same port. `flip_byte_of_part(n)`
+flips one byte in the body of the next UploadPart of part `n` (the HTTP requests going up are
+framed by their Content-Length, so keep-alive connections work too).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self._flip_part: int | None = None  # part number whose next upload gets a byte flipped
+        self.flipped: list[int] = []  # parts damaged so far
 
     @property
     def url(self) -> str:
@@ -55,13 +60,20 @@ class FaultProxy:
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
+    def flip_byte_of_part(self, number: int) -> None:
+        """Damage the body of the next UploadPart of part `number` (one byte, once)."""
+        with self._lock:
+            self._flip_part = number
+
     def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
+        framer = _RequestFramer(self) if upward else None
         try:
             while data := src.recv(256 * 1024):
-                if upward:
+                if framer is not None:
                     with self._lock:
                         self.bytes_up += len(data)
                         self.content_md5_headers += data.lower().count(b"\r\ncontent-md5: ")
+                    data = framer.feed(data)
                 dst.sendall(data)
         except OSError:
             pass
@@ -93,3 +105,66 @@ class FaultProxy:
 
     def stop(self) -> None:
         self.cut()
+
+
+class _RequestFramer:
+    """Follows the HTTP requests on one connection; flips a byte of the chosen part's body."""
+
+    FLIP_AT = 1000  # body offset of the damaged byte
+
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+        self.head = b""
+        self.body_left = 0
+        self.body_seen = 0
+        self.damage = False
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data:
+            if self.body_left:
+                take = data[: self.body_left]
+                data = data[len(take) :]
+                chunk = bytearray(take)
+                at = self.FLIP_AT - self.body_seen
+                if self.damage and 0 <= at < len(chunk):
+                    chunk[at] ^= 0xFF
+                    self.damage = False
+                self.body_seen += len(take)
+                self.body_left -= len(take)
+                out += chunk
+                continue
+            self.head += data
+            data = b""
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head, data = self.head[: end + 4], self.head[end + 4 :]
+            self.head = b""
+            out += head
+            self._start(head)
+        return bytes(out)
+
+    def _start(self, head: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip())
+        self.body_left, self.body_seen = length, 0
+        target = lines[0].split(" ")[1] if " " in lines[0] else ""
+        with self.proxy._lock:
+            number = self.proxy._flip_part
+            wanted = (
+                number is not None
+                and lines[0].startswith("PUT ")
+                and "uploadId=" in target
+                and f"partNumber={number}" in target.replace("&", " ").split("?")[-1].split()
+                and length > self.FLIP_AT
+            )
+            if wanted:
+                assert number is not None
+                self.proxy._flip_part = None
+                self.proxy.flipped.append(number)
+        self.damage = wanted

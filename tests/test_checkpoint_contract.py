@@ -5,6 +5,7 @@ SQLite's STATE_DIR lock)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,6 +67,7 @@ def make_part(number: int, *, size_bytes: int = 8 * MiB, etag: str = "") -> Part
         etag=etag or f'"{number:032x}"',  # S3 returns the ETag with its quotes
         md5_hex=f"{number:032x}",
         uploaded_at=T0 + timedelta(seconds=number, microseconds=number),
+        crc32c_hex=f"{number:08x}",
     )
 
 
@@ -470,12 +472,27 @@ async def test_redis_writes_the_seed_key_schema(
         "end_reason": "idle",
         "error": "",
         "host": "",
+        "checksum_algorithm": "",
     }
     assert await raw.hgetall("stream:s1:parts") == {
         "1": f'"{1:032x}":{8 * MiB}:2024-05-01T12:00:01.123457+00:00'
     }
-    assert await raw.hgetall("stream:s1:checksums") == {"1": f"0:{1:032x}"}
+    assert await raw.hgetall("stream:s1:checksums") == {"1": f"0:{1:032x}:{1:08x}"}
     assert await members(raw, "streams:active") == {"s1"}
+
+
+async def test_redis_parts_checkpointed_before_crc32c_load_with_their_md5_only(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    # What an agent from before checksums wrote: no checksum_algorithm, "offset:md5" values.
+    await redis_store.save_stream(make_stream(upload_id="up-1"))
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+    await raw.hdel("stream:s1:meta", "checksum_algorithm")
+    await raw.hset("stream:s1:checksums", "1", f"0:{1:032x}")
+    stream = await redis_store.load_stream("s1")
+    assert stream is not None and stream.checksum_algorithm == ""
+    parts = await redis_store.load_parts("s1")
+    assert parts == {1: dataclasses.replace(make_part(1), crc32c_hex="")}
 
 
 @pytest.mark.parametrize(
@@ -908,20 +925,25 @@ async def test_sqlite_non_exclusive_store_reads_while_the_agent_runs(tmp_path: P
         await agent.close()
 
 
-async def test_sqlite_database_without_host_column_is_migrated(tmp_path: Path) -> None:
+async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     await store.open()
-    await store.save_stream(make_stream(host="edge-a"))
+    await store.save_stream(make_stream(host="edge-a", checksum_algorithm="CRC32C"))
+    await store.record_part("s1", make_part(1), 8 * MiB, T0)
     await store.close()
     with sqlite3.connect(tmp_path / "streamup.db") as conn:  # as an older streamup left it
         conn.execute("DROP INDEX streams_by_path")
         conn.execute("ALTER TABLE streams DROP COLUMN host")
+        conn.execute("ALTER TABLE streams DROP COLUMN checksum_algorithm")
+        conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
     conn.close()
     await store.open()
     try:
-        assert await store.load_stream("s1") == make_stream()
-        await store.save_stream(make_stream(host="edge-b"))
-        assert await store.load_stream("s1") == make_stream(host="edge-b")
+        assert await store.load_stream("s1") == make_stream(uploaded_bytes=8 * MiB)
+        assert await store.load_parts("s1") == {1: dataclasses.replace(make_part(1), crc32c_hex="")}
+        await store.save_stream(make_stream(host="edge-b", checksum_algorithm="CRC32C"))
+        stream = make_stream(host="edge-b", checksum_algorithm="CRC32C")
+        assert await store.load_stream("s1") == stream
         claim = await store.claim_stream(make_stream("s2", path=make_stream().path))
         assert claim == (Claim.EXISTING, "s1")
     finally:

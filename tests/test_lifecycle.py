@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 
 import pytest
@@ -15,7 +14,6 @@ from streamup.stream.lifecycle import (
     contiguous_prefix,
     end_reason,
     idle_credit_s,
-    multipart_etag,
     parts_past_end,
     should_end,
 )
@@ -150,9 +148,3 @@ def test_contiguous_prefix_stops_at_the_first_gap() -> None:
     parts = {1: part(1, 0, 10), 2: part(2, 10, 10), 4: part(4, 30, 10)}
     assert [p.number for p in contiguous_prefix(parts)] == [1, 2]
     assert contiguous_prefix({2: part(2, 10, 10)}) == []
-
-
-def test_multipart_etag_is_md5_of_part_md5s_with_count() -> None:
-    digests = [hashlib.md5(b"a").digest(), hashlib.md5(b"b").digest()]
-    expected = hashlib.md5(digests[0] + digests[1]).hexdigest()
-    assert multipart_etag(digests) == f'"{expected}-2"'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,6 +11,7 @@ import pytest
 
 import streamup
 from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
+from streamup.checksums import crc32c_of
 from streamup.files.probe import ProbeResult
 from streamup.models import EndReason, FileIdentity, PartRecord, Status, StreamRecord
 
@@ -33,6 +35,8 @@ SEED_FIELDS = [
 ]
 EXTRA_FIELDS = [
     "sha256",
+    "checksum",
+    "integrity_proof",
     "content_type",
     "container",
     "video",
@@ -97,6 +101,7 @@ def build(
     stream: StreamRecord | None = None,
     parts: Sequence[PartRecord] | None = None,
     probe: ProbeResult = PROBE,
+    proof: str = "etag_compared",
 ) -> dict[str, object]:
     return build_metadata(
         stream or make_stream(),
@@ -104,7 +109,30 @@ def build(
         probe,
         processed_at=PROCESSED,
         content_type="video/mp4",
+        proof=proof,
     )
+
+
+def test_an_unproven_object_publishes_no_sha256() -> None:
+    # The file's SHA-256 is published only for an object proven equal to the parts sent.
+    assert build(proof="server_verified")["sha256"] == "ab" * 32
+    doc = build(proof="unverified")
+    assert doc["sha256"] is None and doc["integrity_proof"] == "unverified"
+
+
+def test_parts_with_crc32c_give_the_composite_checksum_of_the_object() -> None:
+    bodies = [b"a" * 10, b"b" * 7]
+    parts = [
+        PartRecord(n, 10 * (n - 1), len(b), f'"e{n}"', "", STARTED, crc32c_hex=crc32c_of(b).hex())
+        for n, b in enumerate(bodies, start=1)
+    ]
+    doc = build(parts=parts)
+    whole = base64.b64encode(crc32c_of(crc32c_of(bodies[0]) + crc32c_of(bodies[1]))).decode()
+    assert doc["checksum"] == {"algorithm": "CRC32C", "type": "COMPOSITE", "value": f"{whole}-2"}
+    chunks = doc["chunks"]
+    assert isinstance(chunks, list)
+    assert chunks[1]["checksum_crc32c"] == base64.b64encode(crc32c_of(bodies[1])).decode()
+    assert build()["checksum"] is None  # parts from before checksums: none to report
 
 
 def test_document_has_the_seed_fields_first_then_the_extras_in_order() -> None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 from collections.abc import AsyncIterator
 
 import pytest
 
+from streamup.checksums import crc32c_of, multipart_etag
 from streamup.errors import NoSuchUpload, StorageError, StreamupError
 from streamup.retry import Backoff, retrying
-from streamup.s3.client import S3Storage
-from streamup.stream.lifecycle import multipart_etag
+from streamup.s3.client import RemoteObject, S3Storage
 from tests.servers import free_port
 
 MiB = 1024 * 1024
@@ -31,7 +32,7 @@ async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
 
 
 async def send(storage: S3Storage, key: str, upload_id: str, number: int, body: bytes) -> str:
-    return await storage.upload_part(key, upload_id, number, body, hashlib.md5(body).digest())
+    return await storage.upload_part(key, upload_id, number, body, md5=hashlib.md5(body).digest())
 
 
 async def test_bucket_is_created_once(storage: S3Storage) -> None:
@@ -57,7 +58,9 @@ async def test_small_part_that_is_not_the_last_is_refused_at_completion(
     storage: S3Storage,
 ) -> None:
     upload_id = await storage.create_upload("small", "video/mp4")
-    etags = [(n, await send(storage, "small", upload_id, n, os.urandom(1000))) for n in (1, 2)]
+    etags = [
+        (n, await send(storage, "small", upload_id, n, os.urandom(1000)), None) for n in (1, 2)
+    ]
     with pytest.raises(StorageError) as caught:
         await storage.complete_upload("small", upload_id, etags)
     assert caught.value.code == "EntityTooSmall"
@@ -68,15 +71,32 @@ async def test_completed_object_etag_and_forgotten_upload(storage: S3Storage) ->
     upload_id = await storage.create_upload("done", "video/mp4")
     first, last = os.urandom(5 * MiB), b"tail"
     etags = [
-        (1, await send(storage, "done", upload_id, 1, first)),
-        (2, await send(storage, "done", upload_id, 2, last)),
+        (1, await send(storage, "done", upload_id, 1, first), None),
+        (2, await send(storage, "done", upload_id, 2, last), None),
     ]
     await storage.complete_upload("done", upload_id, etags)
     expected = multipart_etag([hashlib.md5(first).digest(), hashlib.md5(last).digest()])
-    assert await storage.head_object("done") == (5 * MiB + 4, expected)
+    remote = await storage.head_object("done")
+    assert remote is not None and (remote.size_bytes, remote.etag) == (5 * MiB + 4, expected)
     assert await storage.head_object("nothing-here") is None
     with pytest.raises(NoSuchUpload):
         await storage.list_parts("done", upload_id)
+
+
+async def test_composite_crc32c_upload_reports_the_checksum_of_the_part_checksums(
+    storage: S3Storage,
+) -> None:
+    upload_id = await storage.create_upload("crc", "video/mp4", crc32c=True)
+    bodies = [os.urandom(5 * MiB), b"the tail"]
+    etags = []
+    for number, body in enumerate(bodies, start=1):
+        digest = crc32c_of(body)
+        etag = await storage.upload_part("crc", upload_id, number, body, crc32c=digest)
+        etags.append((number, etag, digest))
+    await storage.complete_upload("crc", upload_id, etags)
+    remote = await storage.head_object("crc")
+    expected = base64.b64encode(crc32c_of(b"".join(crc32c_of(b) for b in bodies))).decode()
+    assert remote == RemoteObject(5 * MiB + 8, remote.etag, expected, "COMPOSITE")
 
 
 async def test_unreachable_endpoint_is_a_retryable_error() -> None:

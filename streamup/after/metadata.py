@@ -6,6 +6,7 @@ fields streamup adds follow them.
 
 from __future__ import annotations
 
+import base64
 import json
 import mimetypes
 import os
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import streamup
+from streamup.checksums import composite_crc32c
 from streamup.files.probe import ProbeResult
 from streamup.models import EndReason, PartRecord, StreamRecord, iso
 
@@ -58,8 +60,12 @@ def build_metadata(
     *,
     processed_at: datetime,
     content_type: str,
+    proof: str = "unverified",
 ) -> dict[str, object]:
     """The metadata document of a completed stream.
+
+    `proof` says how the object was proven equal to the parts sent (s3.integrity.Proof):
+    `sha256`, the file's hash, is published only for a proven object.
 
     Raises `ValueError` when `parts` cannot describe one complete object (missing, duplicate or
     overlapping parts): the caller records `failed_metadata_generation` rather than publish a
@@ -88,11 +94,14 @@ def build_metadata(
                 "size_bytes": part.size_bytes,
                 "etag": part.etag,
                 "uploaded_at_utc": iso(part.uploaded_at),
+                **_part_checksum(part),
             }
             for part in ordered
         ],
         # streamup's additions.
-        "sha256": stream.sha256_hex,
+        "sha256": stream.sha256_hex if proof != "unverified" else None,
+        "checksum": _object_checksum(ordered),
+        "integrity_proof": proof,
         "content_type": content_type,
         "container": probe.format_name,
         "video": _video_section(probe),
@@ -106,6 +115,20 @@ def build_metadata(
         "probe_error": probe.error,
         "streamup_version": streamup.__version__,
     }
+
+
+def _part_checksum(part: PartRecord) -> dict[str, str]:
+    if not part.crc32c_hex:
+        return {}
+    return {"checksum_crc32c": base64.b64encode(bytes.fromhex(part.crc32c_hex)).decode("ascii")}
+
+
+def _object_checksum(ordered: Sequence[PartRecord]) -> dict[str, str] | None:
+    """The object's COMPOSITE CRC32C as S3 reports it (`value-N`), when every part has one."""
+    if not ordered or not all(part.crc32c_hex for part in ordered):
+        return None
+    value = composite_crc32c(bytes.fromhex(part.crc32c_hex) for part in ordered)
+    return {"algorithm": "CRC32C", "type": "COMPOSITE", "value": f"{value}-{len(ordered)}"}
 
 
 def _check_parts(ordered: Sequence[PartRecord]) -> None:

@@ -139,6 +139,7 @@ _META_DEFAULTS = {
     "end_reason": EndReason.IDLE.value,
     "error": "",
     "host": "",
+    "checksum_algorithm": "",
 }
 
 
@@ -166,6 +167,7 @@ def stream_to_meta(stream: StreamRecord) -> dict[str, str]:
         "end_reason": stream.end_reason.value,
         "error": stream.error or "",
         "host": stream.host,
+        "checksum_algorithm": stream.checksum_algorithm,
     }
 
 
@@ -195,6 +197,7 @@ def stream_from_meta(stream_id: str, fields: dict[str, str], *, where: str) -> S
         end_reason=meta.parse("end_reason", EndReason),
         error=meta.text("error") or None,
         host=meta.text("host"),
+        checksum_algorithm=meta.text("checksum_algorithm"),
     )
 
 
@@ -269,6 +272,7 @@ def stream_to_row(stream: StreamRecord) -> dict[str, object]:
         "end_reason": stream.end_reason.value,
         "error": stream.error or None,
         "host": stream.host,
+        "checksum_algorithm": stream.checksum_algorithm,
     }
 
 
@@ -306,4 +310,5 @@ _PLAIN_COLUMNS = (
     "sha256_hex",
     "error",
     "host",
+    "checksum_algorithm",
 )

@@ -125,7 +125,7 @@ class SqliteStore:
             _update_progress(conn, stream_id, uploaded_bytes, iso(last_activity_at))
             conn.execute(
                 "INSERT OR REPLACE INTO parts (stream_id, number, offset_bytes, size_bytes, etag,"
-                " md5_hex, uploaded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " md5_hex, uploaded_at, crc32c_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     stream_id,
                     part.number,
@@ -134,6 +134,7 @@ class SqliteStore:
                     part.etag,
                     part.md5_hex,
                     iso(part.uploaded_at),
+                    part.crc32c_hex,
                 ),
             )
 
@@ -157,7 +158,8 @@ class SqliteStore:
 
     async def load_parts(self, stream_id: str) -> dict[int, PartRecord]:
         sql = (
-            "SELECT number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at FROM parts"
+            "SELECT number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex"
+            " FROM parts"
             " WHERE stream_id = ? ORDER BY number"
         )
         rows = await self._call(lambda conn: conn.execute(sql, (stream_id,)).fetchall())
@@ -352,4 +354,5 @@ def _part_from_row(stream_id: str, row: sqlite3.Row) -> PartRecord:
         etag=row["etag"],
         md5_hex=row["md5_hex"],
         uploaded_at=uploaded_at,
+        crc32c_hex=row["crc32c_hex"],
     )

@@ -19,8 +19,14 @@ from streamup.models import Status
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-# Columns added to `streams` since schema 1 (also in its CREATE TABLE), with their declaration.
-_ADDED_STREAM_COLUMNS = {"host": "TEXT NOT NULL DEFAULT ''"}
+# Columns added since schema 1 (also in the CREATE TABLEs), per table, with their declaration.
+_ADDED_COLUMNS = {
+    "streams": {
+        "host": "TEXT NOT NULL DEFAULT ''",
+        "checksum_algorithm": "TEXT NOT NULL DEFAULT ''",
+    },
+    "parts": {"crc32c_hex": "TEXT NOT NULL DEFAULT ''"},
+}
 FINAL = tuple(s.value for s in Status if s.is_final)
 
 SCHEMA = """
@@ -32,13 +38,14 @@ CREATE TABLE IF NOT EXISTS streams (
     started_at TEXT NOT NULL, last_activity_at TEXT NOT NULL, upload_id TEXT,
     size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, uploaded_bytes INTEGER NOT NULL,
     reuploaded_parts INTEGER NOT NULL, sha256_hex TEXT, completed_at TEXT,
-    end_reason TEXT NOT NULL, error TEXT, host TEXT NOT NULL DEFAULT ''
+    end_reason TEXT NOT NULL, error TEXT, host TEXT NOT NULL DEFAULT '',
+    checksum_algorithm TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS streams_by_path ON streams (path);
 CREATE TABLE IF NOT EXISTS parts (
     stream_id TEXT NOT NULL, number INTEGER NOT NULL, offset_bytes INTEGER NOT NULL,
     size_bytes INTEGER NOT NULL, etag TEXT NOT NULL, md5_hex TEXT NOT NULL,
-    uploaded_at TEXT NOT NULL,
+    uploaded_at TEXT NOT NULL, crc32c_hex TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (stream_id, number)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS completed_files (
@@ -54,7 +61,8 @@ CREATE TABLE IF NOT EXISTS completions (
 STREAM_COLUMNS = (
     'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'
     " part_size_fixed, started_at, last_activity_at, upload_id, size_bytes, mtime_ns,"
-    " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error, host"
+    " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error, host,"
+    " checksum_algorithm"
 )
 STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in STREAM_COLUMNS.split(","))
 COMPLETED_COLUMNS = (
@@ -100,11 +108,12 @@ def prepare(conn: sqlite3.Connection) -> None:
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    # CREATE TABLE IF NOT EXISTS leaves an older `streams` table as it was.
-    present = {info["name"] for info in conn.execute("PRAGMA table_info(streams)")}
-    for name, declaration in _ADDED_STREAM_COLUMNS.items():
-        if name not in present:
-            conn.execute(f"ALTER TABLE streams ADD COLUMN {name} {declaration}")
+    # CREATE TABLE IF NOT EXISTS leaves an older table as it was.
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {info["name"] for info in conn.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
 
 def transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:

@@ -2,19 +2,21 @@
 
 The agent keeps each stream's file open: if the recorder deletes or replaces the path, the
 descriptor still reads the very bytes the stream started with, so the object can still be
-finished byte-exact instead of being lost. Reads happen off the event loop; hashing there too
-(hashlib releases the GIL on large buffers, so parts hash in parallel with other work).
+finished byte-exact instead of being lost. Reads happen off the event loop, and so do the part
+checksums, computed from the buffer just read (CRC32C always, MD5 when the proof needs it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass
 
-from streamup.models import FileIdentity, FileState
+from streamup.checksums import crc32c_of, md5_of
+from streamup.files.mounts import is_local
+from streamup.models import FileIdentity, FileState, ReadMark
 from streamup.s3.parts import PartSpan
 
 READ_BLOCK_BYTES = 8 * 1024 * 1024
@@ -35,11 +37,19 @@ def stat_path(path: str) -> FileState | None:
     return state_of(result)
 
 
+def read_mark() -> ReadMark:
+    return ReadMark(time.time_ns(), time.monotonic_ns())
+
+
 @dataclass(frozen=True, slots=True)
 class PartData:
+    """A part's bytes as read, their checksums, and when the read began."""
+
     span: PartSpan
     body: bytes
-    md5_digest: bytes
+    crc32c: bytes
+    md5: bytes | None
+    read_at: ReadMark
 
 
 class SourceFile:
@@ -49,6 +59,7 @@ class SourceFile:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         self.identity = state_of(os.fstat(self._fd)).identity
+        self.local = is_local(path, self.identity.device)
 
     @property
     def proc_path(self) -> str:
@@ -63,6 +74,10 @@ class SourceFile:
     def fstat(self) -> FileState:
         return state_of(os.fstat(self._fd))
 
+    def ctime_ns(self) -> int:
+        """The file's last change (data or attributes): unlike mtime, no writer can set it."""
+        return os.fstat(self._fd).st_ctime_ns
+
     def _read(self, offset: int, size: int) -> bytes:
         chunks = []
         while size > 0:
@@ -74,28 +89,13 @@ class SourceFile:
             size -= len(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _read_part(self, span: PartSpan) -> PartData | None:
+    def _read_part(self, span: PartSpan, with_md5: bool) -> PartData | None:
+        read_at = read_mark()
         body = self._read(span.offset_bytes, span.size_bytes)
         if len(body) != span.size_bytes:
             return None
-        return PartData(span, body, hashlib.md5(body, usedforsecurity=False).digest())
+        return PartData(span, body, crc32c_of(body), md5_of(body) if with_md5 else None, read_at)
 
-    async def read_part(self, span: PartSpan) -> PartData | None:
-        """The part's bytes and MD5, or None when the file no longer holds the whole span."""
-        return await asyncio.to_thread(self._read_part, span)
-
-
-async def hash_part(source: SourceFile, span: PartSpan, whole: hashlib._Hash) -> PartData | None:
-    """Read a part, MD5 it and feed it to the running whole-file SHA-256, both hashes at once.
-
-    The two digests run on two threads (hashlib releases the GIL), so verification costs about
-    one hash's time, not two.
-    """
-    body = await asyncio.to_thread(source._read, span.offset_bytes, span.size_bytes)
-    if len(body) != span.size_bytes:
-        return None
-    md5, _ = await asyncio.gather(
-        asyncio.to_thread(lambda: hashlib.md5(body, usedforsecurity=False).digest()),
-        asyncio.to_thread(whole.update, body),
-    )
-    return PartData(span, body, md5)
+    async def read_part(self, span: PartSpan, *, with_md5: bool) -> PartData | None:
+        """The part's bytes and checksums, or None when the file no longer holds the span."""
+        return await asyncio.to_thread(self._read_part, span, with_md5)

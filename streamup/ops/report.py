@@ -72,12 +72,15 @@ def document(
     completions: Iterable[CompletedRecord],
     agent_id: str | None = None,
     store_error: str | None = None,
+    integrity: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """The one status shape, whoever builds it."""
+    """The one status shape, whoever builds it. `integrity` (how the S3 endpoint proves each
+    part) is known only to a running agent: null offline."""
     return {
         "source": source,  # "agent" (/status) or "checkpoint_store" (streamup status)
         "store": store,
         "agent_id": agent_id,
+        "integrity": integrity,
         "generated_at_utc": iso(utc_now()),
         "store_error": store_error,
         "streams": streams,
@@ -109,6 +112,7 @@ async def agent_document(snapshot: AgentSnapshot, store: CheckpointStore) -> dic
         source="agent",
         store=snapshot.store_name,
         agent_id=snapshot.agent_id,
+        integrity=snapshot.integrity,
         streams=streams,
         completions=completions,
         store_error=store_error,

@@ -2,12 +2,16 @@
 
 botocore's own retries are switched off: the agent's retry loop (retry.py) is the only one, and
 it decides on StorageError.retryable, so a blip deep inside a request is retried however it shows.
+
+Only the hashing the proof needs (s3.integrity): the agent computes each part's CRC32C (and MD5
+where the server's proof needs it) off the event loop and hands them in; botocore adds no
+checksum of its own and signs no payload (`UNSIGNED-PAYLOAD`: the part's checksum protects the
+body, and a payload SHA-256 would cost as much CPU as the rest of the upload together).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from streamup.checksums import b64
 from streamup.errors import NoSuchUpload, StorageError
 
 T = TypeVar("T")
@@ -53,6 +58,11 @@ _HINTS = {
     "InvalidBucketName": "S3_BUCKET_NAME must be 3-63 lowercase letters, digits, dots or hyphens",
     "EntityTooSmall": "a part under 5 MiB that is not the last; this is a bug, please report it",
 }
+# The server refused a part because its bytes did not match the checksum sent with them: the
+# bytes were damaged on the way, and sending them again is the cure.
+DIGEST_REFUSED = frozenset(
+    {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "BadChecksum"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +74,28 @@ class RemotePart:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoteObject:
+    """What HeadObject says of a completed object; `crc32c` is its whole-object CRC32C as the
+    server reports it (base64, without a `-N` suffix), when it keeps one."""
+
+    size_bytes: int
+    etag: str
+    crc32c: str | None = None
+    checksum_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteUpload:
     key: str
     upload_id: str
     initiated_at: datetime
+
+
+def _completed_part(number: int, etag: str, crc32c: bytes | None) -> dict[str, object]:
+    part: dict[str, object] = {"PartNumber": number, "ETag": etag}
+    if crc32c is not None:
+        part["ChecksumCRC32C"] = b64(crc32c)
+    return part
 
 
 def translate(exc: BaseException, what: str) -> StorageError:
@@ -78,7 +106,9 @@ def translate(exc: BaseException, what: str) -> StorageError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        retryable = code in _RETRYABLE_CODES or status >= 500 or status == 429
+        retryable = (
+            code in _RETRYABLE_CODES or code in DIGEST_REFUSED or status >= 500 or status == 429
+        )
         hint = _HINTS.get(code)
         message = f"{what}: {code or status} {error.get('Message', '')}".strip()
         if hint:
@@ -120,10 +150,14 @@ class S3Storage:
                 max_pool_connections=max_connections,
                 connect_timeout=10,
                 read_timeout=120,
-                # We send Content-MD5 ourselves; a second checksum would cost CPU for nothing.
+                # The agent hands in the checksums the proof needs; botocore's own would be a
+                # second hash of every byte for nothing.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                s3={"addressing_style": "path"} if endpoint_url else None,
+                s3=dict(
+                    {"payload_signing_enabled": False},
+                    **({"addressing_style": "path"} if endpoint_url else {}),
+                ),
             ),
         }
         self._stack = contextlib.AsyncExitStack()
@@ -171,30 +205,41 @@ class S3Storage:
             raise translate(exc, f"creating bucket {self.bucket!r}") from exc
         return True
 
-    async def create_upload(self, key: str, content_type: str) -> str:
+    async def create_upload(self, key: str, content_type: str, *, crc32c: bool = False) -> str:
+        """CreateMultipartUpload; with `crc32c`, every part must then carry its CRC32C and the
+        object gets a COMPOSITE CRC32C (the checksum of the parts' checksums)."""
+        extra = {"ChecksumAlgorithm": "CRC32C", "ChecksumType": "COMPOSITE"} if crc32c else {}
         response = await self._call(
             f"creating multipart upload {key!r}",
             lambda: self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, ContentType=content_type
+                Bucket=self.bucket, Key=key, ContentType=content_type, **extra
             ),
         )
         return str(response["UploadId"])
 
     async def upload_part(
-        self, key: str, upload_id: str, number: int, body: bytes, md5_digest: bytes
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytes,
+        *,
+        crc32c: bytes | None = None,
+        md5: bytes | None = None,
     ) -> str:
-        """Send one part with Content-MD5, so S3 rejects bytes damaged on the way. Returns ETag."""
+        """Send one part with the checksums given (raw digests). Returns the part's ETag."""
+        extra = {}
+        if crc32c is not None:
+            extra["ChecksumCRC32C"] = b64(crc32c)
+        if md5 is not None:
+            extra["ContentMD5"] = b64(md5)
         response = await self._call(
             f"uploading part {number} of {key!r}",
             lambda: self._client.upload_part(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=body,
-                ContentMD5=base64.b64encode(md5_digest).decode("ascii"),
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                **extra,
             ),
-        )
+        )  # fmt: skip
         return str(response["ETag"])
 
     async def list_parts(self, key: str, upload_id: str) -> dict[int, RemotePart]:
@@ -217,10 +262,13 @@ class S3Storage:
                 return parts
             marker = int(page["NextPartNumberMarker"])
 
-    async def complete_upload(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> str:
-        """Complete the upload, never over an existing object (`If-None-Match: *` where the
-        server supports it). An existing object raises StorageError code PreconditionFailed."""
-        parts = {"Parts": [{"PartNumber": n, "ETag": e} for n, e in etags]}
+    async def complete_upload(
+        self, key: str, upload_id: str, etags: list[tuple[int, str, bytes | None]]
+    ) -> str:
+        """Complete the upload from (number, ETag, CRC32C or None) of every part, never over an
+        existing object (`If-None-Match: *` where the server supports it). An existing object
+        raises StorageError code PreconditionFailed."""
+        parts = {"Parts": [_completed_part(*part) for part in etags]}
         response = await self._exclusive(
             f"completing {key!r}",
             lambda extra: self._client.complete_multipart_upload(
@@ -255,17 +303,30 @@ class S3Storage:
         except NoSuchUpload:
             return
 
-    async def head_object(self, key: str) -> tuple[int, str] | None:
-        """(size, ETag) of an object, or None when there is none."""
+    async def head_object(self, key: str) -> RemoteObject | None:
+        """Size, ETag and whole-object CRC32C (where kept) of an object, or None."""
         try:
-            response = await self._client.head_object(Bucket=self.bucket, Key=key)
+            response = await self._client.head_object(
+                Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+            )
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
                 return None
             raise translate(exc, f"reading {key!r}") from exc
         except (TimeoutError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, f"reading {key!r}") from exc
-        return int(response["ContentLength"]), str(response["ETag"])
+        crc = response.get("ChecksumCRC32C")
+        return RemoteObject(
+            int(response["ContentLength"]),
+            str(response["ETag"]),
+            None if crc is None else str(crc).split("-", 1)[0],
+            response.get("ChecksumType"),
+        )
+
+    async def delete_object(self, key: str) -> None:
+        await self._call(
+            f"deleting {key!r}", lambda: self._client.delete_object(Bucket=self.bucket, Key=key)
+        )
 
     async def put_bytes(
         self, key: str, body: bytes, content_type: str, *, exclusive: bool = False

@@ -8,18 +8,16 @@ then equals the file as it is now, byte for byte, and the SHA-256 of the whole c
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-
 from streamup import metrics
 from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
 from streamup.errors import NoSuchUpload, SourceChanged, StorageError
 from streamup.faults import crash_point
 from streamup.files.probe import ProbeResult, probe_media
-from streamup.files.source import PartData, hash_part, stat_path
+from streamup.files.source import stat_path
 from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
-from streamup.s3.parts import PartSpan, final_layout
-from streamup.stream.lifecycle import contiguous_prefix, end_reason, multipart_etag
+from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part_proof, weakest
+from streamup.stream.check import EndCheck
+from streamup.stream.lifecycle import contiguous_prefix, end_reason
 from streamup.stream.worker import StreamWorker
 
 
@@ -28,7 +26,7 @@ async def finalize(worker: StreamWorker) -> bool:
     assert worker.source is not None
     await worker.set_status(Status.PENDING_COMPLETION)
     try:
-        parts, sha256_hex, reuploaded = await verify_and_send(worker)
+        parts, sha256_hex, reuploaded = await EndCheck(worker).run()
     except SourceChanged as exc:
         worker.log.info("stream.changed_during_verification", detail=str(exc))
         await worker.set_status(Status.ACTIVE)
@@ -58,77 +56,14 @@ async def finalize(worker: StreamWorker) -> bool:
     return True
 
 
-async def verify_and_send(worker: StreamWorker) -> tuple[list[PartRecord], str, int]:
-    """Read the file once, in order; re-send changed parts and the tail. Memory: the window."""
-    source = worker.source
-    assert source is not None
-    before = source.fstat()
-    layout = final_layout(worker.schedule, before.size_bytes) or [PartSpan(1, 0, 0)]
-    await worker.drop_parts_past_end(before.size_bytes)
-    whole = hashlib.sha256()
-    reuploaded = 0
-    slots = worker.ctx.part_slots
-    pending: set[asyncio.Future[PartRecord]] = set()
-    try:
-        for span in layout:
-            data = await _read_holding_slot(worker, span, whole)
-            known = worker.parts.get(span.number)
-            same_range = known is not None and known.size_bytes == span.size_bytes
-            if same_range and known is not None and known.md5_hex == data.md5_digest.hex():
-                # Drop the bytes before waiting for the next slot: a buffer held across that
-                # wait is a part in memory outside the slots (100 streams: 100 parts).
-                del data
-                slots.release()
-                continue
-            if same_range:
-                reuploaded += 1  # same range, other bytes: the writer went back and changed it
-                metrics.PARTS_REUPLOADED.inc()
-            task = asyncio.create_task(worker.send(data))
-            del data  # the task holds it now, and releases the slot when done
-            task.add_done_callback(lambda _t: slots.release())
-            pending.add(task)
-            if len(pending) >= worker.ctx.window:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
-                    finished.result()
-        for finished in asyncio.as_completed(list(pending)):
-            await finished
-        pending = set()
-    finally:
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-    if source.fstat() != before:
-        raise SourceChanged("the file changed while it was verified")
-    return [worker.parts[s.number] for s in layout], whole.hexdigest(), reuploaded
-
-
-async def _read_holding_slot(
-    worker: StreamWorker, span: PartSpan, whole: hashlib._Hash
-) -> PartData:
-    """Take a part slot, then read and hash the part; the caller releases the slot.
-
-    The slot is taken before the bytes are read: however many streams verify at once, no more
-    than UPLOAD_CONCURRENCY parts are in memory.
-    """
-    assert worker.source is not None
-    await worker.ctx.part_slots.acquire()
-    try:
-        data = await hash_part(worker.source, span, whole)
-    except BaseException:
-        worker.ctx.part_slots.release()
-        raise
-    if data is None:
-        worker.ctx.part_slots.release()
-        raise SourceChanged(f"the file shrank while part {span.number} was read")
-    return data
-
-
 async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
-    """CompleteMultipartUpload, once. A crash mid-way is recognised by the object's ETag."""
+    """CompleteMultipartUpload, once, then prove the object is the completion of the parts.
+    A crash mid-way is recognised by the object's digests (`already_completed`)."""
     storage = worker.ctx.storage
     key, upload_id = worker.record.key, worker.record.upload_id
     assert upload_id is not None
-    etags = [(p.number, p.etag) for p in parts]
+    with_crc = bool(worker.record.checksum_algorithm)
+    etags = [(p.number, p.etag, bytes.fromhex(p.crc32c_hex) if with_crc else None) for p in parts]
     crash_point("before_complete")
     await worker.check_lease()
     try:
@@ -149,19 +84,40 @@ async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
         await worker.set_status(Status.FAILED_S3_COMPLETE, error=str(exc))
         await worker.pause_after(exc)
         return False
+    else:
+        if not await _object_is_parts(worker, parts):
+            return False
     await worker.set_status(Status.S3_COMPLETED, completed_at=utc_now(), error=None)
     return True
+
+
+async def _object_is_parts(worker: StreamWorker, parts: list[PartRecord]) -> bool:
+    """After completing: does the object the server built agree with the parts (size, CRC32C,
+    ETag, as far as the server reports them)? If not, it is not ours to certify: it is deleted
+    and the stream starts again."""
+    key = worker.record.key
+    remote = await worker.persist(lambda: worker.ctx.storage.head_object(key), "head object")
+    reason = "the object is missing right after its completion" if remote is None else None
+    reason = reason or (None if remote is None else object_mismatch(remote, parts))
+    if reason is None:
+        return True
+    worker.log.error("stream.object_mismatch", key=key, reason=reason)
+    await worker.persist(lambda: worker.ctx.storage.delete_object(key), "delete object")
+    await worker.restart_upload(f"the completed object did not match: {reason}")
+    await worker.set_status(Status.ACTIVE)
+    return False
 
 
 async def already_completed(worker: StreamWorker, parts: list[PartRecord]) -> bool:
     """True when the object exists and is exactly the completion of these parts."""
     key = worker.record.key
-    head = await worker.persist(lambda: worker.ctx.storage.head_object(key), "head object")
-    if head is None:
+    remote = await worker.persist(lambda: worker.ctx.storage.head_object(key), "head object")
+    if remote is None:
         return False
-    expected = multipart_etag(bytes.fromhex(p.md5_hex) for p in parts)
-    size = sum(p.size_bytes for p in parts)
-    return head == (size, expected)
+    # Recognisable by its multipart ETag (every part's MD5 known) or its CRC32C.
+    by_etag = all(p.md5_hex for p in parts)
+    by_crc = remote.crc32c is not None and composite_crc32c(parts) is not None
+    return (by_etag or by_crc) and object_mismatch(remote, parts) is None
 
 
 async def finish_lost(worker: StreamWorker) -> None:
@@ -202,6 +158,7 @@ async def write_metadata(worker: StreamWorker) -> None:
             probe,
             processed_at=utc_now(),
             content_type=content_type_for(worker.record.path),
+            proof=object_proof(worker, parts).value,
         )
     except (ValueError, TypeError) as exc:
         await worker.set_status(Status.FAILED_METADATA_GENERATION, error=str(exc))
@@ -239,6 +196,15 @@ async def _completed(worker: StreamWorker, doc: dict[str, object]) -> None:
         duration_s=doc.get("duration_seconds"),
         end_reason=worker.record.end_reason.value,
     )
+
+
+def object_proof(worker: StreamWorker, parts: list[PartRecord]) -> Proof:
+    """How the object is proven: as well as its least proven part (the object itself was
+    checked against the parts right after completion, `_object_is_parts`)."""
+    caps, with_checksum = worker.ctx.integrity, bool(worker.record.checksum_algorithm)
+    if worker.record.end_reason is EndReason.FILE_LOST:
+        return Proof.UNVERIFIED  # nothing could compare it with the file
+    return weakest(part_proof(p, caps, with_checksum=with_checksum) for p in parts)
 
 
 async def probe_source(worker: StreamWorker) -> ProbeResult:

@@ -5,11 +5,10 @@ Time is an argument (`now_s`, a monotonic reading), so every rule is tested with
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from streamup.models import EndReason, FileIdentity, FileState, PartRecord, Status
+from streamup.models import EndReason, FileIdentity, FileState, PartRecord, ReadMark, Status
 
 
 class IllegalTransition(RuntimeError):
@@ -133,11 +132,28 @@ def contiguous_prefix(parts: dict[int, PartRecord]) -> list[PartRecord]:
     return prefix
 
 
-def multipart_etag(md5_digests: Iterable[bytes]) -> str:
-    """The ETag S3 gives a completed multipart object: MD5 of the parts' MD5s, dash, count.
+# The kernel stamps ctime from a clock that lags real time by up to one tick (at most 10 ms, at
+# HZ=100); a write that began after a read can then carry a ctime up to a tick *before* the read.
+# A part counts as unchanged only when the file's last change is older than its read by more.
+CHANGE_MARGIN_NS = 100_000_000
+# A ctime with no sub-second part comes from a filesystem that keeps whole seconds (ext4 with
+# small inodes, FAT keeps two): its changes are known only to within this.
+COARSE_CHANGE_MARGIN_NS = 2_000_000_000
+# How far the two clocks may drift apart between a read and its check before the wall clock is
+# taken to have been stepped (NTP, a suspended VM): then no read is trusted.
+CLOCK_STEP_NS = 50_000_000
 
-    Used after a crash during completion: an object with this ETag is the one we completed.
+
+def unchanged_since_read(read: ReadMark, ctime_ns: int, now: ReadMark, *, local: bool) -> bool:
+    """True when the bytes read at `read` cannot have changed since: the file's last change
+    (`ctime_ns`, which unlike mtime no writer can set back) is older than the read.
+
+    Only on a local filesystem: a network filesystem stamps times with the server's clock.
     """
-    digests = list(md5_digests)
-    combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
-    return f'"{combined}-{len(digests)}"'
+    if not local:
+        return False
+    if abs((now.wall_ns - read.wall_ns) - (now.mono_ns - read.mono_ns)) > CLOCK_STEP_NS:
+        return False
+    coarse = ctime_ns % 1_000_000_000 == 0
+    margin = COARSE_CHANGE_MARGIN_NS if coarse else CHANGE_MARGIN_NS
+    return ctime_ns + margin < read.wall_ns

@@ -7,6 +7,7 @@ their bytes still match the file; parts the checkpoint has but S3 lacks go up ag
 
 from __future__ import annotations
 
+from streamup.checksums import etag_hex
 from streamup.errors import NoSuchUpload
 from streamup.models import PartRecord, Status, utc_now
 from streamup.stream.finalize import already_completed
@@ -57,12 +58,16 @@ async def _adopt(worker: StreamWorker, number: int, etag: str, size_bytes: int) 
     if span.size_bytes != size_bytes:
         return False  # a short tail from an interrupted finalization: it is re-cut anyway
     async with worker.ctx.part_slots:  # a part in memory counts against the slots
-        data = await worker.source.read_part(span)
-        md5_hex = data.md5_digest.hex() if data is not None else None
+        data = await worker.source.read_part(span, with_md5=True)
+        digests = None if data is None else (data.md5.hex() if data.md5 else "", data.crc32c.hex())
         del data
-    if md5_hex is None or f'"{md5_hex}"' != etag:
+    # The part's ETag is the MD5 of what the server holds: adopted only when that is the file.
+    if digests is None or etag_hex(etag) != digests[0]:
         return False
+    md5_hex, crc32c_hex = digests
     await worker.keep_part(
-        PartRecord(number, span.offset_bytes, size_bytes, etag, md5_hex, utc_now())
+        PartRecord(
+            number, span.offset_bytes, size_bytes, etag, md5_hex, utc_now(), crc32c_hex=crc32c_hex
+        )
     )
     return True

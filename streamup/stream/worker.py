@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,13 +19,16 @@ import structlog
 from streamup import metrics
 from streamup.after.metadata import content_type_for
 from streamup.checkpoint import CheckpointStore
+from streamup.checksums import etag_hex, md5_of
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
+from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
-from streamup.models import CompletedRecord, PartRecord, Status, StreamRecord, utc_now
+from streamup.models import CompletedRecord, PartRecord, ReadMark, Status, StreamRecord, utc_now
 from streamup.retry import retrying
-from streamup.s3.client import S3Storage
+from streamup.s3.client import DIGEST_REFUSED, S3Storage
+from streamup.s3.integrity import Capabilities, ProofMode
 from streamup.s3.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
 from streamup.stream.lifecycle import (
     Activity,
@@ -57,6 +61,8 @@ class StreamContext:
     ffprobe_path: str | None = None
     ffprobe_timeout_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
+    # What this endpoint proves (s3.integrity.probe at start-up, or S3_INTEGRITY_MODE).
+    integrity: Capabilities = field(default_factory=lambda: Capabilities.forced(ProofMode.NONE))
 
 
 class StreamWorker:
@@ -80,6 +86,11 @@ class StreamWorker:
         self._upload_lock = asyncio.Lock()
         self._in_flight: set[int] = set()
         self._done_below = 0  # parts 1.._done_below are all checkpointed (a scan hint)
+        # The file's SHA-256, fed as parts are read; with when each sent part was read, it lets
+        # the end-of-stream check skip parts that provably cannot have changed since.
+        self.hash = PrefixHash()
+        self.read_marks: dict[int, ReadMark] = {}
+        self._read_lock = asyncio.Lock()
         self.completed_record: CompletedRecord | None = None
         self.writer_seen = False  # a process on this host was seen writing the file
         self.lease_lost = False  # another agent took the stream over
@@ -143,30 +154,34 @@ class StreamWorker:
         async with self._upload_lock:
             if self.record.upload_id is None:
                 key, ctype = self.record.key, content_type_for(self.record.path)
+                crc = self.ctx.integrity.checksums_accepted
                 upload_id = await self.persist(
-                    lambda: self.ctx.storage.create_upload(key, ctype), "create upload"
+                    lambda: self.ctx.storage.create_upload(key, ctype, crc32c=crc), "create upload"
                 )
-                self.record = self.record.evolve(upload_id=upload_id)
+                self.record = self.record.evolve(
+                    upload_id=upload_id, checksum_algorithm="CRC32C" if crc else ""
+                )
                 record = self.record
                 await self.persist(lambda: self.ctx.store.save_stream(record), "checkpoint")
             return self.record.upload_id  # type: ignore[return-value]
 
     async def send(self, data: PartData) -> PartRecord:
-        """Upload one part (retrying while the network is gone) and checkpoint it."""
+        """Upload one part, proven (s3.integrity), retrying while the network is gone or the
+        proof fails, and checkpoint it. Only a proven part is ever recorded."""
         upload_id = await self.ensure_upload()
         span = data.span
         started = self.ctx.clock()
         etag = await self.persist(
-            lambda: self.ctx.storage.upload_part(
-                self.record.key, upload_id, span.number, data.body, data.md5_digest
-            ),
-            f"upload part {span.number}",
+            lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
         )
         crash_point("after_part_upload")
         part = PartRecord(
-            span.number, span.offset_bytes, span.size_bytes, etag, data.md5_digest.hex(), utc_now()
-        )
+            span.number, span.offset_bytes, span.size_bytes, etag,
+            data.md5.hex() if data.md5 is not None else "", utc_now(),
+            crc32c_hex=data.crc32c.hex(),
+        )  # fmt: skip
         await self.keep_part(part)
+        self.read_marks[span.number] = data.read_at
         metrics.PART_SECONDS.observe(self.ctx.clock() - started)
         metrics.BYTES_UPLOADED.inc(span.size_bytes)
         metrics.PARTS_UPLOADED.inc()
@@ -178,6 +193,59 @@ class StreamWorker:
                 hint="S3 allows 10,000 parts; raise CHUNK_SIZE_BYTES or unset PART_SIZE_FIXED",
             )
         return part
+
+    async def _upload_proven(self, upload_id: str, data: PartData) -> str:
+        number = data.span.number
+        crc = data.crc32c if self.record.checksum_algorithm else None
+        try:
+            etag = await self.ctx.storage.upload_part(
+                self.record.key, upload_id, number, data.body, crc32c=crc, md5=data.md5
+            )
+        except StorageError as exc:
+            if exc.code in DIGEST_REFUSED:  # the server's own check caught damaged bytes
+                self._proof_failed(number, "refused by the server", str(exc))
+            raise
+        md5 = data.md5
+        if (
+            self.ctx.integrity.mode is ProofMode.ETAG
+            and md5 is not None
+            and etag_hex(etag) != md5.hex()
+        ):
+            detail = f"ETag {etag} is not the MD5 of the bytes sent ({md5.hex()})"
+            self._proof_failed(number, "ETag mismatch", detail)
+            raise StorageError(
+                f"part {number} of {self.record.key!r}: the server stored other bytes than"
+                f" were sent ({detail})",
+                code="ProofFailed",
+                retryable=True,
+            )
+        return etag
+
+    def _proof_failed(self, number: int, reason: str, detail: str) -> None:
+        metrics.PARTS_PROOF_FAILED.inc()
+        self.log.warning("part.proof_failed", part=number, reason=reason, detail=detail)
+
+    @property
+    def with_md5(self) -> bool:
+        """Whether parts read for sending need their MD5 (the proof uses it)."""
+        return self.ctx.integrity.mode.needs_md5
+
+    async def read(self, span: PartSpan, *, with_md5: bool) -> PartData | None:
+        """Read a part, feed it to the running SHA-256, then take its MD5 if asked.
+
+        A stream reads one part at a time, in the order asked, so the SHA-256 sees the file in
+        order; the MD5 (the slow hash) runs after the lock is released, beside the next read.
+        """
+        assert self.source is not None
+        async with self._read_lock:
+            data = await self.source.read_part(span, with_md5=False)
+            if data is None:
+                return None
+            self.hash.feed(span, data.body, data.crc32c.hex())
+        if with_md5:
+            md5 = await asyncio.to_thread(md5_of, data.body)
+            data = dataclasses.replace(data, md5=md5)
+        return data
 
     async def keep_part(self, part: PartRecord) -> None:
         """Checkpoint a part S3 holds, with the stream's progress, in one store write."""
@@ -192,8 +260,7 @@ class StreamWorker:
 
     async def _read_and_send(self, span: PartSpan) -> None:
         async with self.ctx.part_slots:
-            assert self.source is not None
-            data = await self.source.read_part(span)
+            data = await self.read(span, with_md5=self.with_md5)
             if data is not None:  # None: the file shrank meanwhile; the next pass sees it
                 await self.send(data)
 
@@ -236,6 +303,7 @@ class StreamWorker:
         checkpoint, with the stream's progress, in one store write."""
         for number in numbers:
             del self.parts[number]
+            self.read_marks.pop(number, None)
         self._done_below = min(self._done_below, min(numbers, default=self._done_below + 1) - 1)
         uploaded = sum(p.size_bytes for p in self.parts.values())
         self.record = self.record.evolve(uploaded_bytes=uploaded)
@@ -247,6 +315,7 @@ class StreamWorker:
     async def drop_parts_past_end(self, size_bytes: int) -> None:
         gone = parts_past_end(self.parts.values(), size_bytes)
         if gone:
+            self.hash.truncate(min(gone))  # those bytes are gone from the file
             await self.forget_parts(gone)
             self.log.info("stream.shrank", size_bytes=size_bytes, dropped_parts=gone)
 

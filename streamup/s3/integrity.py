@@ -1,0 +1,199 @@
+"""How the agent proves that the server holds exactly the bytes of each part, and of the object.
+
+A server's word that it "stored the part" proves nothing about its bytes: a byte flipped on the
+wire is stored as faithfully as the right one. What proves them is a check the server made
+itself, or a digest it returns that the agent can compare. Servers differ, so the agent finds out
+once per endpoint and bucket, at start-up (`probe`), which proof this one offers, best first:
+
+1. `checksum`: it refuses a part whose additional checksum (CRC32C) is wrong (AWS S3).
+2. `content_md5`: it refuses a part whose Content-MD5 is wrong (Ceph RGW).
+3. `etag`: its part ETag is the MD5 of what it received; the agent compares (moto).
+4. `none`: nothing can be proven, and the agent says so (start-up, status, metadata).
+
+Only the hashing the proof needs is done: CRC32C for every part (hardware, GIL released: the
+fast checksum every comparison uses), MD5 only in modes 2 and 3. The whole object is then proven
+too: the server's ETag and whole-object CRC32C, where it reports them, against the values the
+agent computes from its parts. The decisions here are pure; `probe` alone does I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from streamup import checksums
+from streamup.checksums import crc32c_of, etag_hex, md5_of, multipart_etag
+from streamup.errors import StorageError
+from streamup.models import PartRecord
+from streamup.s3.client import DIGEST_REFUSED, RemoteObject, S3Storage
+
+
+class ProofMode(StrEnum):
+    """How parts are proven on this endpoint (`S3_INTEGRITY_MODE`; `auto` probes)."""
+
+    CHECKSUM = "checksum"
+    CONTENT_MD5 = "content_md5"
+    ETAG = "etag"
+    NONE = "none"
+
+    @property
+    def needs_md5(self) -> bool:
+        return self in (ProofMode.CONTENT_MD5, ProofMode.ETAG)
+
+
+class Proof(StrEnum):
+    """How an object was proven, as the metadata records it (`integrity_proof`)."""
+
+    SERVER_VERIFIED = "server_verified"
+    ETAG_COMPARED = "etag_compared"
+    UNVERIFIED = "unverified"
+
+
+# Weakest first: an object is only as proven as its least proven part.
+_STRENGTH = (Proof.UNVERIFIED, Proof.ETAG_COMPARED, Proof.SERVER_VERIFIED)
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the server was seen to check (or what `S3_INTEGRITY_MODE` asserts it checks)."""
+
+    checksums_accepted: bool  # CreateMultipartUpload with a CRC32C algorithm is accepted
+    checksum_verified: bool  # a part with a wrong CRC32C is refused
+    md5_verified: bool  # a part with a wrong Content-MD5 is refused
+    etag_is_md5: bool  # a part's ETag is the MD5 of its body
+
+    @property
+    def mode(self) -> ProofMode:
+        if self.checksum_verified:
+            return ProofMode.CHECKSUM
+        if self.md5_verified:
+            return ProofMode.CONTENT_MD5
+        if self.etag_is_md5:
+            return ProofMode.ETAG
+        return ProofMode.NONE
+
+    @classmethod
+    def forced(cls, mode: ProofMode) -> Capabilities:
+        """The capabilities a forced mode asserts, without asking the server."""
+        return cls(
+            checksums_accepted=mode is not ProofMode.NONE,
+            checksum_verified=mode is ProofMode.CHECKSUM,
+            md5_verified=mode is ProofMode.CONTENT_MD5,
+            etag_is_md5=mode is ProofMode.ETAG,
+        )
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "mode": self.mode.value,
+            "checksums_accepted": self.checksums_accepted,
+            "checksum_verified": self.checksum_verified,
+            "content_md5_verified": self.md5_verified,
+            "etag_is_md5": self.etag_is_md5,
+        }
+
+
+def part_proof(part: PartRecord, caps: Capabilities, *, with_checksum: bool) -> Proof:
+    """How well `part` is proven: by a check the server made when it accepted the part (a
+    CRC32C sent with it, its Content-MD5), or by its ETag equal to its MD5.
+
+    `with_checksum`: the stream's upload carries CRC32C (parts were sent with it). Parts from
+    before checksums existed carried Content-MD5 only.
+    """
+    if with_checksum and part.crc32c_hex and caps.checksum_verified:
+        return Proof.SERVER_VERIFIED
+    if part.md5_hex and caps.md5_verified:
+        return Proof.SERVER_VERIFIED
+    if part.md5_hex and caps.etag_is_md5 and etag_hex(part.etag) == part.md5_hex:
+        return Proof.ETAG_COMPARED
+    return Proof.UNVERIFIED
+
+
+def weakest(proofs: Iterable[Proof]) -> Proof:
+    """The proof of a whole made of these (a whole of nothing is unverified)."""
+    found = [_STRENGTH.index(p) for p in proofs]
+    return _STRENGTH[min(found)] if found else Proof.UNVERIFIED
+
+
+def composite_crc32c(parts: Iterable[PartRecord]) -> str | None:
+    """The object's COMPOSITE CRC32C (base64, no `-N`): the CRC32C of the parts' CRC32Cs.
+    None when a part has none (a stream from before checksums)."""
+    parts = list(parts)
+    if not all(p.crc32c_hex for p in parts):
+        return None
+    return checksums.composite_crc32c(bytes.fromhex(p.crc32c_hex) for p in parts)
+
+
+def object_mismatch(remote: RemoteObject, parts: list[PartRecord]) -> str | None:
+    """Why the completed object is not the completion of `parts`, or None when every digest
+    the server reports agrees with the one computed from the parts (and the size is right)."""
+    size = sum(p.size_bytes for p in parts)
+    if remote.size_bytes != size:
+        return f"the object holds {remote.size_bytes} bytes, the parts {size}"
+    expected = composite_crc32c(parts)
+    if remote.crc32c is not None and expected is not None and remote.crc32c != expected:
+        return f"the object's CRC32C is {remote.crc32c}, the parts give {expected}"
+    # A multipart ETag (`"hex-N"`) is comparable where every part's MD5 is known; servers that
+    # encrypt or otherwise do not use MD5 give other forms, which prove nothing either way.
+    if all(p.md5_hex for p in parts) and etag_hex(remote.etag).endswith(f"-{len(parts)}"):
+        expected_etag = multipart_etag(bytes.fromhex(p.md5_hex) for p in parts)
+        if etag_hex(remote.etag) != etag_hex(expected_etag):
+            return f"the object's ETag is {remote.etag}, the parts give {expected_etag}"
+    return None
+
+
+# -- the probe ---------------------------------------------------------------------------------
+
+PROBE_BODY = b"streamup integrity probe: are damaged bytes refused?\n" * 20
+
+
+async def probe(storage: S3Storage, key_prefix: str) -> Capabilities:
+    """Ask the server, with one throwaway multipart upload (aborted at the end), what it checks.
+
+    A refusal counts only when the same request with the right digest is then accepted, so a
+    server that refuses checksum headers altogether is not mistaken for one that verifies them.
+    Transient errors propagate (the caller retries the probe); the probe upload lives under the
+    key prefix, so the orphan reaper would find it if the agent died mid-probe.
+    """
+    key = f"{key_prefix.rstrip('/')}/.streamup-probe-{uuid.uuid4().hex}"
+    body, good_crc, good_md5 = PROBE_BODY, crc32c_of(PROBE_BODY), md5_of(PROBE_BODY)
+    bad_crc, bad_md5 = crc32c_of(PROBE_BODY + b"!"), md5_of(PROBE_BODY + b"!")
+    try:
+        upload_id = await storage.create_upload(key, "application/octet-stream", crc32c=True)
+        accepted = True
+    except StorageError as exc:
+        if exc.retryable:
+            raise
+        upload_id = await storage.create_upload(key, "application/octet-stream")
+        accepted = False
+    crc = good_crc if accepted else None
+    try:
+        checksum_verified = accepted and await _refused(
+            storage.upload_part(key, upload_id, 1, body, crc32c=bad_crc)
+        )
+        if checksum_verified:
+            await storage.upload_part(key, upload_id, 1, body, crc32c=good_crc)
+        md5_refused = await _refused(
+            storage.upload_part(key, upload_id, 2, body, crc32c=crc, md5=bad_md5)
+        )
+        etag = await storage.upload_part(key, upload_id, 2, body, crc32c=crc, md5=good_md5)
+    finally:
+        await storage.abort_upload(key, upload_id)
+    return Capabilities(
+        checksums_accepted=accepted,
+        checksum_verified=checksum_verified,
+        md5_verified=md5_refused,
+        etag_is_md5=etag_hex(etag) == good_md5.hex(),
+    )
+
+
+async def _refused(request: object) -> bool:
+    """True when the server answered the request with a (non-transient) refusal."""
+    try:
+        await request  # type: ignore[misc]
+    except StorageError as exc:
+        if exc.retryable and exc.code not in DIGEST_REFUSED:
+            raise
+        return True
+    return False

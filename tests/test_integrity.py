@@ -1,0 +1,181 @@
+"""The proof of every byte: pure decisions in tables, the probe against moto's real server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from streamup.checksums import crc32c_of, md5_of, multipart_etag
+from streamup.files.hashing import PrefixHash
+from streamup.files.mounts import filesystem_type, mounts
+from streamup.models import PartRecord, ReadMark
+from streamup.s3.client import RemoteObject, S3Storage
+from streamup.s3.integrity import (
+    Capabilities,
+    Proof,
+    ProofMode,
+    composite_crc32c,
+    object_mismatch,
+    part_proof,
+    probe,
+    weakest,
+)
+from streamup.s3.parts import PartSpan
+from streamup.stream.lifecycle import unchanged_since_read
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+S = 1_000_000_000  # one second in ns
+
+
+def part(number: int, body: bytes, *, etag: str | None = None, md5: bool = True) -> PartRecord:
+    return PartRecord(
+        number, 0, len(body), etag if etag is not None else f'"{md5_of(body).hex()}"',
+        md5_of(body).hex() if md5 else "", T0, crc32c_hex=crc32c_of(body).hex(),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("caps", "mode"),
+    [
+        (Capabilities(True, True, True, True), ProofMode.CHECKSUM),  # AWS S3
+        (Capabilities(True, False, True, True), ProofMode.CONTENT_MD5),  # Ceph RGW
+        (Capabilities(True, False, False, True), ProofMode.ETAG),  # moto
+        (Capabilities(False, False, False, False), ProofMode.NONE),
+    ],
+)
+def test_the_best_proof_the_server_offers_is_chosen(caps: Capabilities, mode: ProofMode) -> None:
+    assert caps.mode is mode
+    assert Capabilities.forced(mode).mode is mode
+
+
+def test_a_part_is_proven_by_the_servers_check_or_by_its_etag() -> None:
+    body = b"x" * 100
+    aws, rgw, moto = (Capabilities.forced(m) for m in ProofMode if m is not ProofMode.NONE)
+    assert part_proof(part(1, body, md5=False), aws, with_checksum=True) is Proof.SERVER_VERIFIED
+    # An upload created before checksums: its parts carried Content-MD5 only.
+    assert part_proof(part(1, body, md5=False), aws, with_checksum=False) is Proof.UNVERIFIED
+    assert part_proof(part(1, body), rgw, with_checksum=True) is Proof.SERVER_VERIFIED
+    assert part_proof(part(1, body), moto, with_checksum=True) is Proof.ETAG_COMPARED
+    damaged = part(1, body, etag=f'"{md5_of(b"y" * 100).hex()}"')
+    assert part_proof(damaged, moto, with_checksum=True) is Proof.UNVERIFIED
+    none = Capabilities.forced(ProofMode.NONE)
+    assert part_proof(part(1, body), none, with_checksum=True) is Proof.UNVERIFIED
+
+
+def test_an_object_is_only_as_proven_as_its_weakest_part() -> None:
+    assert weakest([Proof.SERVER_VERIFIED, Proof.ETAG_COMPARED]) is Proof.ETAG_COMPARED
+    assert weakest([Proof.SERVER_VERIFIED] * 3) is Proof.SERVER_VERIFIED
+    assert weakest([Proof.ETAG_COMPARED, Proof.UNVERIFIED]) is Proof.UNVERIFIED
+    assert weakest([]) is Proof.UNVERIFIED
+
+
+def test_the_completed_object_is_compared_with_its_parts() -> None:
+    bodies = [os.urandom(64), os.urandom(32)]
+    parts = [part(n, b) for n, b in enumerate(bodies, start=1)]
+    etag = multipart_etag(md5_of(b) for b in bodies)
+    crc = composite_crc32c(parts)
+    assert crc is not None
+    assert object_mismatch(RemoteObject(96, etag, crc, "COMPOSITE"), parts) is None
+    assert object_mismatch(RemoteObject(96, etag), parts) is None  # no CRC reported: ETag
+    assert "bytes" in (object_mismatch(RemoteObject(95, etag, crc), parts) or "")
+    assert "CRC32C" in (object_mismatch(RemoteObject(96, etag, "AAAAAA=="), parts) or "")
+    other = multipart_etag([md5_of(b"a"), md5_of(b"b")])
+    assert "ETag" in (object_mismatch(RemoteObject(96, other), parts) or "")
+    # An ETag of another form (an encrypting server) proves nothing either way.
+    assert object_mismatch(RemoteObject(96, '"0123abcd"'), parts) is None
+
+
+NOW = ReadMark(wall_ns=1_000 * S, mono_ns=1_000 * S)
+
+
+@pytest.mark.parametrize(
+    ("read", "ctime_ns", "local", "expected"),
+    [
+        (ReadMark(900 * S, 900 * S), 800 * S + 123, True, True),  # changed long before the read
+        (ReadMark(900 * S, 900 * S), 900 * S + 1, True, False),  # changed after the read began
+        (ReadMark(900 * S, 900 * S), 900 * S - 5_000_000, True, False),  # within a clock tick
+        (ReadMark(900 * S, 900 * S), 899 * S + 500_000_000, True, True),  # 0.5 s before: safe
+        (ReadMark(900 * S, 900 * S), 899 * S, True, False),  # whole seconds: a coarse fs
+        (ReadMark(900 * S, 900 * S), 897 * S, True, True),  # coarse, but 3 s before
+        (ReadMark(900 * S, 900 * S), 800 * S + 123, False, False),  # a network filesystem
+        (ReadMark(900 * S, 990 * S), 800 * S + 123, True, False),  # the wall clock jumped
+    ],
+)
+def test_a_part_read_after_the_files_last_change_cannot_have_changed(
+    read: ReadMark, ctime_ns: int, local: bool, expected: bool
+) -> None:
+    assert unchanged_since_read(read, ctime_ns, NOW, local=local) is expected
+
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:27 / /data rw,nosuid shared:7 - nfs4 server:/export rw,vers=4.2
+31 30 0:28 / /data/local\\040disk rw shared:8 - tmpfs tmpfs rw
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "fstype"),
+    [
+        ("/home/rec/a.mp4", "ext4"),
+        ("/data/cam/a.mp4", "nfs4"),
+        ("/data/local disk/a.mp4", "tmpfs"),
+        ("/data/localdisk/a.mp4", "nfs4"),  # a prefix of a mount point is not inside it
+    ],
+)
+def test_the_filesystem_of_a_path_is_its_longest_mount(path: str, fstype: str) -> None:
+    assert filesystem_type(path, mounts(MOUNTINFO)) == fstype
+
+
+async def test_the_running_hash_takes_parts_in_order_and_restarts_before_a_changed_one() -> None:
+    bodies = [os.urandom(1000) for _ in range(3)]
+    spans = [PartSpan(n + 1, 1000 * n, 1000) for n in range(3)]
+    running = PrefixHash()
+    for span, body in zip(spans, bodies, strict=True):
+        assert running.feed(span, body, crc32c_of(body).hex()) is not None
+    assert running.feed(PartSpan(5, 4000, 1000), b"z" * 1000, "00") is None  # a gap: not taken
+    assert await running.hexdigest() == hashlib.sha256(b"".join(bodies)).hexdigest()
+    assert running.covers(spans[1], crc32c_of(bodies[1]).hex())
+    assert not running.covers(spans[1], crc32c_of(b"other").hex())
+    # Part 2 changed: the hash goes on from its state before part 2.
+    state = await running.state_at(spans[1])
+    assert state is not None
+    again = PrefixHash(state, 1000)
+    new = os.urandom(1000)
+    again.feed(spans[1], new, crc32c_of(new).hex())
+    again.feed(spans[2], bodies[2], crc32c_of(bodies[2]).hex())
+    assert await again.hexdigest() == hashlib.sha256(bodies[0] + new + bodies[2]).hexdigest()
+    # The file shrank below part 2: the hash forgets parts 2 and 3 and continues from part 1.
+    running.truncate(2)
+    assert running.end_bytes == 1000
+    running.feed(spans[1], new, crc32c_of(new).hex())
+    assert await running.hexdigest() == hashlib.sha256(bodies[0] + new).hexdigest()
+
+
+@pytest.fixture
+async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
+    client = S3Storage(
+        bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
+        access_key_id="testing", secret_access_key="testing",
+    )  # fmt: skip
+    await client.open()
+    await client.ensure_bucket()
+    yield client
+    await client.close()
+
+
+async def test_the_probe_finds_what_moto_checks_and_leaves_nothing_behind(
+    storage: S3Storage,
+) -> None:
+    caps = await probe(storage, "streams")
+    # moto accepts CRC32C uploads, checks neither a checksum nor Content-MD5, and its part
+    # ETags are MD5s: the agent compares them itself.
+    assert caps == Capabilities(
+        checksums_accepted=True, checksum_verified=False, md5_verified=False, etag_is_md5=True
+    )
+    assert caps.mode is ProofMode.ETAG
+    assert await storage.list_uploads("streams/") == []
