@@ -12,7 +12,14 @@ import pytest
 from streamup.errors import ConfigError
 from streamup.models import FileIdentity, Status, StreamRecord, StreamView
 from streamup.ops.http import TOKEN_COOKIE, authorised, parse_request, presented_tokens
-from streamup.ops.page import chart_points, completion_row, figures, render_page, stream_row
+from streamup.ops.page import (
+    chart_points,
+    completion_row,
+    figures,
+    render_page,
+    short_time,
+    stream_row,
+)
 from streamup.ops.throughput import Throughput
 from streamup.settings import load_settings
 
@@ -150,6 +157,20 @@ def test_a_completion_links_to_the_agents_metadata_route(
     assert tree.text["name"] == HOSTILE
     assert tree.text["key"] == f"streams/{ID}/{HOSTILE}"
     assert tree.named("img") == []
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("2026-11-24T12:00:58.598740+00:00", "2026-11-24 12:00:58"),
+        ("2026-11-24T12:00:58+00:00", "2026-11-24 12:00:58"),
+        ("2026-11-24T12:00:58+02:00", "2026-11-24T12:00:58+02:00"),  # not UTC: as given
+        (None, ""),
+        ("<b>", "<b>"),
+    ],
+)
+def test_completion_times_are_short_utc(value: str | None, shown: str) -> None:
+    assert short_time(value) == shown
 
 
 @pytest.mark.parametrize(

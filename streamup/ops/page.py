@@ -9,6 +9,7 @@ is escaped here, once per value: file names are user input.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
@@ -19,8 +20,9 @@ from urllib.parse import quote
 from streamup.ops.report import human_size
 
 POLL_MS = 2000
-CHART_WIDTH, CHART_HEIGHT = 300, 60
+CHART_WIDTH, CHART_HEIGHT = 480, 60  # static/page.js draws with the same numbers
 NOT_REPORTED = "not reported"
+_ISO_UTC = re.compile(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(\.\d+)?\+00:00$")
 
 STATIC_TYPES = {
     "page.css": "text/css; charset=utf-8",
@@ -41,6 +43,12 @@ def esc(value: object) -> str:
 
 def file_name(path: object) -> str:
     return str(path or "").rsplit("/", 1)[-1]
+
+
+def short_time(value: object) -> str:
+    """`2026-11-24T12:00:58.5987+00:00` -> `2026-11-24 12:00:58` (the column says UTC)."""
+    found = _ISO_UTC.match(str(value or ""))
+    return f"{found[1]} {found[2]}" if found else str(value or "")
 
 
 def rate(value: object) -> str:
@@ -98,7 +106,7 @@ def completion_row(row: Mapping[str, Any]) -> str:
         f'<td class="name" title="{esc(row.get("path"))}">{esc(file_name(row.get("path")))}</td>',
         f'<td class="state">{esc(row.get("state"))} ({esc(row.get("end_reason"))})</td>',
         f'<td class="size">{esc(human_size(row.get("size_bytes")))}</td>',
-        f'<td class="when">{esc(row.get("completed_at_utc"))}</td>',
+        f'<td class="when">{esc(short_time(row.get("completed_at_utc")))}</td>',
         f'<td class="key"><code>{esc(row.get("key"))}</code></td>',
         f'<td class="meta">{link}</td>',
     )

@@ -6,14 +6,24 @@
 (function () {
   const pollMs = Number(document.body.dataset.pollMs) || 2000;
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  const CHART_WIDTH = 300;
+  const CHART_WIDTH = 480;
   const CHART_HEIGHT = 60;
+
+  // Python's format() rounds an exact tie to even (1.25 -> "1.2"); toFixed() rounds it up.
+  function fixed(value, digits) {
+    const scaled = value * 10 ** digits;
+    if (Number.isInteger(scaled * 2) && !Number.isInteger(scaled)) {
+      const down = Math.floor(scaled);
+      return ((down % 2 === 0 ? down : down + 1) / 10 ** digits).toFixed(digits);
+    }
+    return value.toFixed(digits);
+  }
 
   function humanSize(n) {
     let value = typeof n === "number" && isFinite(n) ? n : 0;
     for (const unit of units) {
       if (value < 1024 || unit === "TiB") {
-        return unit === "B" ? `${value.toFixed(0)} B` : `${value.toFixed(1)} ${unit}`;
+        return unit === "B" ? `${fixed(value, 0)} B` : `${fixed(value, 1)} ${unit}`;
       }
       value /= 1024;
     }
@@ -23,6 +33,11 @@
   const int = (v) => (Number.isInteger(v) ? v : 0);
   const text = (v) => (v === null || v === undefined ? "" : String(v));
   const fileName = (path) => text(path).split("/").pop();
+  const isoUtc = /^(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(\.\d+)?\+00:00$/;
+  const shortTime = (v) => {
+    const found = isoUtc.exec(text(v));
+    return found ? `${found[1]} ${found[2]}` : text(v);
+  };
   const percent = (uploaded, size) => (size > 0 ? `${Math.floor((100 * uploaded) / size)}%` : "0%");
 
   function el(tag, className, content) {
@@ -84,7 +99,7 @@
       nameCell(row.path),
       el("td", "state", `${text(row.state)} (${text(row.end_reason)})`),
       el("td", "size", humanSize(row.size_bytes)),
-      el("td", "when", text(row.completed_at_utc)),
+      el("td", "when", shortTime(row.completed_at_utc)),
       key,
       meta,
     );
@@ -101,7 +116,7 @@
       .map((v, i) => {
         const x = (start + i) * step;
         const y = CHART_HEIGHT - 1 - (v / top) * (CHART_HEIGHT - 2);
-        return `${x.toFixed(1)},${y.toFixed(1)}`;
+        return `${fixed(x, 1)},${fixed(y, 1)}`;
       })
       .join(" ");
   }
@@ -167,5 +182,7 @@
     }
   }
 
+  // The formats, for the browser test that holds them equal to the server's (page.py).
+  window.streamupFormats = Object.freeze({ humanSize, percent, shortTime, chartPoints });
   poll();
 })();
