@@ -3,6 +3,7 @@ throughput history, the token check and the STATUS_TOKEN setting."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from streamup.errors import ConfigError
-from streamup.models import FileIdentity, Status, StreamRecord, StreamView
+from streamup.models import AgentSnapshot, FileIdentity, Status, StreamRecord, StreamView
 from streamup.ops.http import TOKEN_COOKIE, authorised, parse_request, presented_tokens
 from streamup.ops.page import (
     chart_points,
@@ -20,7 +21,7 @@ from streamup.ops.page import (
     short_time,
     stream_row,
 )
-from streamup.ops.throughput import Throughput
+from streamup.ops.throughput import Throughput, sample_while
 from streamup.settings import load_settings
 
 MiB = 1024 * 1024
@@ -329,3 +330,33 @@ def test_status_token_is_validated_and_never_shown(value: str | None, accepted: 
     message = str(caught.value)
     assert message.startswith("STATUS_TOKEN='**********' is invalid: must be 16-256")
     assert str(value) not in message
+
+
+def agent_snapshot(*views: StreamView) -> AgentSnapshot:
+    return AgentSnapshot(agent_id="a", store_name="sqlite", watch_dir="/w", streams=views)
+
+
+async def test_the_sampler_samples_while_the_server_serves_and_then_stops() -> None:
+    meter = Throughput(every_s=0.01, history_s=1.0, window_s=0.05)
+    totals = iter(range(0, 10 * MiB, MiB))
+    serving = iter([True] * 5 + [False])
+    await asyncio.wait_for(
+        sample_while(
+            lambda: next(serving), lambda: agent_snapshot(view("a", MiB)), meter,
+            total=lambda: float(next(totals)),
+        ),
+        5,
+    )  # fmt: skip
+    shown = meter.document()
+    history = shown["history_bytes_s"]
+    assert isinstance(history, list) and len(history) == 5 and max(history) > 0
+    assert shown["streams"] == {"a": 0.0}
+
+
+async def test_a_fault_in_the_sampler_ends_only_the_sampler() -> None:
+    def broken() -> AgentSnapshot:
+        raise RuntimeError("a bug")
+
+    meter = Throughput()
+    await asyncio.wait_for(sample_while(lambda: True, broken, meter, total=lambda: 0.0), 5)
+    assert meter.document()["history_bytes_s"] == []
