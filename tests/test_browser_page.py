@@ -72,6 +72,7 @@ class Seen:
     dialogs: list[str] = field(default_factory=list)
     screenshots: list[Path] = field(default_factory=list)
     exit_code: int = -1
+    log: str = ""
 
 
 def http_code(port: int, path: str) -> int:
@@ -117,13 +118,14 @@ def observe(page: Page, seen_so_far: dict[str, Any], port: int, recorder: Record
     name_cell = f"{ROW} td.name"
     page.wait_for_selector(name_cell, timeout=DEADLINE_MS)
     seen_so_far["img_counts"].append(img_count(page))
-    first_bytes = row_number(page, f"{ROW} progress")
-    page.wait_for_function(
+    beyond = (
         "([sel, before]) => { const bar = document.querySelector(sel);"
-        " return bar && Number(bar.value) > before; }",
-        arg=[f"{ROW} progress", first_bytes],
-        timeout=DEADLINE_MS,
+        " return bar && Number(bar.value) > before; }"
     )
+    # The row may appear before its first part lands; progress is measured from that part.
+    page.wait_for_function(beyond, arg=[f"{ROW} progress", 0], timeout=DEADLINE_MS)
+    first_bytes = row_number(page, f"{ROW} progress")
+    page.wait_for_function(beyond, arg=[f"{ROW} progress", first_bytes], timeout=DEADLINE_MS)
     page.wait_for_function(
         "() => !['0 B/s', ''].includes(document.getElementById('fig-rate').textContent)",
         timeout=DEADLINE_MS,
@@ -233,6 +235,7 @@ def seen(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator
         found["s3_metadata"] = metadata_docs(s3, bucket)
         result = Seen(path=recorder.path, **found)
         result.exit_code = agent.stop()
+        result.log = agent.log_text()
         print(f"browser tier: {time.monotonic() - started:.1f} s")
         yield result
     except Exception as exc:
@@ -250,6 +253,12 @@ def test_without_the_token_the_page_and_its_data_answer_401(seen: Seen) -> None:
 
 def test_metrics_and_healthz_stay_open_with_a_token(seen: Seen) -> None:
     assert seen.open_routes == {"/metrics": 200, "/healthz": 200}
+
+
+def test_the_token_is_masked_in_the_start_up_line_and_never_logged(seen: Seen) -> None:
+    (config,) = [json.loads(line) for line in seen.log.splitlines() if '"agent.config"' in line]
+    assert config["status_token"] == "**********"
+    assert TOKEN not in seen.log
 
 
 def test_the_token_in_the_address_is_traded_for_a_cookie(seen: Seen) -> None:
