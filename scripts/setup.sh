@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a fresh machine lacks: ffmpeg and redis-server (apt-get), then a virtual
+# Everything a fresh machine lacks: ffmpeg, redis-server and chromium (apt-get), then a virtual
 # environment in .venv with streamup and its test tools. Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The status page's browser tests drive Debian's Chromium (Playwright cannot download one here).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]} with apt-get"
   sudo=""

@@ -145,9 +145,12 @@ class Agent:
                     stopping=self.stopping,
                 )))  # fmt: skip
             if self.settings.prom_port:
+                token = self.settings.status_token
                 server = await serve_http(
-                    self.settings.prom_host, self.settings.prom_port, self.status, self.healthy
-                )
+                    self.settings.prom_host, self.settings.prom_port, self.status, self.healthy,
+                    snapshot=self.snapshot, read_object=self.storage.get_bytes,
+                    token=token.get_secret_value() if token is not None else None,
+                )  # fmt: skip
             log.info(
                 "agent.started",
                 watch_dir=str(self.settings.watch_dir),

@@ -18,6 +18,8 @@ from streamup.errors import ConfigError
 from streamup.s3.parts import MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# URL-safe characters only: the token travels in a header, a query string and a cookie unescaped.
+_STATUS_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 
 class Settings(BaseSettings):
@@ -58,6 +60,8 @@ class Settings(BaseSettings):
 
     prom_port: int = Field(8000, ge=0, le=65535)  # 0 turns the HTTP endpoint off
     prom_host: str = "127.0.0.1"
+    # Set: the status page, /status and the metadata route need it (/metrics, /healthz stay open).
+    status_token: SecretStr | None = None
     log_level: str = "INFO"
 
     @field_validator("watch_extensions", mode="before")
@@ -101,7 +105,17 @@ class Settings(BaseSettings):
     def _strip_prefix(cls, value: str) -> str:
         return value.strip("/")
 
-    @field_validator("s3_endpoint_url", "ffprobe_path", mode="before")
+    @field_validator("status_token")
+    @classmethod
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _STATUS_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "must be 16-256 letters, digits, '-', '_', '.' or '~' "
+                "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
+        return value
+
+    @field_validator("s3_endpoint_url", "ffprobe_path", "status_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -127,6 +141,8 @@ def redact_url(url: str) -> str:
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
 
+
+_SECRETS = {"s3_access_key_id", "s3_secret_access_key", "redis_url", "status_token"}
 
 _RANGES = {
     "s3_integrity_mode": (
@@ -155,6 +171,8 @@ def load_settings(
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else "settings"
         value = error.get("input")
+        if name in _SECRETS:  # the one line names the setting, never the secret's value
+            value = "**********"
         hint = _RANGES.get(name, str(error["msg"]).removeprefix("Value error, "))
         raise ConfigError(f"{name.upper()}={value!r} is invalid: {hint}") from None
     if prepare_watch_dir:

@@ -38,6 +38,11 @@ _VIDEO_CONTENT_TYPES = {
 }
 
 
+def metadata_key(video_key: str) -> str:
+    """The key of the metadata document that describes the object at `video_key`."""
+    return f"{video_key}.metadata.json"
+
+
 def content_type_for(path: str) -> str:
     """The Content-Type of a file, from its extension (case-insensitive)."""
     extension = os.path.splitext(path)[1].lower()

@@ -328,6 +328,31 @@ class S3Storage:
             f"deleting {key!r}", lambda: self._client.delete_object(Bucket=self.bucket, Key=key)
         )
 
+    async def get_bytes(self, key: str, *, max_bytes: int = 16 * 1024 * 1024) -> bytes | None:
+        """A small object's body (a metadata document), or None when there is none.
+
+        Larger than `max_bytes` is refused: this is for documents, never for video objects.
+        """
+        what = f"reading {key!r}"
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise translate(exc, what) from exc
+        except _NETWORK_ERRORS as exc:
+            raise translate(exc, what) from exc
+        async with response["Body"] as body:
+            if int(response.get("ContentLength", 0)) > max_bytes:
+                raise StorageError(
+                    f"{what}: larger than {max_bytes} bytes", code="TooLarge", retryable=False
+                )
+            try:
+                data: bytes = await body.read()
+            except _NETWORK_ERRORS as exc:
+                raise translate(exc, what) from exc
+        return data
+
     async def put_bytes(
         self, key: str, body: bytes, content_type: str, *, exclusive: bool = False
     ) -> str:

@@ -9,7 +9,12 @@ then equals the file as it is now, byte for byte, and the SHA-256 of the whole c
 from __future__ import annotations
 
 from streamup import metrics
-from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
+from streamup.after.metadata import (
+    build_metadata,
+    content_type_for,
+    encode_metadata,
+    metadata_key,
+)
 from streamup.errors import NoSuchUpload, SourceChanged, StorageError
 from streamup.faults import crash_point
 from streamup.files.probe import ProbeResult, probe_media
@@ -165,7 +170,7 @@ async def write_metadata(worker: StreamWorker) -> None:
         metrics.FAILURES.labels(status=Status.FAILED_METADATA_GENERATION.value).inc()
         worker.log.error("stream.failed", status="failed_metadata_generation", error=str(exc))
         return
-    body, key = encode_metadata(doc), f"{worker.record.key}.metadata.json"
+    body, key = encode_metadata(doc), metadata_key(worker.record.key)
     storage = worker.ctx.storage
     await worker.check_lease()
     try:
