@@ -85,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--state-dir", type=str, help="(STATE_DIR)")
     demo = commands.add_parser(
-        "demo", help="the whole pipeline on this machine, nothing configured"
+        "demo",
+        help="the whole pipeline on this machine, nothing configured "
+        "(needs pip install 'streamup[demo]')",
     )
     demo.add_argument("--seconds", type=float, default=8.0, help="length of the demo recording")
     return parser
