@@ -16,6 +16,7 @@ import structlog
 from streamup import __version__
 from streamup.errors import ConfigError, StreamupError
 from streamup.memory import pin_mmap_threshold, raise_open_file_limit
+from streamup.ops.systemd import supervise
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -164,12 +165,17 @@ async def _serve(settings: Settings, console: Console | None = None) -> int:
         from streamup.ops.progress import show_progress
 
         board = asyncio.create_task(show_progress(agent.snapshot, console))
+    # Under systemd (Type=notify): READY=1, WATCHDOG=1, STOPPING=1; elsewhere it returns at once.
+    notifier = asyncio.create_task(
+        supervise(agent.ready, agent.stopping, f"watching {settings.watch_dir}")
+    )
     try:
         await agent.run(stop)
     finally:
-        if board is not None:
-            board.cancel()
-            await asyncio.gather(board, return_exceptions=True)
+        for task in (board, notifier):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     return 0
 
 
