@@ -150,3 +150,17 @@ def test_the_wheel_installs_from_the_runtime_lock_into_a_clean_venv_and_runs(
     assert demo.stdout == ""
     assert demo.stderr.count("\n") == 1, demo.stderr
     assert "pip install 'streamup[demo]'" in demo.stderr
+
+
+def test_the_image_installs_the_runtime_lock_with_hashes_then_streamup_alone() -> None:
+    steps = [line for line in (ROOT / "Dockerfile").read_text().splitlines()
+             if line.startswith(("COPY", "RUN pip"))]  # fmt: skip
+    assert steps == [
+        "COPY requirements-runtime.lock ./",
+        "RUN pip install --no-cache-dir --require-hashes -r requirements-runtime.lock",
+        "COPY pyproject.toml README.md ./",
+        "COPY streamup ./streamup",
+        "RUN pip install --no-cache-dir --no-deps . && pip check",
+    ]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and not any(name.endswith(".lock") for name in ignored)
