@@ -10,7 +10,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -243,7 +242,9 @@ def test_every_metric_the_dashboard_and_the_rules_query_is_exported_by_a_running
     # Prometheus itself: every dashboard query returns data for this agent once it is scraped.
     wait_for(lambda: query('streamup_streams_completed_total{job="streamup"} >= 1'),
              deadline_s=30, what="Prometheus to scrape the agent")  # fmt: skip
-    time.sleep(2.5)  # a few more scrapes, so rate() over a short window has two samples
+    # rate() needs two scrapes in its window.
+    wait_for(lambda: query('rate(streamup_bytes_uploaded_total{job="streamup"}[1m])'),
+             deadline_s=30, what="a second scrape")  # fmt: skip
     empty = [title for title, expr in dashboard_exprs().items()
              if not query(as_prometheus_sees_it(expr, rate_window="1m"))]  # fmt: skip
     assert empty == []

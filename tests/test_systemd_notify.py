@@ -127,7 +127,7 @@ def test_streamup_run_says_ready_after_it_is_healthy_then_pings_then_stopping(
         pings.append(notify_socket.receive(timeout_s=5))
     elapsed = time.monotonic() - start
     assert set(pings) == {"WATCHDOG=1"}
-    assert elapsed < 5 * 0.2 * 3  # about every 0.2 s, well inside the 0.4 s timeout
+    assert elapsed < 4.0  # about every 0.2 s (five take about 1 s), not once per receive timeout
 
     assert process.proc is not None
     process.proc.send_signal(signal.SIGTERM)
