@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 
 from streamup import metrics
+from streamup.after.events import stream_event
 from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
 from streamup.errors import NoSuchUpload, SourceChanged, StorageError
 from streamup.faults import crash_point
@@ -19,7 +20,12 @@ from streamup.files.probe import ProbeResult, probe_media
 from streamup.files.source import PartData, hash_part, stat_path
 from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
 from streamup.s3.parts import PartSpan, final_layout
-from streamup.stream.lifecycle import contiguous_prefix, end_reason, multipart_etag
+from streamup.stream.lifecycle import (
+    check_transition,
+    contiguous_prefix,
+    end_reason,
+    multipart_etag,
+)
 from streamup.stream.worker import StreamWorker
 
 
@@ -173,8 +179,7 @@ async def finish_lost(worker: StreamWorker) -> None:
         if worker.record.upload_id is not None:
             key, upload_id = worker.record.key, worker.record.upload_id
             await worker.persist(lambda: worker.ctx.storage.abort_upload(key, upload_id), "abort")
-        await worker.set_status(Status.ABORTED_NO_PARTS)
-        await finish(worker)
+        await finish(worker, Status.ABORTED_NO_PARTS)
         return
     await worker.forget_parts([n for n in worker.parts if n > len(parts)])
     worker.record = worker.record.evolve(
@@ -229,8 +234,7 @@ async def write_metadata(worker: StreamWorker) -> None:
 
 
 async def _completed(worker: StreamWorker, doc: dict[str, object]) -> None:
-    await worker.set_status(Status.COMPLETED, error=None)
-    await finish(worker)
+    await finish(worker, Status.COMPLETED, doc)
     metrics.COMPLETIONS.inc()
     worker.log.info(
         "stream.completed",
@@ -254,8 +258,15 @@ async def probe_source(worker: StreamWorker) -> ProbeResult:
     )
 
 
-async def finish(worker: StreamWorker) -> None:
-    """Replace the working state with the compact completed record, in one atomic step."""
+async def finish(
+    worker: StreamWorker, status: Status, metadata: dict[str, object] | None = None
+) -> None:
+    """Mark the stream `status` (completed, aborted_no_parts): the working state is replaced by
+    the compact completed record and the stream's event enters the outbox, in one atomic step.
+    A crash before it resumes the stream; after it, the event is delivered from the outbox."""
+    check_transition(worker.record.status, status)
+    error = None if status is Status.COMPLETED else worker.record.error
+    worker.record = worker.record.evolve(status=status, last_activity_at=utc_now(), error=error)
     record = worker.record
     completed = CompletedRecord(
         stream_id=record.stream_id,
@@ -269,5 +280,9 @@ async def finish(worker: StreamWorker) -> None:
         completed_at=record.completed_at or utc_now(),
         end_reason=record.end_reason,
     )
-    await worker.persist(lambda: worker.ctx.store.finish_stream(record, completed), "checkpoint")
+    event = stream_event(record, metadata, host=worker.ctx.agent_host, created_at=utc_now())
+    crash_point("before_finish")
+    await worker.persist(
+        lambda: worker.ctx.store.finish_stream(record, completed, event), "checkpoint"
+    )
     worker.completed_record = completed

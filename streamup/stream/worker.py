@@ -57,6 +57,7 @@ class StreamContext:
     ffprobe_path: str | None = None
     ffprobe_timeout_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
+    agent_host: str = ""  # the events this agent writes are delivered by this host's agent
 
 
 class StreamWorker:
