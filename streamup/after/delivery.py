@@ -5,8 +5,10 @@ only once every configured sink has it, so a crash at any instant delivers it af
 under the same id. Each sink is its own queue: per stream, one event at a time, oldest first;
 across streams up to the sink's `concurrency` at once. A failed attempt is recorded in the store
 (attempts, last error: `status` shows them) and tried again after a capped, jittered backoff
-(`after.schedule`). A sink that looks down (network errors, 5xx) is probed with one event at a
-time until one gets through; then everything due goes at once.
+(`after.schedule`), per event: a receiver that is down hears about each waiting event about
+once a minute, at most `concurrency` at a time. When one gets through after transient
+failures, the others that failed for the same reason go at once instead of waiting out their
+backoff: a queue drains as soon as its receiver is back.
 
 The store is reached through the narrow `OutboxStore`; any checkpoint backend is one. With a
 shared store (Redis) an agent delivers only the events its own host wrote: a command hook must
@@ -121,8 +123,7 @@ class Dispatcher:
         self._rejections: dict[Key, int] = {}
         self._given_up: set[Key] = set()  # undeliverable in this run (retried at the next start)
         self._tasks: dict[Key, asyncio.Task[None]] = {}  # sink "" is an event's removal
-        self._sink_failures: dict[str, int] = {}  # consecutive transient failures of the sink
-        self._sink_down_until: dict[str, float] = {}
+        self._sink_failures: dict[str, int] = {}  # transient failures since its last delivery
         self._writes = 0  # store writes so far: a read that overlapped one may be stale
         self._reload_at = 0.0
         self._wake = asyncio.Event()
@@ -206,11 +207,6 @@ class Dispatcher:
             ]
             busy = {event_id for event_id, name in self._tasks if name == sink.name}
             limit = sink.concurrency - len(busy)
-            if self._sink_failures.get(sink.name, 0):
-                down_until = self._sink_down_until.get(sink.name, 0.0)
-                limit = 0 if down_until > now else min(limit, 1 - len(busy))  # one probe
-                if down_until > now:
-                    wake = min(wake, down_until)
             ready, due = pick_ready(pending, busy=busy, now_s=now, limit=limit)
             if due is not None:
                 wake = min(wake, due)
@@ -320,16 +316,13 @@ class Dispatcher:
     # ------------------------------------------------------------- sink health
 
     def _sink_failed(self, name: str) -> None:
-        failures = self._sink_failures[name] = self._sink_failures.get(name, 0) + 1
-        delay = self.policy.backoff.delay_s(failures, self._rng)
-        self._sink_down_until[name] = self._clock() + delay
+        self._sink_failures[name] = self._sink_failures.get(name, 0) + 1
 
     def _sink_recovered(self, name: str) -> None:
         if not self._sink_failures.pop(name, 0):
             return
-        self._sink_down_until.pop(name, None)
-        # It is back: every event it failed for lack of a receiver goes now, not after its own
-        # backoff. Refused ones (4xx) keep theirs.
+        # It is back after an outage: every event that failed for lack of a receiver goes now,
+        # not after its own backoff (up to a minute). Refused ones (4xx) keep theirs.
         for key in [k for k in self._due if k[1] == name and not self._rejections.get(k)]:
             del self._due[key]
 

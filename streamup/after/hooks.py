@@ -96,9 +96,11 @@ async def run_hook(
                 code: int | None = await proc.wait()
         except TimeoutError:
             code = None
+            _kill_group(proc.pid)
+            await proc.wait()
         await asyncio.wait({reader}, timeout=_OUTPUT_GRACE_S)
     finally:
-        if proc.returncode is None:  # the timeout, or cancelled (the agent stops)
+        if proc.returncode is None:  # cancelled: the agent stops, the hook goes too
             _kill_group(proc.pid)
             await proc.wait()
         for task in (feeder, reader):
