@@ -125,3 +125,9 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert all(0 < d <= 30.0 for d in delays)
     assert max(delays[10:]) >= 15.0  # it reaches the cap region
     assert len(set(delays)) > 20  # jitter: not one fixed ladder
+
+
+def test_backoff_stays_capped_however_long_the_outage_lasts() -> None:
+    # 2.0 ** 1024 overflows a float: attempt 1025 (8.5 hours at the 30 s cap) must not raise.
+    backoff = Backoff(first_s=0.5, factor=2.0, cap_s=30.0)
+    assert all(15.0 <= backoff.delay_s(n) <= 30.0 for n in (1024, 1025, 10**6))
