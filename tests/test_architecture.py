@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "streamup"
 # The base every room may import: no I/O of its own beyond what it names (metrics, faults).
 BASE = {"errors", "models", "metrics", "faults", "retry", "memory", "settings", "__init__"}
 # Pure modules every room may import too.
-PURE = {"s3.parts", "stream.lifecycle", "after.metadata"}
+PURE = {"s3.parts", "stream.lifecycle", "after.metadata", "after.events", "after.schedule"}
 
 # room -> the rooms it may import besides the base, itself and the pure modules.
 ALLOWED: dict[str, set[str]] = {

@@ -108,6 +108,9 @@ def test_webhook_answered_500_three_times_gets_one_accepted_delivery_per_stream(
         assert event["sha256"] == sha256_file(watch_dir / name) == doc["sha256"]
         assert event.keys() >= {"created_at", "duration_seconds"}
         assert delivery.path == "/hooks/streamup?token=s3cr3t-in-url"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
+        live = json.loads(response.read())
+    assert live["events"] == {"waiting": 0, "undeliverable": 0, "events": []}
     metrics = scrape(port)
     assert sample(metrics, "streamup_events_delivered_total", "webhook") == 2
     assert sample(metrics, "streamup_event_retries_total", "webhook") == 6
