@@ -299,8 +299,12 @@ class Dispatcher:
     async def _remove(self, event_id: str) -> None:
         await self._store(lambda: self.store.remove_event(event_id))
         self._entries.pop(event_id, None)
-        for key in [k for k in self._due if k[0] == event_id]:
-            del self._due[key]
+        for sink in self.sinks:  # what this run knew of it goes with it
+            key = (event_id, sink.name)
+            self._due.pop(key, None)
+            self._tries.pop(key, None)
+            self._rejections.pop(key, None)
+            self._given_up.discard(key)
         metrics.EVENTS_WAITING.set(len(self._entries))
 
     async def _store(self, call: Callable[[], Awaitable[None]]) -> None:
