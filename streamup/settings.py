@@ -166,7 +166,7 @@ class Settings(BaseSettings):
 def split_command(text: str) -> list[str]:
     """ON_COMPLETE_COMMAND split as a POSIX shell would (quotes, backslashes), never run by one.
 
-    Raises ValueError, with the fix, when it is empty, unbalanced or names no program found.
+    Raises ValueError, with the fix, when it is empty or its quotes do not close.
     """
     try:
         argv = shlex.split(text)
@@ -176,11 +176,6 @@ def split_command(text: str) -> list[str]:
         raise ValueError(
             "it is empty; give a command line, e.g. '/usr/local/bin/on-upload --notify',"
             " or unset ON_COMPLETE_COMMAND"
-        )
-    if shutil.which(argv[0]) is None:
-        raise ValueError(
-            f"the program {argv[0]!r} is not found on PATH or is not executable; give its full"
-            " path or fix its permissions"
         )
     return argv
 
@@ -230,9 +225,18 @@ def load_settings(
         raise ConfigError(
             "WEBHOOK_SECRET is set but WEBHOOK_URL is not; set WEBHOOK_URL or unset WEBHOOK_SECRET"
         )
-    if prepare_watch_dir:
+    if prepare_watch_dir:  # the agent itself, not a reader such as `streamup status`
+        _check_hook_program(settings.on_complete_argv)
         _prepare_watch_dir(settings.watch_dir)
     return settings
+
+
+def _check_hook_program(argv: list[str] | None) -> None:
+    if argv is not None and shutil.which(argv[0]) is None:
+        raise ConfigError(
+            f"ON_COMPLETE_COMMAND names the program {argv[0]!r}, which is not found on PATH or"
+            " is not executable; give its full path or fix its permissions"
+        )
 
 
 def _prepare_watch_dir(path: Path) -> None:

@@ -281,17 +281,17 @@ def test_hook_env_without_path_gets_a_default_and_a_null_sha_is_empty() -> None:
         ({"on_complete_command": "   "}, "ON_COMPLETE_COMMAND", "it is empty"),
         ({"on_complete_command": "''"}, "ON_COMPLETE_COMMAND", "it is empty"),
         ({"on_complete_command": "notify 'unclosed"}, "ON_COMPLETE_COMMAND", "check its quotes"),
-        ({"on_complete_command": "/no/such/hook --x"}, "ON_COMPLETE_COMMAND", "not found"),
+        ({"on_complete_command": "/no/such/hook --x"}, "ON_COMPLETE_COMMAND", "not found on PATH"),
         ({"hook_timeout_seconds": "0"}, "HOOK_TIMEOUT_SECONDS", "greater than 0"),
         ({"webhook_url": "https://h.example/x", "webhook_secret": ""}, "WEBHOOK_SECRET", "empty"),
         ({"webhook_secret": "whsec-x"}, "WEBHOOK_SECRET", "WEBHOOK_URL is not"),
     ],
 )
 def test_a_bad_event_setting_is_one_line_naming_it_and_the_fix(
-    given: dict[str, str], named: str, hint: str
+    given: dict[str, str], named: str, hint: str, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings(given, prepare_watch_dir=False)
+        load_settings(dict(given, watch_dir=str(tmp_path)))
     message = str(caught.value)
     assert message.startswith(named) and hint in message and "\n" not in message
     assert "whsec-x" not in message
@@ -315,3 +315,15 @@ def test_good_event_settings_are_split_and_masked(tmp_path: Path) -> None:
     assert "whsec-x" not in json.dumps(shown) and "abc" not in str(shown["webhook_url"])
     bare = load_settings({}, prepare_watch_dir=False)
     assert (bare.on_complete_argv, bare.webhook_url, bare.hook_timeout_seconds) == (None, None, 60)
+
+
+def test_a_missing_hook_program_stops_the_agent_but_not_a_status_reader(tmp_path: Path) -> None:
+    given = {"on_complete_command": "/no/such/hook --x", "watch_dir": str(tmp_path)}
+    assert load_settings(given, prepare_watch_dir=False).on_complete_argv == [
+        "/no/such/hook",
+        "--x",
+    ]
+    with pytest.raises(
+        ConfigError, match=r"^ON_COMPLETE_COMMAND names the program '/no/such/hook'"
+    ):
+        load_settings(given)
