@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_sync
 
 from tests import servers
 from tests.agent import AgentProcess, doc_for, metadata_docs, sha256_file, wait_for
@@ -124,10 +125,13 @@ def test_webhook_answered_500_three_times_gets_one_accepted_delivery_per_stream(
     assert len(process.events_named("event.retrying")) == 6
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_kill_before_delivery_delivers_after_restart_under_the_same_id(
     agent: Any, env: dict[str, str], watch_dir: Path, s3_client: Any, bucket: str,
-    receiver: Receiver,
+    receiver: Receiver, backend: str, request: pytest.FixtureRequest,
 ) -> None:  # fmt: skip
+    if backend == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")  # the agents and `status`
     receiver.start()
     (watch_dir / "k.mp4").write_bytes(os.urandom(1_200_000))
     first = agent(WEBHOOK_URL=receiver.url, STREAMUP_CRASH_AT="before_event_delivery")
@@ -146,6 +150,13 @@ def test_kill_before_delivery_delivers_after_restart_under_the_same_id(
     assert delivery.event_id == row["event_id"] == delivery.json()["id"]
     assert delivery.json()["metadata"] == json.loads(s3_metadata(s3_client, bucket, doc))
     assert second.stop() == 0
+    if backend == "redis":  # and once in the capped stream, for consumer groups
+        client = redis_sync.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+        try:
+            [(_, fields)] = client.xrange("streams:events")
+        finally:
+            client.close()
+        assert fields["id"] == row["event_id"] and fields["event"] == delivery.body.decode()
 
 
 def test_kill_after_delivery_sends_the_event_again_under_the_same_id(
