@@ -113,6 +113,7 @@ def test_webhook_answered_500_three_times_gets_one_accepted_delivery_per_stream(
         live = json.loads(response.read())
     assert live["events"] == {"waiting": 0, "undeliverable": 0, "events": []}
     metrics = scrape(port)
+    assert SECRET not in json.dumps(live) + metrics + json.dumps(status_json(env))
     assert sample(metrics, "streamup_events_delivered_total", "webhook") == 2
     assert sample(metrics, "streamup_event_retries_total", "webhook") == 6
     assert sample(metrics, "streamup_events_undeliverable_total", "webhook") == 0
