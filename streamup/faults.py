@@ -9,7 +9,15 @@ from __future__ import annotations
 import os
 import sys
 
-POINTS = ("after_part_upload", "before_complete", "after_complete", "before_metadata")
+POINTS = (
+    "after_part_upload",
+    "before_complete",
+    "after_complete",
+    "before_metadata",
+    "before_finish",  # the metadata is in S3, the stream is not finished (nor its event written)
+    "before_event_delivery",  # an event is in the outbox, no sink has been tried
+    "after_event_delivery",  # a sink took the event, the outbox does not know yet
+)
 
 
 def _armed() -> dict[str, int]:

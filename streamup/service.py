@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from streamup import metrics
+from streamup.after.delivery import Dispatcher
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import ConfigError, LeaseLost, StorageError, StreamupError
 from streamup.files.source import SourceFile, stat_path
@@ -35,7 +36,7 @@ from streamup.s3.integrity import Capabilities, ProofMode, probe
 from streamup.s3.orphans import reap_orphans
 from streamup.settings import Settings
 from streamup.stream.finalize import finalize, finish_lost, write_metadata
-from streamup.stream.ownership import Ownership
+from streamup.stream.ownership import Ownership, host_of
 from streamup.stream.recovery import reconcile
 from streamup.stream.worker import PERMANENT_ERROR_PAUSE_S, StreamContext, StreamWorker
 
@@ -95,6 +96,10 @@ class Agent:
             ffprobe_path=settings.ffprobe_path,
             ffprobe_timeout_s=settings.ffprobe_timeout_seconds,
             lease_ttl_s=settings.lease_ttl_seconds,
+            agent_host=host_of(settings.agent_id),
+        )
+        self.dispatcher = Dispatcher.for_agent(
+            self.store, settings, self.stopping, host=host_of(settings.agent_id)
         )
         self.ownership = Ownership(
             self.store,
@@ -136,6 +141,7 @@ class Agent:
                 asyncio.create_task(watcher.run_events(self.stopping)),
                 asyncio.create_task(watcher.run_scans(self.stopping)),
                 asyncio.create_task(self._update_gauges()),
+                asyncio.create_task(self.dispatcher.run()),
             ]
             if self.settings.orphan_upload_age_seconds > 0:
                 background.append(asyncio.create_task(reap_orphans(
@@ -414,6 +420,8 @@ class Agent:
             if self.by_path.get(worker.record.path) == stream_id:
                 del self.by_path[worker.record.path]
             done = worker.completed_record
+            if done is not None:
+                self.dispatcher.poke()  # its event is in the outbox
             if done is not None and done.end_reason is EndReason.IDLE:
                 self.completed[worker.record.path] = done
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -57,6 +60,12 @@ class Settings(BaseSettings):
 
     ffprobe_path: str | None = None
     ffprobe_timeout_seconds: float = Field(30.0, gt=0)
+
+    # After completion (after.delivery): a command hook and a signed webhook, both optional.
+    on_complete_command: str | None = None
+    hook_timeout_seconds: float = Field(60.0, gt=0)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
 
     prom_port: int = Field(8000, ge=0, le=65535)  # 0 turns the HTTP endpoint off
     prom_host: str = "127.0.0.1"
@@ -120,6 +129,42 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
 
+    @field_validator("on_complete_command")
+    @classmethod
+    def _check_command(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_command(value)
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, e.g."
+                " https://hooks.example.com/streamup"
+            )
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("it is empty; set a secret, or unset WEBHOOK_SECRET for no signature")
+        return value
+
+    @property
+    def on_complete_argv(self) -> list[str] | None:
+        """ON_COMPLETE_COMMAND split into the program and its arguments."""
+        return None if self.on_complete_command is None else split_command(self.on_complete_command)
+
     def redacted(self) -> dict[str, object]:
         """The settings as they may be logged: secrets masked, the Redis password removed."""
         shown: dict[str, object] = {}
@@ -128,8 +173,33 @@ class Settings(BaseSettings):
                 value = (
                     "**********" if name != "redis_url" else redact_url(value.get_secret_value())
                 )
+            if name == "webhook_url" and value is not None:
+                value = _url_without_credentials(str(value))
             shown[name] = str(value) if isinstance(value, Path) else value
         return shown
+
+
+def split_command(text: str) -> list[str]:
+    """ON_COMPLETE_COMMAND split as a POSIX shell would (quotes, backslashes), never run by one.
+
+    Raises ValueError, with the fix, when it is empty or its quotes do not close.
+    """
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"cannot be split like a shell would ({exc}); check its quotes") from None
+    if not argv or not argv[0]:
+        raise ValueError(
+            "it is empty; give a command line, e.g. '/usr/local/bin/on-upload --notify',"
+            " or unset ON_COMPLETE_COMMAND"
+        )
+    return argv
+
+
+def _url_without_credentials(url: str) -> str:
+    # A webhook URL may carry a token as user:password or in its query string.
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def redact_url(url: str) -> str:
@@ -175,9 +245,22 @@ def load_settings(
             value = "**********"
         hint = _RANGES.get(name, str(error["msg"]).removeprefix("Value error, "))
         raise ConfigError(f"{name.upper()}={value!r} is invalid: {hint}") from None
-    if prepare_watch_dir:
+    if settings.webhook_secret is not None and settings.webhook_url is None:
+        raise ConfigError(
+            "WEBHOOK_SECRET is set but WEBHOOK_URL is not; set WEBHOOK_URL or unset WEBHOOK_SECRET"
+        )
+    if prepare_watch_dir:  # the agent itself, not a reader such as `streamup status`
+        _check_hook_program(settings.on_complete_argv)
         _prepare_watch_dir(settings.watch_dir)
     return settings
+
+
+def _check_hook_program(argv: list[str] | None) -> None:
+    if argv is not None and shutil.which(argv[0]) is None:
+        raise ConfigError(
+            f"ON_COMPLETE_COMMAND names the program {argv[0]!r}, which is not found on PATH or"
+            " is not executable; give its full path or fix its permissions"
+        )
 
 
 def _prepare_watch_dir(path: Path) -> None:

@@ -1,7 +1,8 @@
 """The SQLite checkpoint store's schema, its migrations and its transactions.
 
 `prepare` runs at every open, in one transaction: it creates what is missing and migrates an older
-database in place. Columns added later (`streams.host`) are added when missing, without a schema
+database in place. Columns added later (`streams.host`) are added when missing, and tables added
+later (the event outbox: `outbox`, `deliveries`) are created when missing, without a schema
 version bump: an older agent still reads and writes a database that has them (it never names
 them), so going back a version stays possible. `user_version` only changes for changes an older
 agent could not live with.
@@ -57,6 +58,16 @@ CREATE TABLE IF NOT EXISTS completed_files (
 CREATE TABLE IF NOT EXISTS completions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, stream_id TEXT NOT NULL UNIQUE, record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    stream_id TEXT NOT NULL, type TEXT NOT NULL, host TEXT NOT NULL, created_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id TEXT NOT NULL, sink TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (event_id, sink)
+) WITHOUT ROWID;
 """
 STREAM_COLUMNS = (
     'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'

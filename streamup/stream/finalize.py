@@ -8,7 +8,10 @@ then equals the file as it is now, byte for byte, and the SHA-256 of the whole c
 
 from __future__ import annotations
 
+import json
+
 from streamup import metrics
+from streamup.after.events import stream_event
 from streamup.after.metadata import (
     build_metadata,
     content_type_for,
@@ -22,7 +25,7 @@ from streamup.files.source import stat_path
 from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
 from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part_proof, weakest
 from streamup.stream.check import EndCheck
-from streamup.stream.lifecycle import contiguous_prefix, end_reason
+from streamup.stream.lifecycle import check_transition, contiguous_prefix, end_reason
 from streamup.stream.worker import StreamWorker
 
 
@@ -134,8 +137,7 @@ async def finish_lost(worker: StreamWorker) -> None:
         if worker.record.upload_id is not None:
             key, upload_id = worker.record.key, worker.record.upload_id
             await worker.persist(lambda: worker.ctx.storage.abort_upload(key, upload_id), "abort")
-        await worker.set_status(Status.ABORTED_NO_PARTS)
-        await finish(worker)
+        await finish(worker, Status.ABORTED_NO_PARTS)
         return
     await worker.forget_parts([n for n in worker.parts if n > len(parts)])
     worker.record = worker.record.evolve(
@@ -179,9 +181,11 @@ async def write_metadata(worker: StreamWorker) -> None:
         )
     except StorageError as exc:
         if exc.code == "PreconditionFailed":
-            # Written already (a retry after a crash, or a previous owner): never overwritten.
+            # Written already (a retry after a crash, or a previous owner): never overwritten,
+            # and the event carries the document S3 holds, not the one rebuilt just now.
             worker.log.info("stream.metadata_exists", key=key)
-            await _completed(worker, doc)
+            stored = await worker.persist(lambda: storage.get_bytes(key), "read metadata")
+            await _completed(worker, _parsed(stored) or doc)
             return
         await worker.set_status(Status.FAILED_METADATA_UPLOAD, error=str(exc))
         metrics.FAILURES.labels(status=Status.FAILED_METADATA_UPLOAD.value).inc()
@@ -190,9 +194,16 @@ async def write_metadata(worker: StreamWorker) -> None:
     await _completed(worker, doc)
 
 
+def _parsed(body: bytes | None) -> dict[str, object] | None:
+    try:
+        doc = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 async def _completed(worker: StreamWorker, doc: dict[str, object]) -> None:
-    await worker.set_status(Status.COMPLETED, error=None)
-    await finish(worker)
+    await finish(worker, Status.COMPLETED, doc)
     metrics.COMPLETIONS.inc()
     worker.log.info(
         "stream.completed",
@@ -225,8 +236,15 @@ async def probe_source(worker: StreamWorker) -> ProbeResult:
     )
 
 
-async def finish(worker: StreamWorker) -> None:
-    """Replace the working state with the compact completed record, in one atomic step."""
+async def finish(
+    worker: StreamWorker, status: Status, metadata: dict[str, object] | None = None
+) -> None:
+    """Mark the stream `status` (completed, aborted_no_parts): the working state is replaced by
+    the compact completed record and the stream's event enters the outbox, in one atomic step.
+    A crash before it resumes the stream; after it, the event is delivered from the outbox."""
+    check_transition(worker.record.status, status)
+    error = None if status is Status.COMPLETED else worker.record.error
+    worker.record = worker.record.evolve(status=status, last_activity_at=utc_now(), error=error)
     record = worker.record
     completed = CompletedRecord(
         stream_id=record.stream_id,
@@ -240,5 +258,9 @@ async def finish(worker: StreamWorker) -> None:
         completed_at=record.completed_at or utc_now(),
         end_reason=record.end_reason,
     )
-    await worker.persist(lambda: worker.ctx.store.finish_stream(record, completed), "checkpoint")
+    event = stream_event(record, metadata, host=worker.ctx.agent_host, created_at=utc_now())
+    crash_point("before_finish")
+    await worker.persist(
+        lambda: worker.ctx.store.finish_stream(record, completed, event), "checkpoint"
+    )
     worker.completed_record = completed

@@ -63,6 +63,7 @@ class StreamContext:
     clock: Callable[[], float] = time.monotonic
     # What this endpoint proves (s3.integrity.probe at start-up, or S3_INTEGRITY_MODE).
     integrity: Capabilities = field(default_factory=lambda: Capabilities.forced(ProofMode.NONE))
+    agent_host: str = ""  # the events this agent writes are delivered by this host's agent
 
 
 class StreamWorker:
