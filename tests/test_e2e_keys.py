@@ -88,7 +88,9 @@ def test_templates_place_files_from_subfolders_where_expected(
     expected: Any,
 ) -> None:
     sources = {rel: put_finished(watch_dir, tmp_path, rel, PART + 1000) for rel in FILES}
-    extra = {"AGENT_ID": f"{HOST}:1", "WATCH_EXTENSIONS": ".mp4,.mkv"} | ({"S3_KEY_TEMPLATE": template} if template else {})
+    extra = {"AGENT_ID": f"{HOST}:1", "WATCH_EXTENSIONS": ".mp4,.mkv"}
+    if template is not None:
+        extra["S3_KEY_TEMPLATE"] = template
     process = agent(**extra)
     docs = wait_docs(s3_client, bucket, len(FILES))
     wanted = set()
@@ -114,7 +116,9 @@ def test_recordings_that_map_to_one_key_all_survive_with_distinct_keys(
     # it: neither may overwrite it or each other.
     s3_client.create_bucket(Bucket=bucket)
     s3_client.put_object(Bucket=bucket, Key="x.mp4", Body=b"someone else's object")
-    sources = {rel: put_finished(watch_dir, tmp_path, rel, PART + 7) for rel in ("c1/x.mp4", "c2/x.mp4")}  # fmt: skip
+    sources = {
+        rel: put_finished(watch_dir, tmp_path, rel, PART + 7) for rel in ("c1/x.mp4", "c2/x.mp4")
+    }
     process = agent(S3_KEY_TEMPLATE="{name}", S3_SSE="AES256")
     docs = wait_docs(s3_client, bucket, 2)
     keys = set()
@@ -131,12 +135,16 @@ def test_recordings_that_map_to_one_key_all_survive_with_distinct_keys(
     assert len(process.events_named("stream.key_collision")) == 2
     # The same path again (a new recording replacing a finished one): a new key again.
     replaced = put_finished(watch_dir, tmp_path, "c1/x.mp4", PART + 9)
-    doc = wait_for(
-        lambda: docs_by_path(s3_client, bucket).get(str(watch_dir / "c1/x.mp4"), {}).get(
-            "s3_key_prefix") == "x-4.mp4" and docs_by_path(s3_client, bucket)[
-            str(watch_dir / "c1/x.mp4")],
-        deadline_s=40, what="the replacing recording's metadata",
-    )  # fmt: skip
+
+    def replacing_doc() -> dict[str, Any] | None:
+        docs = [
+            d for d in metadata_docs(s3_client, bucket).values() if d["s3_key_prefix"] == "x-4.mp4"
+        ]
+        return docs[0] if docs else None
+
+    doc = wait_for(replacing_doc, deadline_s=40, what="the replacing recording's metadata")
+    assert doc["original_file_path"] == str(watch_dir / "c1/x.mp4")
+    assert doc["key_collision_of"] == "x.mp4"
     assert_exact(s3_client, bucket, doc, replaced, tmp_path)
     assert process.stop() == 0
 
