@@ -267,3 +267,28 @@ def test_bad_values_give_one_line_naming_the_setting_and_exit_2(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"streamup: error: {setting}=")
+
+
+def test_a_key_another_agents_unfinished_stream_holds_is_not_taken(
+    agent: Any, redis_url: str, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    # Two agents on one Redis, each with a folder of its own. A's recording is still below one
+    # part, so it has no multipart upload yet: only the checkpoint store knows its key.
+    folders = {name: tmp_path / f"watch-{name}" for name in ("a", "b")}
+    for folder in folders.values():
+        folder.mkdir()
+    common = {"S3_KEY_TEMPLATE": "{name}", "REDIS_URL": redis_url}
+    first = agent(**common, WATCH_DIR=str(folders["a"]), STATE_DIR=str(tmp_path / "sa"))
+    growing = folders["a"] / "x.mp4"
+    writer = grow(growing, 4 * MiB, MiB // 2)
+    wait_for(lambda: first.events_named("stream.discovered"), deadline_s=20, what="A's stream")
+    second = agent(**common, WATCH_DIR=str(folders["b"]), STATE_DIR=str(tmp_path / "sb"))
+    finished = put_finished(folders["b"], tmp_path, "x.mp4", PART + 5)
+    writer.join()
+    docs = wait_docs(s3_client, bucket, 2)
+    mine, theirs = docs[str(growing)], docs[str(folders["b"] / "x.mp4")]
+    assert (mine["s3_key_prefix"], mine["key_collision_of"]) == ("x.mp4", None)
+    assert (theirs["s3_key_prefix"], theirs["key_collision_of"]) == ("x-2.mp4", "x.mp4")
+    assert_exact(s3_client, bucket, mine, growing, tmp_path)
+    assert_exact(s3_client, bucket, theirs, finished, tmp_path)
+    assert first.stop() == 0 and second.stop() == 0
