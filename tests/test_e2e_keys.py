@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from streamup.errors import StorageError
 from streamup.s3.client import S3Storage
-from streamup.s3.placement import ensure_tags
+from streamup.s3.object_options import ObjectOptions
+from streamup.s3.placement import ensure_tags, refused_option
 from tests import servers
 from tests.agent import (
     MiB,
@@ -292,3 +294,33 @@ def test_a_key_another_agents_unfinished_stream_holds_is_not_taken(
     assert_exact(s3_client, bucket, mine, growing, tmp_path)
     assert_exact(s3_client, bucket, theirs, finished, tmp_path)
     assert first.stop() == 0 and second.stop() == 0
+
+
+class RefusesClasses(S3Storage):
+    """moto as Ceph RGW answers a storage class it has no placement for."""
+
+    async def create_upload(
+        self, key: str, content_type: str, *, crc32c: bool = False,
+        options: ObjectOptions | None = None,
+    ) -> str:  # fmt: skip
+        if options is not None and options.storage_class not in (None, "STANDARD"):
+            raise StorageError("creating multipart upload: 400 InvalidArgument", code="400")
+        return await super().create_upload(key, content_type, crc32c=crc32c, options=options)
+
+
+async def test_the_start_up_check_names_the_option_the_server_refuses(
+    s3_endpoint: str, s3_client: Any, bucket: str
+) -> None:
+    s3_client.create_bucket(Bucket=bucket)
+    storage = RefusesClasses(bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
+                             access_key_id="testing", secret_access_key="testing")  # fmt: skip
+    await storage.open()
+    try:
+        options = ObjectOptions(sse="AES256", storage_class="GLACIER", tags=(("a", "1"),))
+        refused = await refused_option(storage, "streams", options)
+        assert refused is not None and refused[0] == "S3_STORAGE_CLASS"
+        accepted = ObjectOptions(sse="AES256", storage_class="STANDARD", tags=(("a", "1"),))
+        assert await refused_option(storage, "streams", accepted) is None
+    finally:
+        await storage.close()
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
