@@ -146,6 +146,9 @@ class StreamRecord:
     # "CRC32C" when the upload was created with that additional checksum (every part then
     # carries it); empty for uploads created before checksums existed, which never get one.
     checksum_algorithm: str = ""
+    # The key S3_KEY_TEMPLATE gave, when another object or stream held it and `key` is a
+    # numbered variant of it (s3.placement); empty otherwise.
+    key_collision_of: str = ""
 
     def evolve(self, **changes: object) -> StreamRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

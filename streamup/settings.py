@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+import streamup.s3.object_options as options
 from streamup.errors import ConfigError
+from streamup.s3.keys import DEFAULT_TEMPLATE, KeyTemplate, parse_template
 from streamup.s3.parts import MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -45,6 +47,13 @@ class Settings(BaseSettings):
     s3_bucket_name: str = Field("video-streams", min_length=3, max_length=63)
     s3_region_name: str = "us-east-1"
     s3_key_prefix: str = "streams"
+    # Where each object goes (s3.keys) and how it is stored (s3.object_options).
+    s3_key_template: str = DEFAULT_TEMPLATE
+    s3_sse: str | None = None
+    s3_sse_kms_key_id: str | None = None
+    s3_storage_class: str | None = None
+    s3_object_tags: str | None = None
+    s3_object_metadata: str | None = None
     # How each part is proven to be in S3 byte for byte (s3.integrity); `auto` asks the server.
     s3_integrity_mode: Literal["auto", "checksum", "content_md5", "etag", "none"] = "auto"
 
@@ -124,7 +133,66 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("s3_endpoint_url", "ffprobe_path", "status_token", mode="before")
+    @field_validator("s3_key_template")
+    @classmethod
+    def _check_template(cls, value: str, info: ValidationInfo) -> str:
+        parse_template(value, prefix=info.data.get("s3_key_prefix", ""))
+        return value
+
+    @field_validator("s3_sse")
+    @classmethod
+    def _check_sse(cls, value: str | None) -> str | None:
+        return None if value is None else options.parse_sse(value)
+
+    @field_validator("s3_sse_kms_key_id")
+    @classmethod
+    def _check_kms_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("s3_sse") != "aws:kms":
+            raise ValueError("goes only with S3_SSE=aws:kms; set S3_SSE=aws:kms or unset it")
+        return options.parse_kms_key_id(value)
+
+    @field_validator("s3_storage_class")
+    @classmethod
+    def _check_storage_class(cls, value: str | None) -> str | None:
+        return None if value is None else options.parse_storage_class(value)
+
+    @field_validator("s3_object_tags")
+    @classmethod
+    def _check_tags(cls, value: str | None) -> str | None:
+        if value is not None:
+            options.parse_tags(value)
+        return value
+
+    @field_validator("s3_object_metadata")
+    @classmethod
+    def _check_metadata(cls, value: str | None) -> str | None:
+        if value is not None:
+            options.parse_metadata(value)
+        return value
+
+    @property
+    def key_template(self) -> KeyTemplate:
+        return parse_template(self.s3_key_template, prefix=self.s3_key_prefix)
+
+    @property
+    def object_options(self) -> options.ObjectOptions:
+        """What every object is stored with (S3_SSE ... S3_OBJECT_METADATA)."""
+        return options.ObjectOptions(
+            sse=self.s3_sse,
+            kms_key_id=self.s3_sse_kms_key_id,
+            storage_class=self.s3_storage_class,
+            tags=options.parse_tags(self.s3_object_tags) if self.s3_object_tags else (),
+            metadata=(
+                options.parse_metadata(self.s3_object_metadata) if self.s3_object_metadata else ()
+            ),
+        )
+
+    @field_validator(
+        "s3_endpoint_url", "ffprobe_path", "s3_sse", "s3_sse_kms_key_id", "s3_storage_class",
+        "s3_object_tags", "s3_object_metadata", "status_token", mode="before",
+    )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value

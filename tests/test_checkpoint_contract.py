@@ -146,6 +146,7 @@ async def test_every_stream_field_round_trips(store: CheckpointStore) -> None:
         end_reason=EndReason.FILE_REPLACED,
         error="metadata upload failed: AccessDenied: no",
         host="edge-07.example",
+        key_collision_of="recordings/cam/s1.mp4",
     )
     await store.save_stream(stream)
     loaded = await store.load_stream("s1")
@@ -476,6 +477,7 @@ async def test_redis_writes_the_seed_key_schema(
         "error": "",
         "host": "",
         "checksum_algorithm": "",
+        "key_collision_of": "",
     }
     assert await raw.hgetall("stream:s1:parts") == {
         "1": f'"{1:032x}":{8 * MiB}:2024-05-01T12:00:01.123457+00:00'
@@ -938,6 +940,7 @@ async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path)
         conn.execute("DROP INDEX streams_by_path")
         conn.execute("ALTER TABLE streams DROP COLUMN host")
         conn.execute("ALTER TABLE streams DROP COLUMN checksum_algorithm")
+        conn.execute("ALTER TABLE streams DROP COLUMN key_collision_of")
         conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
     conn.close()
     await store.open()

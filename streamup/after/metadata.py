@@ -118,6 +118,9 @@ def build_metadata(
         # before, and nothing could check it against the final file.
         "partial": stream.end_reason is EndReason.FILE_LOST,
         "probe_error": probe.error,
+        # The key S3_KEY_TEMPLATE gave, when another object held it and this one got a
+        # numbered key instead; null otherwise.
+        "key_collision_of": stream.key_collision_of or None,
         "streamup_version": streamup.__version__,
     }
 

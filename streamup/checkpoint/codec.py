@@ -140,6 +140,7 @@ _META_DEFAULTS = {
     "error": "",
     "host": "",
     "checksum_algorithm": "",
+    "key_collision_of": "",
 }
 
 
@@ -168,6 +169,7 @@ def stream_to_meta(stream: StreamRecord) -> dict[str, str]:
         "error": stream.error or "",
         "host": stream.host,
         "checksum_algorithm": stream.checksum_algorithm,
+        "key_collision_of": stream.key_collision_of,
     }
 
 
@@ -198,6 +200,7 @@ def stream_from_meta(stream_id: str, fields: dict[str, str], *, where: str) -> S
         error=meta.text("error") or None,
         host=meta.text("host"),
         checksum_algorithm=meta.text("checksum_algorithm"),
+        key_collision_of=meta.text("key_collision_of"),
     )
 
 
@@ -273,6 +276,7 @@ def stream_to_row(stream: StreamRecord) -> dict[str, object]:
         "error": stream.error or None,
         "host": stream.host,
         "checksum_algorithm": stream.checksum_algorithm,
+        "key_collision_of": stream.key_collision_of,
     }
 
 
@@ -311,4 +315,5 @@ _PLAIN_COLUMNS = (
     "error",
     "host",
     "checksum_algorithm",
+    "key_collision_of",
 )

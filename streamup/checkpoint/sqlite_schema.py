@@ -25,6 +25,7 @@ _ADDED_COLUMNS = {
     "streams": {
         "host": "TEXT NOT NULL DEFAULT ''",
         "checksum_algorithm": "TEXT NOT NULL DEFAULT ''",
+        "key_collision_of": "TEXT NOT NULL DEFAULT ''",
     },
     "parts": {"crc32c_hex": "TEXT NOT NULL DEFAULT ''"},
 }
@@ -40,7 +41,7 @@ CREATE TABLE IF NOT EXISTS streams (
     size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, uploaded_bytes INTEGER NOT NULL,
     reuploaded_parts INTEGER NOT NULL, sha256_hex TEXT, completed_at TEXT,
     end_reason TEXT NOT NULL, error TEXT, host TEXT NOT NULL DEFAULT '',
-    checksum_algorithm TEXT NOT NULL DEFAULT ''
+    checksum_algorithm TEXT NOT NULL DEFAULT '', key_collision_of TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS streams_by_path ON streams (path);
 CREATE TABLE IF NOT EXISTS parts (
@@ -73,7 +74,7 @@ STREAM_COLUMNS = (
     'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'
     " part_size_fixed, started_at, last_activity_at, upload_id, size_bytes, mtime_ns,"
     " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error, host,"
-    " checksum_algorithm"
+    " checksum_algorithm, key_collision_of"
 )
 STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in STREAM_COLUMNS.split(","))
 COMPLETED_COLUMNS = (

@@ -24,6 +24,7 @@ from streamup.files.probe import ProbeResult, probe_media
 from streamup.files.source import stat_path
 from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
 from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part_proof, weakest
+from streamup.s3.placement import ensure_tags
 from streamup.stream.check import EndCheck
 from streamup.stream.lifecycle import check_transition, contiguous_prefix, end_reason
 from streamup.stream.worker import StreamWorker
@@ -173,20 +174,27 @@ async def write_metadata(worker: StreamWorker) -> None:
         worker.log.error("stream.failed", status="failed_metadata_generation", error=str(exc))
         return
     body, key = encode_metadata(doc), metadata_key(worker.record.key)
-    storage = worker.ctx.storage
+    storage, options = worker.ctx.storage, worker.ctx.object_options
     await worker.check_lease()
     try:
-        await worker.persist(
-            lambda: storage.put_bytes(key, body, "application/json", exclusive=True), "metadata"
-        )
-    except StorageError as exc:
-        if exc.code == "PreconditionFailed":
+        await _keep_tags(worker, worker.record.key)
+        try:
+            await worker.persist(
+                lambda: storage.put_bytes(
+                    key, body, "application/json", exclusive=True, options=options
+                ),
+                "metadata",
+            )
+        except StorageError as exc:
+            if exc.code != "PreconditionFailed":
+                raise
             # Written already (a retry after a crash, or a previous owner): never overwritten,
             # and the event carries the document S3 holds, not the one rebuilt just now.
             worker.log.info("stream.metadata_exists", key=key)
             stored = await worker.persist(lambda: storage.get_bytes(key), "read metadata")
-            await _completed(worker, _parsed(stored) or doc)
-            return
+            doc = _parsed(stored) or doc
+        await _keep_tags(worker, key)
+    except StorageError as exc:
         await worker.set_status(Status.FAILED_METADATA_UPLOAD, error=str(exc))
         metrics.FAILURES.labels(status=Status.FAILED_METADATA_UPLOAD.value).inc()
         worker.log.error("stream.failed", status="failed_metadata_upload", error=str(exc))
@@ -200,6 +208,14 @@ def _parsed(body: bytes | None) -> dict[str, object] | None:
     except ValueError:
         return None
     return doc if isinstance(doc, dict) else None
+
+
+async def _keep_tags(worker: StreamWorker, key: str) -> None:
+    """S3_OBJECT_TAGS went with CreateMultipartUpload / PutObject; a server that dropped them
+    (Ceph RGW drops those given at CreateMultipartUpload) gets them by PutObjectTagging."""
+    wanted, storage = worker.ctx.object_options.tags, worker.ctx.storage
+    if await worker.persist(lambda: ensure_tags(storage, key, wanted), "tags"):
+        worker.log.info("object.tags_applied", key=key)
 
 
 async def _completed(worker: StreamWorker, doc: dict[str, object]) -> None:
