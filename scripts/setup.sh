@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a fresh machine lacks: ffmpeg and redis-server (apt-get), then a virtual
+# Everything a fresh machine lacks: ffmpeg, redis-server and Ceph RGW (apt-get), then a virtual
 # environment in .venv with streamup and its test tools. Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# Ceph RGW, the second S3 server of the test suite (tests/rgw.py): monitor, OSD, gateway, admin.
+command -v ceph-mon >/dev/null 2>&1 || missing+=(ceph-mon)
+command -v ceph-osd >/dev/null 2>&1 || missing+=(ceph-osd)
+command -v radosgw >/dev/null 2>&1 || missing+=(radosgw)
+command -v radosgw-admin >/dev/null 2>&1 || missing+=(ceph-common)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]} with apt-get"
   sudo=""
