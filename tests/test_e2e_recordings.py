@@ -29,6 +29,7 @@ from tests.agent import (
     wait_for,
     write_slowly,
 )
+from tests.conftest import S3_BACKENDS, S3_TEST_CREDENTIALS
 
 RECORD_SECONDS = 20
 
@@ -117,13 +118,15 @@ class Session:
     work_dir: Path
 
 
-@pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Session]:
+@pytest.fixture(scope="module", params=S3_BACKENDS)
+def session(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Session]:
+    """Every scenario at once on one agent, against each S3 server in turn."""
     import boto3
 
-    from tests.conftest import S3_TEST_CREDENTIALS
-
-    root = tmp_path_factory.mktemp("recordings")
+    s3_endpoint = str(request.getfixturevalue(f"{request.param}_endpoint"))
+    root = tmp_path_factory.mktemp(f"recordings-{request.param}")
     watch_dir = root / "watch"
     (watch_dir / "cams").mkdir(parents=True)
     bucket = f"rec-{os.getpid()}-{int(time.time())}"
