@@ -1,7 +1,8 @@
 """A TCP proxy between the agent and S3 that counts bytes and can cut the network.
 
 `cut()` drops every open connection and refuses new ones (the listening socket is closed, so a
-connect gets ECONNREFUSED); `restore()` listens again on the same port.
+connect gets ECONNREFUSED); `restore()` listens again on the same port. `before_forward`, when
+set, sees every block the agent sends before S3 does (to act on S3 at a precise request).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 from tests.servers import free_port
 
@@ -21,6 +23,7 @@ class FaultProxy:
         self.port = free_port()
         self.bytes_up = 0  # agent -> S3: what the agent sent
         self.content_md5_headers = 0  # requests that carried an integrity header
+        self.before_forward: Callable[[bytes], None] | None = None
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -62,6 +65,8 @@ class FaultProxy:
                     with self._lock:
                         self.bytes_up += len(data)
                         self.content_md5_headers += data.lower().count(b"\r\ncontent-md5: ")
+                    if self.before_forward is not None:
+                        self.before_forward(data)
                 dst.sendall(data)
         except OSError:
             pass

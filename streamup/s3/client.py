@@ -258,8 +258,10 @@ class S3Storage:
         # Some servers accept the header on completion and ignore it (Ceph RGW 16 overwrites):
         # a HeadObject first, so that only a completion racing this very instant could.
         if await self.head_object(key) is not None:
-            raise StorageError(f"completing {key!r}: an object is there already",
-                               code="PreconditionFailed")  # fmt: skip
+            raise StorageError(
+                f"completing {key!r}: PreconditionFailed (an object is there already; it is "
+                "never replaced)", code="PreconditionFailed",
+            )  # fmt: skip
         parts = {"Parts": [{"PartNumber": n, "ETag": e} for n, e in etags]}
         response = await self._about_upload(key, upload_id, lambda: self._exclusive(
             f"completing {key!r}",
