@@ -169,3 +169,28 @@ def test_a_step_that_keeps_failing_is_reported_once_and_paced_by_a_growing_backo
     assert "AccessDenied" in row["error"]
     assert second.events_named("stream.recovered")
     assert second.stop() == 0
+
+
+@BOTH_SERVERS
+def test_file_and_upload_both_lost_while_the_agent_was_down_end_the_stream(
+    agent: Any, env: dict[str, str], watch_dir: Path, s3_client: Any, bucket: str
+) -> None:
+    # Nothing is left to keep, anywhere: the stream ends (aborted_no_parts), not left active.
+    target = watch_dir / "nowhere.mp4"
+    with target.open("wb") as handle:
+        first = agent()
+        write_slowly(handle, total_bytes=PART + 100, rate_bytes_s=4 * MiB)
+        wait_for(lambda: first.events_named("part.uploaded"), deadline_s=20, what="a part")
+        first.kill()
+    target.unlink()
+    assert abort_every_upload(s3_client, bucket) == 1
+    second = agent()
+    wait_for(lambda: second.events_named("stream.upload_restarted"), deadline_s=20, what="restart")
+    document = wait_for(
+        lambda: (d := json.loads(run_cli(env, "status", "--json").stdout))["streams"] == [] and d,
+        deadline_s=20, what="the stream to end",
+    )  # fmt: skip
+    [ended] = document["recent_completions"]
+    assert (ended["state"], ended["end_reason"]) == ("aborted_no_parts", "file_lost")
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert second.stop() == 0

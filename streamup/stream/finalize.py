@@ -202,6 +202,10 @@ async def finish_lost(worker: StreamWorker) -> None:
     )
     if await complete(worker, parts):
         await write_metadata(worker)
+    elif worker.record.upload_id is None:
+        # The upload vanished as well (aborted, expired): nothing is left anywhere to keep.
+        await worker.set_status(Status.ABORTED_NO_PARTS)
+        await finish(worker)
 
 
 async def write_metadata(worker: StreamWorker) -> None:
