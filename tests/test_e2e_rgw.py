@@ -17,6 +17,7 @@ import pytest
 from tests.agent import (
     MiB,
     assert_exact,
+    kill_after_first_part,
     metadata_docs,
     wait_for,
     wait_metadata,
@@ -50,12 +51,7 @@ def status_rows(env: dict[str, str]) -> list[dict[str, Any]]:
 
 @BOTH_SERVERS
 def test_upload_aborted_just_before_completion_starts_afresh(
-    agent: Any,
-    proxy: FaultProxy,
-    watch_dir: Path,
-    tmp_path: Path,
-    s3_client: Any,
-    bucket: str,
+    agent: Any, proxy: FaultProxy, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:
     # RGW answers this completion with 500 InternalError, which reads as "busy, try again":
     # only ListParts tells that the upload is gone. Without that check: retried forever.
@@ -131,10 +127,7 @@ def test_a_step_that_keeps_failing_is_reported_once_and_paced_by_a_growing_backo
     # traceback each time (64 lines in two minutes).
     target = watch_dir / "denied.mp4"
     handle = target.open("wb")
-    first = agent()
-    write_slowly(handle, total_bytes=PART + 10, rate_bytes_s=4 * MiB)
-    wait_for(lambda: first.events_named("part.uploaded"), deadline_s=20, what="a part")
-    first.kill()
+    kill_after_first_part(agent(), handle)
     s3_client.put_bucket_policy(Bucket=bucket, Policy=deny(bucket, "s3:ListMultipartUploadParts"))
     second = agent()
     write_slowly(handle, total_bytes=3 * MiB, rate_bytes_s=MiB // 4)  # 12 s of small writes
@@ -178,10 +171,7 @@ def test_file_and_upload_both_lost_while_the_agent_was_down_end_the_stream(
     # Nothing is left to keep, anywhere: the stream ends (aborted_no_parts), not left active.
     target = watch_dir / "nowhere.mp4"
     with target.open("wb") as handle:
-        first = agent()
-        write_slowly(handle, total_bytes=PART + 100, rate_bytes_s=4 * MiB)
-        wait_for(lambda: first.events_named("part.uploaded"), deadline_s=20, what="a part")
-        first.kill()
+        kill_after_first_part(agent(), handle)
     target.unlink()
     assert abort_every_upload(s3_client, bucket) == 1
     second = agent()
