@@ -11,8 +11,10 @@ Started once per test session, in about 2-4 s on a 2-core machine; each test use
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -27,6 +29,7 @@ from tests.servers import free_port, stop, wait_for_port
 
 T = TypeVar("T")
 BINARIES = ("monmaptool", "ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "ceph")
+PR_SET_PDEATHSIG = 1  # prctl(2)
 START_DEADLINE_S = 120.0  # below pytest's 180 s per test, so the reason is ours, not a timeout
 
 
@@ -116,11 +119,12 @@ class _Cluster:
         return result.stdout
 
     def start(self, name: str, *args: str) -> None:
-        """Start a daemon in the foreground (`-f`), so it dies with its Popen, never orphaned."""
+        """Start a daemon in the foreground (`-f`): it is our child, stopped by `stop()`, and
+        killed by the kernel if the test run dies first (no daemon left holding ports)."""
         stderr = (self.base / "log" / f"{name}.stderr").open("ab")
         self.daemons[name] = subprocess.Popen(
             [args[0], "-f", "-c", str(self.conf), *args[1:]],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
+            env=self.env, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_die_with_parent,
         )  # fmt: skip
         stderr.close()
 
@@ -211,6 +215,10 @@ def rgw_server(base: Path, *, access_key: str, secret_key: str) -> Iterator[Rgw]
         yield Rgw(endpoint, version, time.monotonic() - started, base)
     finally:
         cluster.stop()
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _expect_line(log: Path, text: str) -> None:
