@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +9,7 @@ import boto3
 import pytest
 import redis as redis_sync
 
+from streamup.s3.client import S3Storage
 from tests import servers
 from tests.agent import AgentProcess, agent_env
 from tests.proxy import FaultProxy
@@ -122,3 +123,16 @@ def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
     proxy = FaultProxy(s3_endpoint).start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
+    """streamup's own S3 client on the test's server, with a fresh bucket it has just created."""
+    client = S3Storage(
+        bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
+        access_key_id="testing", secret_access_key="testing",
+    )  # fmt: skip
+    await client.open()
+    assert await client.ensure_bucket() is True
+    yield client
+    await client.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -155,18 +154,6 @@ async def test_the_running_hash_takes_parts_in_order_and_restarts_before_a_chang
     assert running.end_bytes == 1000
     running.feed(spans[1], new, crc32c_of(new).hex())
     assert await running.hexdigest() == hashlib.sha256(bodies[0] + new).hexdigest()
-
-
-@pytest.fixture
-async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
-    client = S3Storage(
-        bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
-        access_key_id="testing", secret_access_key="testing",
-    )  # fmt: skip
-    await client.open()
-    await client.ensure_bucket()
-    yield client
-    await client.close()
 
 
 # moto accepts CRC32C uploads, checks neither a checksum nor Content-MD5, and its part ETags

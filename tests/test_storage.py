@@ -7,7 +7,6 @@ import asyncio
 import base64
 import hashlib
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,18 +18,6 @@ from tests.conftest import BOTH_SERVERS
 from tests.servers import free_port
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
-    client = S3Storage(
-        bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
-        access_key_id="testing", secret_access_key="testing",
-    )  # fmt: skip
-    await client.open()
-    assert await client.ensure_bucket() is True
-    yield client
-    await client.close()
 
 
 async def send(storage: S3Storage, key: str, upload_id: str, number: int, body: bytes) -> str:
