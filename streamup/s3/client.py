@@ -270,7 +270,7 @@ class S3Storage:
         key: str,
         upload_id: str,
         number: int,
-        body: bytes | bytearray,
+        body: bytes,
         *,
         crc32c: bytes | None = None,
         md5: bytes | None = None,
