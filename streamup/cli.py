@@ -189,7 +189,7 @@ def _status(args: argparse.Namespace) -> int:
         store = make_store(settings, exclusive=False)
         await store.open()
         try:
-            return await collect(store)
+            return await collect(store, watch_dir=str(settings.watch_dir))
         finally:
             await store.close()
 

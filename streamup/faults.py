@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 import sys
 
-POINTS = ("after_part_upload", "before_complete", "after_complete", "before_metadata")
+POINTS = (
+    "after_part_upload", "before_complete", "after_complete", "before_metadata",
+    # the local-file action: intent checkpointed, file not yet touched; a move's copy landed
+    "before_local_delete", "before_local_move", "after_local_copy",
+)  # fmt: skip
 
 
 def _armed() -> dict[str, int]:

@@ -18,7 +18,7 @@ BASE = {
     "errors", "models", "metrics", "faults", "retry", "memory", "settings", "checksums", "__init__"
 }  # fmt: skip
 # Pure modules every room may import too.
-PURE = {"s3.parts", "stream.lifecycle", "after.metadata"}
+PURE = {"s3.parts", "stream.lifecycle", "after.metadata", "after.lifecycle"}
 
 # room -> the rooms it may import besides the base, itself and the pure modules.
 ALLOWED: dict[str, set[str]] = {
@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "files": set(),
     "checkpoint": set(),
     "s3": {"checkpoint"},
-    "after": {"files"},
+    "after": {"files", "s3", "checkpoint"},
     "stream": {"files", "s3", "checkpoint", "after"},
     "ops": {"files", "checkpoint"},
     "service": {"files", "s3", "checkpoint", "after", "stream", "ops"},

@@ -58,8 +58,16 @@ class CheckpointStore(Protocol):
     async def completed_files(self) -> dict[str, CompletedRecord]:
         """The completed record of every path that still has one, keyed by path."""
 
-    async def forget_completed_file(self, path: str) -> None:
-        """The file is gone: drop its completed record (recent-completion history is kept)."""
+    async def forget_completed_file(self, path: str, stream_id: str | None = None) -> None:
+        """The file is gone: drop its completed record (recent-completion history is kept).
+        With `stream_id`: only while the path's record is still that stream's."""
+
+    async def completed_file(self, path: str) -> CompletedRecord | None:
+        """The path's completed record, or None."""
+
+    async def update_completed_file(self, record: CompletedRecord) -> bool:
+        """Replace the path's completed record by `record` (the local-file action's intent)
+        while it is still the record of the same stream; False, writing nothing, otherwise."""
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         """Newest first."""

@@ -121,9 +121,26 @@ class MemoryStore:
             for path, text in self._completed_files.items()
         }
 
-    async def forget_completed_file(self, path: str) -> None:
+    async def forget_completed_file(self, path: str, stream_id: str | None = None) -> None:
         self._check()
-        self._completed_files.pop(path, None)
+        if stream_id is None or self._completed_stream(path) == stream_id:
+            self._completed_files.pop(path, None)
+
+    async def completed_file(self, path: str) -> CompletedRecord | None:
+        self._check()
+        text = self._completed_files.get(path)
+        return None if text is None else completed_from_json(text, where=path)
+
+    async def update_completed_file(self, record: CompletedRecord) -> bool:
+        self._check()
+        if self._completed_stream(record.path) != record.stream_id:
+            return False
+        self._completed_files[record.path] = completed_to_json(record)
+        return True
+
+    def _completed_stream(self, path: str) -> str | None:
+        text = self._completed_files.get(path)
+        return None if text is None else completed_from_json(text, where=path).stream_id
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         self._check()

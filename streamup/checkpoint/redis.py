@@ -64,6 +64,25 @@ COMPLETED_FILES = "streams:completed_files"
 COMPLETED_LOG = "streams:completed_log"
 _STATUS_SETS = (ACTIVE, PENDING, FAILED, COMPLETED)
 
+# Compare-and-set on a path's completed record: only while it names the same stream (ARGV[2]).
+_OF_STREAM = """
+local function of_stream()
+  local current = redis.call('HGET', KEYS[1], ARGV[1])
+  if not current then return false end
+  local ok, record = pcall(cjson.decode, current)
+  return ok and type(record) == 'table' and record['stream_id'] == ARGV[2]
+end
+"""
+_UPDATE_OF_STREAM = _OF_STREAM + """
+if not of_stream() then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+_FORGET_OF_STREAM = _OF_STREAM + """
+if of_stream() then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 1
+"""
+
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
 
@@ -338,9 +357,22 @@ class RedisStore:
             for path, text in entries.items()
         }
 
-    async def forget_completed_file(self, path: str) -> None:
+    async def forget_completed_file(self, path: str, stream_id: str | None = None) -> None:
         with self._translate("forgetting a completed file"):
-            await self._redis().hdel(COMPLETED_FILES, path)
+            if stream_id is None:
+                await self._redis().hdel(COMPLETED_FILES, path)
+            else:
+                await self._script(_FORGET_OF_STREAM, [COMPLETED_FILES], [path, stream_id])
+
+    async def completed_file(self, path: str) -> CompletedRecord | None:
+        with self._translate("loading a completed file"):
+            text = cast(str | None, await self._redis().hget(COMPLETED_FILES, path))
+        return None if text is None else completed_from_json(text, where=COMPLETED_FILES)
+
+    async def update_completed_file(self, record: CompletedRecord) -> bool:
+        args = [record.path, record.stream_id, completed_to_json(record)]
+        with self._translate("updating a completed file"):
+            return bool(await self._script(_UPDATE_OF_STREAM, [COMPLETED_FILES], args))
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         if limit <= 0:

@@ -19,7 +19,8 @@ from streamup.metrics import REGISTRY
 log = structlog.get_logger("streamup")
 
 StatusSource = Callable[[], Awaitable[dict[str, object]]]
-HealthSource = Callable[[], Awaitable[bool]]
+# True: healthy; a text: up, but degraded for that reason (answered 200, see `_health`).
+HealthSource = Callable[[], Awaitable[bool | str]]
 Response = tuple[str, str, bytes]
 
 # A health probe or a scraper that stops mid-request must not hold a connection open for ever.
@@ -81,6 +82,10 @@ async def _health(healthy: HealthSource) -> Response:
     except Exception:  # a probe that cannot decide says unhealthy; it never raises
         log.exception("http.health_failed")
         ok = False
+    if isinstance(ok, str):
+        # Degraded (the disk is short): 200, so liveness probes do not restart an agent whose
+        # uploads are what frees the disk; the body, /status and streamup_disk_short tell it.
+        return "200 OK", "text/plain", f"degraded: {ok}\n".encode()
     if ok:
         return "200 OK", "text/plain", b"ok\n"
     return "503 Service Unavailable", "text/plain", b"unhealthy\n"

@@ -8,13 +8,23 @@ then equals the file as it is now, byte for byte, and the SHA-256 of the whole c
 
 from __future__ import annotations
 
+import dataclasses
+
 from streamup import metrics
 from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
+from streamup.checksums import multipart_etag
 from streamup.errors import NoSuchUpload, SourceChanged, StorageError
 from streamup.faults import crash_point
 from streamup.files.probe import ProbeResult, probe_media
 from streamup.files.source import stat_path
-from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
+from streamup.models import (
+    CompletedRecord,
+    EndReason,
+    FileState,
+    PartRecord,
+    Status,
+    utc_now,
+)
 from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part_proof, weakest
 from streamup.stream.check import EndCheck
 from streamup.stream.lifecycle import contiguous_prefix, end_reason
@@ -223,7 +233,7 @@ async def probe_source(worker: StreamWorker) -> ProbeResult:
 async def finish(worker: StreamWorker) -> None:
     """Replace the working state with the compact completed record, in one atomic step."""
     record = worker.record
-    completed = CompletedRecord(
+    completed = _with_proof(worker, CompletedRecord(
         stream_id=record.stream_id,
         path=record.path,
         bucket=record.bucket,
@@ -234,6 +244,30 @@ async def finish(worker: StreamWorker) -> None:
         mtime_ns=record.mtime_ns,
         completed_at=record.completed_at or utc_now(),
         end_reason=record.end_reason,
-    )
+    ))  # fmt: skip
     await worker.persist(lambda: worker.ctx.store.finish_stream(record, completed), "checkpoint")
     worker.completed_record = completed
+
+
+def _with_proof(worker: StreamWorker, completed: CompletedRecord) -> CompletedRecord:
+    """What the local-file action checks later (after.lifecycle), kept in the completed record
+    because the parts leave the checkpoint now: the digests the object must show, its proof, the
+    file's ctime, the finishing host."""
+    record, source = worker.record, worker.source
+    parts = [worker.parts[n] for n in sorted(worker.parts)]
+    if record.status is not Status.COMPLETED or not parts:
+        return dataclasses.replace(completed, host=worker.ctx.agent_host)
+    etag = ""
+    if all(p.md5_hex for p in parts):
+        etag = multipart_etag(bytes.fromhex(p.md5_hex) for p in parts)
+    verified = FileState(record.identity, record.size_bytes, record.mtime_ns)
+    ctime_ns = source.ctime_ns() if source is not None and source.fstat() == verified else 0
+    return dataclasses.replace(
+        completed,
+        ctime_ns=ctime_ns,
+        sha256_hex=record.sha256_hex or "",
+        object_etag=etag,
+        object_crc32c=composite_crc32c(parts) or "",
+        proof=object_proof(worker, parts).value,
+        host=worker.ctx.agent_host,
+    )

@@ -63,6 +63,7 @@ class StreamContext:
     clock: Callable[[], float] = time.monotonic
     # What this endpoint proves (s3.integrity.probe at start-up, or S3_INTEGRITY_MODE).
     integrity: Capabilities = field(default_factory=lambda: Capabilities.forced(ProofMode.NONE))
+    agent_host: str = ""  # this agent's host: it acts on the local files of the streams it ends
 
 
 class StreamWorker:

@@ -1,0 +1,550 @@
+"""The local-file action and the free-space guard: delete or move each completed file once S3
+provably holds it (`after.lifecycle` decides; this module observes and acts).
+
+One action, each step a precondition of the next:
+1. the local proof: the record, the file as it is now, who writes it (cheap, so it goes first);
+2. with a shared Redis, the action's lease (one agent acts);
+3. HeadObject of the object and of its metadata, compared with the record;
+4. the intent, checkpointed on the completed record (compare-and-set), then the crash point;
+5. the local proof again, freshly observed, right before the irreversible step;
+6. the step: unlink; or, to move, a hard link at the target (never over an existing file) and
+   an unlink; across filesystems a copy, fsynced, re-read and compared, linked into place, then
+   the unlink;
+7. the record forgotten (it has done its job), metrics, the log line.
+
+A crash between 4 and 7 is resolved at the next start (`recover`): done, finished, or the whole
+action again with every check. The window between step 5 and the unlink is a few system calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import os
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from streamup import metrics
+from streamup.after.lifecycle import (
+    Action,
+    Keep,
+    Local,
+    Remote,
+    Resume,
+    due,
+    local_verdict,
+    move_target,
+    oldest_first,
+    partial_path,
+    remote_verdict,
+    resume_intent,
+)
+from streamup.checkpoint import CheckpointStore
+from streamup.errors import StorageError, StreamupError
+from streamup.faults import crash_point
+from streamup.files.disk import DiskUsage, disk_usage
+from streamup.files.source import state_of
+from streamup.files.writers import scan_writers
+from streamup.models import CompletedRecord, FileState, utc_now
+from streamup.retry import retrying
+from streamup.s3.client import S3Storage
+
+log = structlog.get_logger("streamup")
+
+ROUND_S = 1.0  # how often completed files are looked at (a completion wakes the loop at once)
+RECHECK_S = 10.0  # a file kept for a reason is looked at again after this long
+_COPY_BLOCK_BYTES = 8 * 1024 * 1024
+_NO_LINK = (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
+_SHOWN_KEPT = 50  # files listed in /status as kept (the counts cover all)
+
+for _reason in Keep:
+    metrics.LOCAL_FILES_KEPT.labels(reason=_reason.value)
+    metrics.LOCAL_FILES_WAITING.labels(reason=_reason.value)
+
+
+class CopyMismatch(OSError):
+    """The copy's bytes are not the verified file's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What the settings ask of the action (AFTER_UPLOAD and its companions)."""
+
+    action: Action
+    watch_dir: str
+    target_dir: str | None
+    keep_local_s: float
+    accept_unproven: bool
+    min_free: Callable[[int], int]  # the free-space floor for a filesystem of that many bytes
+    shared: bool  # several agents on one store: the finishing host acts, under a lease
+    host: str
+    agent_id: str
+    lease_ttl_s: float
+
+
+class LocalFiles:
+    """Acts on the completed records the agent holds (`records`: path -> record, shared with it).
+
+    `busy(path)`: a stream is uploading that path; `lag_bytes()`: local bytes not yet in S3.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: CheckpointStore,
+        storage: S3Storage,
+        *,
+        records: Callable[[], dict[str, CompletedRecord]],
+        busy: Callable[[str], bool],
+        lag_bytes: Callable[[], int],
+        stopping: asyncio.Event,
+    ) -> None:
+        self.policy = policy
+        self.store = store
+        self.storage = storage
+        self._records = records
+        self._busy = busy
+        self._lag_bytes = lag_bytes
+        self._stopping = stopping
+        self._wake = asyncio.Event()
+        self._kept: dict[str, tuple[str, Keep, str]] = {}  # path -> (stream id, reason, detail)
+        self._rest_until: dict[str, float] = {}  # path -> monotonic time of the next look
+        self.usage: DiskUsage | None = None
+        self.short: str | None = None  # why the disk is short, while it is
+
+    # ------------------------------------------------------------------ the loop
+
+    def kick(self) -> None:
+        """A stream completed: look now rather than at the next round."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        await self.recover()
+        while not self._stopping.is_set():
+            try:
+                await self.round()
+            except StreamupError as exc:  # the store is down: the next round tries again
+                log.warning("local.round_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), ROUND_S)
+            self._wake.clear()
+
+    async def round(self) -> None:
+        """One look at every completed file: the action where it is due, then the guard."""
+        self.usage = disk_usage(self.policy.watch_dir)
+        if self.usage is not None:
+            metrics.DISK_FREE.set(self.usage.free_bytes)
+        if self.policy.action is not Action.KEEP:
+            now = utc_now()
+            for path, record in list(self._records().items()):
+                if self._stopping.is_set():
+                    return
+                if due(record, self.policy.keep_local_s, now) and not self._resting(path):
+                    await self.attempt(path, record, self.policy.action, "after_upload")
+        await self._guard_free_space()
+        self._count_kept()
+
+    def _resting(self, path: str) -> bool:
+        return time.monotonic() < self._rest_until.get(path, 0.0)
+
+    # ------------------------------------------------------------------ one file
+
+    async def attempt(
+        self, path: str, record: CompletedRecord, action: Action, trigger: str
+    ) -> bool:
+        """Delete or move the file when every proof holds; True when it is gone from WATCH_DIR."""
+        fresh = await self.store.completed_file(path)
+        if fresh is None or fresh.stream_id != record.stream_id:
+            self._drop(path, record.stream_id)  # forgotten, or a newer stream's record now
+            return False
+        record = fresh
+        local = await self._observe(path)
+        if local.state is None and not local.symlink:
+            await self._forget(record)  # the file is gone already: nothing to free
+            return False
+        reason = self._local_reason(record, local)
+        if reason is not None:
+            self._keep(record, reason)
+            return False
+        target = None
+        if action is Action.MOVE:
+            assert self.policy.target_dir is not None
+            target = move_target(path, self.policy.watch_dir, self.policy.target_dir)
+            if target is None or os.path.lexists(target):
+                self._keep(record, Keep.TARGET_EXISTS, f"{target} exists")
+                return False
+        async with self._leased(record) as ours:
+            if not ours:
+                self._keep(record, Keep.NOT_OWNER)
+                return False
+            verdict = await self._remote_verdict(record)
+            if verdict is not None:
+                self._keep(record, *verdict)
+                return False
+            intent = dataclasses.replace(
+                record, local_action=action.value, local_target=target or ""
+            )
+            if not await self.store.update_completed_file(intent):
+                return False  # the record changed under us: the next round looks again
+            crash_point("before_local_move" if target else "before_local_delete")
+            return await self._carry_out(intent, trigger)
+
+    async def _remote_verdict(self, record: CompletedRecord) -> tuple[Keep, str] | None:
+        try:
+            head = await self.storage.head_object(record.key)
+            meta = await self.storage.head_object(f"{record.key}.metadata.json")
+        except StorageError as exc:
+            return Keep.S3_UNREACHABLE, str(exc)
+        remote = None if head is None else Remote(head.size_bytes, head.etag, head.crc32c)
+        return remote_verdict(
+            record,
+            remote,
+            metadata_exists=meta is not None,
+            accept_unproven=self.policy.accept_unproven,
+        )
+
+    async def _carry_out(self, intent: CompletedRecord, trigger: str) -> bool:
+        """The irreversible step, after the local proof is taken once more, freshly."""
+        local = await self._observe(intent.path)
+        reason = self._local_reason(intent, local)
+        if reason is not None:
+            await self._clear(intent)
+            self._keep(intent, reason)
+            return False
+        try:
+            if intent.local_action == Action.MOVE.value:
+                await asyncio.to_thread(self._move, intent)
+            else:
+                await asyncio.to_thread(_unlink, intent.path)
+        except OSError as exc:
+            await self._clear(intent)
+            self._keep(intent, Keep.ACTION_FAILED, f"{type(exc).__name__}: {exc}")
+            return False
+        await self._done(intent, trigger)
+        return True
+
+    def _move(self, intent: CompletedRecord) -> None:
+        """Same filesystem: a hard link at the target (refused if anything is there), then the
+        unlink. Another filesystem: copy, fsync, compare, link into place, then the unlink."""
+        source, target = intent.path, intent.local_target
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            os.link(source, target, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in _NO_LINK:
+                raise
+            _copy_verified(source, target, intent)
+            crash_point("after_local_copy")
+            # The copy took a while: the source must still be the verified file, unwritten.
+            local = _observe_now(source)
+            reason = self._local_reason(intent, local)
+            if reason is not None:
+                raise OSError(errno.EBUSY, f"the file changed during the copy ({reason})") from None
+        else:
+            _fsync_dir(os.path.dirname(target))
+        _unlink(source)
+
+    def _local_reason(
+        self, record: CompletedRecord, local: Local, *, check_ctime: bool = True
+    ) -> Keep | None:
+        p = self.policy
+        return local_verdict(
+            record,
+            local,
+            accept_unproven=p.accept_unproven,
+            busy=self._busy(record.path),
+            host_ok=not p.shared or record.host in ("", p.host),
+            check_ctime=check_ctime,
+        )
+
+    async def _observe(self, path: str) -> Local:
+        return await asyncio.to_thread(_observe_now, path)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    async def _done(self, intent: CompletedRecord, trigger: str) -> None:
+        moved = intent.local_action == Action.MOVE.value
+        await retrying(lambda: self.store.forget_completed_file(intent.path, intent.stream_id))
+        self._drop(intent.path, intent.stream_id)
+        if moved:
+            metrics.LOCAL_FILES_MOVED.inc()
+        else:
+            metrics.LOCAL_FILES_DELETED.labels(trigger=trigger).inc()
+        metrics.LOCAL_BYTES_FREED.inc(intent.size_bytes)
+        log.info(
+            "file.moved" if moved else "file.deleted",
+            stream_id=intent.stream_id,
+            path=intent.path,
+            target=intent.local_target or None,
+            key=intent.key,
+            size_bytes=intent.size_bytes,
+            trigger=trigger,
+        )
+        self.announce(intent)
+
+    def announce(self, intent: CompletedRecord) -> None:
+        """HOOK (issue 14, the event outbox): a `file.deleted` / `file.moved` event for `intent`
+        belongs here, ideally written in the same store step as `forget_completed_file` above.
+        The outbox is not on main yet; until it is, the log line above is the only event."""
+
+    async def _clear(self, intent: CompletedRecord) -> None:
+        cleared = dataclasses.replace(intent, local_action="", local_target="")
+        await retrying(lambda: self.store.update_completed_file(cleared))
+
+    async def _forget(self, record: CompletedRecord) -> None:
+        await retrying(lambda: self.store.forget_completed_file(record.path, record.stream_id))
+        self._drop(record.path, record.stream_id)
+
+    def _drop(self, path: str, stream_id: str) -> None:
+        records = self._records()
+        if path in records and records[path].stream_id == stream_id:
+            del records[path]
+        self._kept.pop(path, None)
+        self._rest_until.pop(path, None)
+
+    def _keep(self, record: CompletedRecord, reason: Keep, detail: str = "") -> None:
+        """The file stays: logged and counted once per file and reason; looked at again later."""
+        self._rest_until[record.path] = time.monotonic() + RECHECK_S
+        seen = self._kept.get(record.path)
+        self._kept[record.path] = (record.stream_id, reason, detail)
+        if seen is not None and seen[:2] == (record.stream_id, reason):
+            return
+        metrics.LOCAL_FILES_KEPT.labels(reason=reason.value).inc()
+        log.info(
+            "file.kept",
+            stream_id=record.stream_id,
+            path=record.path,
+            reason=reason.value,
+            detail=detail or None,
+        )
+
+    def _count_kept(self) -> None:
+        counts = dict.fromkeys(Keep, 0)
+        for _, reason, _ in self._kept.values():
+            counts[reason] += 1
+        for reason, count in counts.items():
+            metrics.LOCAL_FILES_WAITING.labels(reason=reason.value).set(count)
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, record: CompletedRecord) -> AsyncIterator[bool]:
+        """With a shared store, one agent acts on a completed file: whoever takes the lease of
+        `{stream_id}:local` (renewed while the action runs, released after it)."""
+        if not self.policy.shared:
+            yield True
+            return
+        lease_id, ttl_s = f"{record.stream_id}:local", self.policy.lease_ttl_s
+        try:
+            token = await self.store.acquire_lease(lease_id, self.policy.agent_id, ttl_s)
+        except StreamupError:
+            token = None
+        if token is None:
+            yield False
+            return
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(ttl_s / 3)
+                with contextlib.suppress(StreamupError):
+                    await self.store.renew_lease(lease_id, ttl_s)
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield True
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(StreamupError):
+                await self.store.release_lease(lease_id)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def recover(self) -> None:
+        """Finish what a crash interrupted: every record that still holds an intent."""
+        for path, record in list(self._records().items()):
+            if record.local_action:
+                try:
+                    await self._resume(path, record)
+                except StreamupError as exc:
+                    log.warning("local.recovery_failed", path=path, error=str(exc))
+
+    async def _resume(self, path: str, record: CompletedRecord) -> None:
+        source = await self._observe(path)
+        target = record.local_target
+        target_state = _regular_state(target) if target else None
+        is_copy = False
+        if (
+            source.state is not None
+            and target_state is not None
+            and target_state.identity != source.state.identity
+        ):
+            is_copy = await asyncio.to_thread(_sha256_of, target) == record.sha256_hex
+        outcome = resume_intent(record, source.state, target_state, target_is_copy=is_copy)
+        log.info("file.action_resumed", stream_id=record.stream_id, path=path,
+                 action=record.local_action, outcome=outcome.value)  # fmt: skip
+        if target:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial_path(target, record.stream_id))
+        if outcome is Resume.DONE:
+            await self._forget(record)
+        elif outcome is Resume.REDO:
+            await self._clear(record)
+            self._records()[path] = dataclasses.replace(record, local_action="", local_target="")
+        elif outcome is Resume.CONFLICT:
+            await self._clear(record)
+            self._keep(record, Keep.TARGET_EXISTS, f"{target} holds another file")
+        else:  # the copy is whole at the target: only the unlink of the source is left
+            reason = self._local_reason(record, source, check_ctime=False)
+            if reason is not None:
+                self._keep(record, reason)
+                return
+            try:
+                await asyncio.to_thread(_unlink, path)
+            except OSError as exc:
+                self._keep(record, Keep.ACTION_FAILED, str(exc))
+                return
+            await self._done(record, "after_upload")
+
+    # ------------------------------------------------------------------ free space
+
+    async def _guard_free_space(self) -> None:
+        """Below MIN_FREE_BYTES: delete uploaded files, oldest first, until it holds again."""
+        usage = self.usage
+        floor = 0 if usage is None else self.policy.min_free(usage.total_bytes)
+        if usage is None or floor <= 0 or usage.free_bytes >= floor:
+            self._set_short(None, usage, floor)
+            return
+        for record in oldest_first(self._records().values()):
+            if self._stopping.is_set():
+                return
+            if self._resting(record.path):
+                continue
+            if await self.attempt(record.path, record, Action.DELETE, "min_free"):
+                usage = disk_usage(self.policy.watch_dir) or usage
+                metrics.DISK_FREE.set(usage.free_bytes)
+                if usage.free_bytes >= floor:
+                    break
+        self.usage = usage
+        short = None if usage.free_bytes >= floor else "nothing more can be deleted"
+        self._set_short(short, usage, floor)
+
+    def _set_short(self, short: str | None, usage: DiskUsage | None, floor: int) -> None:
+        if short is not None and usage is not None:
+            reason = (
+                f"disk short: {usage.free_bytes} bytes free on WATCH_DIR's filesystem, below"
+                f" MIN_FREE_BYTES ({floor}); {short}"
+            )
+            if self.short is None:
+                log.warning(
+                    "disk.short",
+                    free_bytes=usage.free_bytes,
+                    min_free_bytes=floor,
+                    local_bytes_not_in_s3=self._lag_bytes(),
+                    hint="files still uploading cannot be deleted; add space or upload"
+                    " bandwidth, or lower MIN_FREE_BYTES",
+                )
+            self.short = reason
+        elif self.short is not None:
+            log.info("disk.recovered", free_bytes=None if usage is None else usage.free_bytes)
+            self.short = None
+        metrics.DISK_SHORT.set(1 if self.short else 0)
+
+    def view(self) -> dict[str, object]:
+        """The `disk` block of /status."""
+        usage = self.usage
+        kept = sorted(self._kept.items())[:_SHOWN_KEPT]
+        return {
+            "free_bytes": None if usage is None else usage.free_bytes,
+            "total_bytes": None if usage is None else usage.total_bytes,
+            "min_free_bytes": 0 if usage is None else self.policy.min_free(usage.total_bytes),
+            "short": self.short,
+            "local_bytes_not_in_s3": self._lag_bytes(),
+            "after_upload": self.policy.action.value,
+            "files_kept": [
+                {"path": path, "stream_id": sid, "reason": reason.value, "detail": detail or None}
+                for path, (sid, reason, detail) in kept
+            ],
+        }
+
+
+# ---------------------------------------------------------------------- blocking helpers
+
+
+def _observe_now(path: str) -> Local:
+    """The file at `path` (not following a symlink) and whether a visible process writes it.
+    The /proc scan is fresh: a cached one could miss a writer that opened it just now."""
+    try:
+        result = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return Local(None)
+    if stat.S_ISLNK(result.st_mode):
+        return Local(None, symlink=True)
+    if not stat.S_ISREG(result.st_mode):
+        return Local(None)
+    state = state_of(result)
+    writers = scan_writers(os.getpid())
+    writer = None if writers is None else state.identity in writers
+    return Local(state, result.st_ctime_ns, writer=writer)
+
+
+def _regular_state(path: str) -> FileState | None:
+    return _observe_now(path).state
+
+
+def _unlink(path: str) -> None:
+    os.unlink(path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a name's creation or removal durable (a crash must not bring it back)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_COPY_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy_verified(source: str, target: str, intent: CompletedRecord) -> None:
+    """Copy to a partial file beside the target, fsync it, check that what was read is the
+    verified file and what the disk gives back is what was read, then link it into place."""
+    partial = partial_path(target, intent.stream_id)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(partial)  # a crash's leftover: ours by its name
+    read = hashlib.sha256()
+    try:
+        with open(source, "rb") as src:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                while block := src.read(_COPY_BLOCK_BYTES):
+                    read.update(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+                # What is compared next comes from the disk, not from the page cache.
+                os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            info = os.fstat(src.fileno())
+        if read.hexdigest() != intent.sha256_hex:
+            raise CopyMismatch(errno.EIO, "the bytes read are not the verified file's")
+        if _sha256_of(partial) != intent.sha256_hex:
+            raise CopyMismatch(errno.EIO, "the copy reads back different bytes")
+        os.chmod(partial, stat.S_IMODE(info.st_mode))
+        os.utime(partial, ns=(info.st_atime_ns, info.st_mtime_ns))
+        os.link(partial, target)  # never over a file that appeared meanwhile
+        _fsync_dir(os.path.dirname(target))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
