@@ -1,0 +1,337 @@
+"""The local-file action with real `streamup run` processes, real files and moto over HTTP:
+a file is deleted or moved only once S3 provably holds it, never otherwise, and a crash between
+the checkpointed intent and the unlink is finished exactly once at the next start."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent import (
+    MiB,
+    assert_exact,
+    download,
+    grow,
+    object_keys,
+    sha256_file,
+    wait_for,
+    wait_metadata,
+)
+from tests.proxy import FaultProxy
+
+
+def kept(process: Any, reason: str) -> list[dict[str, Any]]:
+    return [e for e in process.events_named("file.kept") if e.get("reason") == reason]
+
+
+def started(process: Any) -> None:
+    wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="start")
+
+
+def finished_file(tmp_path: Path, name: str, size: int) -> Path:
+    source = tmp_path / f"source-{name}"
+    source.write_bytes(os.urandom(size))
+    return source
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_mib: int) -> Iterator[Path]:
+    """A real, small filesystem of its own (another device), or a skip where mounts are refused."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"this sandbox refuses a tmpfs mount: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def test_delete_waits_for_the_object_the_metadata_and_keep_local_seconds(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    source = finished_file(tmp_path, "a.mp4", 12 * MiB + 77)
+    process = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="5")
+    started(process)
+    local = watch_dir / "a.mp4"
+    shutil.copy(source, local)
+    doc = wait_metadata(s3_client, bucket, "a.mp4")
+    assert local.exists(), "deleted before the metadata existed"
+    seen = wait_for(lambda: None if local.exists() else time.time(), deadline_s=30,
+                    what="the file to be deleted", every_s=0.05)  # fmt: skip
+    completed_at = datetime.fromisoformat(doc["stream_completed_at_utc"]).timestamp()
+    assert seen - completed_at >= 5.0, "deleted before KEEP_LOCAL_SECONDS had passed"
+    assert_exact(s3_client, bucket, doc, source, tmp_path)  # S3 holds exactly what was deleted
+    (deleted,) = process.events_named("file.deleted")
+    assert deleted["trigger"] == "after_upload" and deleted["size_bytes"] == 12 * MiB + 77
+    assert process.stop() == 0
+
+
+# --------------------------------------------------------------------------- move
+
+
+def test_move_on_the_same_filesystem_keeps_the_relative_path_and_the_inode(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    target_dir = tmp_path / "done"
+    source = finished_file(tmp_path, "b.mp4", 11 * MiB + 5)
+    process = agent(AFTER_UPLOAD="move", AFTER_UPLOAD_DIR=str(target_dir))
+    started(process)
+    (watch_dir / "cam1").mkdir()
+    local = watch_dir / "cam1" / "b.mp4"
+    shutil.copy(source, local)
+    inode = local.stat().st_ino
+    doc = wait_metadata(s3_client, bucket, "b.mp4")
+    moved = target_dir / "cam1" / "b.mp4"
+    wait_for(lambda: moved.exists() and not local.exists(), deadline_s=30, what="the move")
+    assert moved.stat().st_ino == inode  # a rename-like move, no copy
+    copy = download(s3_client, bucket, doc["s3_key_prefix"], tmp_path / "object")
+    assert sha256_file(moved) == sha256_file(copy) == sha256_file(source) == doc["sha256"]
+    (event,) = process.events_named("file.moved")
+    assert event["target"] == str(moved)
+    time.sleep(2)  # the moved file is outside WATCH_DIR: nothing is uploaded again
+    assert len(object_keys(s3_client, bucket)) == 2
+    assert process.stop() == 0
+
+
+def test_move_to_another_filesystem_copies_compares_then_unlinks(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    with tmpfs(tmp_path / "other-fs", 64) as target_dir:
+        assert os.stat(target_dir).st_dev != os.stat(watch_dir).st_dev
+        source = finished_file(tmp_path, "c.mp4", 17 * MiB + 3)
+        process = agent(AFTER_UPLOAD="move", AFTER_UPLOAD_DIR=str(target_dir))
+        started(process)
+        local = watch_dir / "c.mp4"
+        shutil.copy(source, local)
+        mtime_ns = local.stat().st_mtime_ns
+        doc = wait_metadata(s3_client, bucket, "c.mp4")
+        moved = target_dir / "c.mp4"
+        wait_for(lambda: moved.exists() and not local.exists(), deadline_s=30, what="the move")
+        copy = download(s3_client, bucket, doc["s3_key_prefix"], tmp_path / "object")
+        assert sha256_file(moved) == sha256_file(copy) == doc["sha256"]
+        assert moved.stat().st_mtime_ns == mtime_ns
+        assert sorted(os.listdir(target_dir)) == ["c.mp4"]  # no partial copy left behind
+        assert process.stop() == 0
+
+
+# --------------------------------------------------------------------------- kept
+
+
+def test_a_file_held_open_for_writing_stays_until_its_writer_closes_it(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    source = finished_file(tmp_path, "w.mp4", 6 * MiB)
+    process = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="3")
+    started(process)
+    local = watch_dir / "w.mp4"
+    shutil.copy(source, local)
+    wait_metadata(s3_client, bucket, "w.mp4")
+    with local.open("r+b"):  # a process (this one) holds it open for writing, writing nothing
+        wait_for(lambda: kept(process, "open_for_writing"), deadline_s=20, what="kept")
+        time.sleep(2)
+        assert local.exists()
+    wait_for(lambda: not local.exists(), deadline_s=30, what="the delete once it is closed")
+    assert len(kept(process, "open_for_writing")) == 1  # logged once, however often looked at
+    assert process.stop() == 0
+
+
+def test_a_file_changed_after_verification_with_its_mtime_put_back_stays(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    source = finished_file(tmp_path, "x.mp4", 6 * MiB)
+    process = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="3")
+    started(process)
+    local = watch_dir / "x.mp4"
+    shutil.copy(source, local)
+    wait_metadata(s3_client, bucket, "x.mp4")
+    before = local.stat()
+    with local.open("r+b") as handle:  # same size, same mtime: only the ctime tells
+        handle.seek(1000)
+        handle.write(b"changed")
+    os.utime(local, ns=(before.st_atime_ns, before.st_mtime_ns))
+    wait_for(lambda: kept(process, "file_changed"), deadline_s=20, what="kept as changed")
+    time.sleep(3)
+    assert local.exists() and sha256_file(local) != sha256_file(source)
+    assert not process.events_named("file.deleted")
+    assert process.stop() == 0
+
+
+def test_a_file_whose_object_was_deleted_behind_the_agents_back_stays(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    source = finished_file(tmp_path, "gone.mp4", 6 * MiB)
+    process = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="3")
+    started(process)
+    local = watch_dir / "gone.mp4"
+    shutil.copy(source, local)
+    doc = wait_metadata(s3_client, bucket, "gone.mp4")
+    s3_client.delete_object(Bucket=bucket, Key=doc["s3_key_prefix"])
+    wait_for(lambda: kept(process, "object_missing"), deadline_s=20, what="kept as missing")
+    time.sleep(2)
+    assert local.exists() and sha256_file(local) == sha256_file(source)
+    assert process.stop() == 0
+
+
+def test_with_s3_unreachable_nothing_is_deleted_until_it_answers_again(
+    agent: Any, proxy: FaultProxy, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    source = finished_file(tmp_path, "cut.mp4", 6 * MiB)
+    process = agent(S3_ENDPOINT_URL=proxy.url, AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="3")
+    started(process)
+    local = watch_dir / "cut.mp4"
+    shutil.copy(source, local)
+    wait_metadata(s3_client, bucket, "cut.mp4")
+    proxy.cut()
+    wait_for(lambda: kept(process, "s3_unreachable"), deadline_s=20, what="kept, S3 cut off")
+    time.sleep(2)
+    assert local.exists()
+    proxy.restore()
+    wait_for(lambda: not local.exists(), deadline_s=30, what="the delete once S3 answers")
+    assert process.stop() == 0
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def _completed_rows(state_dir: Path) -> dict[str, str]:
+    with contextlib.closing(sqlite3.connect(state_dir / "streamup.db")) as db:
+        return dict(db.execute("SELECT path, local_action FROM completed_files").fetchall())
+
+
+def test_sigkill_between_the_intent_and_the_unlink_deletes_exactly_once_after_restart(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    source = finished_file(tmp_path, "k.mp4", 9 * MiB + 1)
+    notes = watch_dir / "notes.txt"
+    notes.write_text("not a recording\n")
+    first = agent(AFTER_UPLOAD="delete", STREAMUP_CRASH_AT="before_local_delete")
+    started(first)
+    local = watch_dir / "k.mp4"
+    shutil.copy(source, local)
+    doc = wait_metadata(s3_client, bucket, "k.mp4")
+    assert first.proc is not None
+    first.proc.wait(30)
+    assert [e["point"] for e in first.events_named("test.crash")] == ["before_local_delete"]
+    assert local.exists(), "the crash point lies before the unlink"
+    assert _completed_rows(tmp_path / "state") == {str(local): "delete"}  # the intent is durable
+    second = agent(AFTER_UPLOAD="delete")
+    wait_for(lambda: not local.exists(), deadline_s=30, what="the delete after the restart")
+    (resumed,) = second.events_named("file.action_resumed")
+    assert resumed["outcome"] == "redo"
+    assert len(second.events_named("file.deleted")) == 1
+    assert not first.events_named("file.deleted")
+    assert notes.read_text() == "not a recording\n"
+    assert sorted(os.listdir(watch_dir)) == ["notes.txt"]
+    assert_exact(s3_client, bucket, doc, source, tmp_path)
+    assert len(object_keys(s3_client, bucket)) == 2
+    wait_for(lambda: _completed_rows(tmp_path / "state") == {}, deadline_s=10, what="forgotten")
+    assert second.stop() == 0
+
+
+def test_sigkill_after_a_cross_filesystem_copy_finishes_the_move_after_restart(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    with tmpfs(tmp_path / "other-fs", 64) as target_dir:
+        source = finished_file(tmp_path, "m.mp4", 8 * MiB + 9)
+        env = {"AFTER_UPLOAD": "move", "AFTER_UPLOAD_DIR": str(target_dir)}
+        first = agent(**env, STREAMUP_CRASH_AT="after_local_copy")
+        started(first)
+        local = watch_dir / "m.mp4"
+        shutil.copy(source, local)
+        doc = wait_metadata(s3_client, bucket, "m.mp4")
+        assert first.proc is not None
+        first.proc.wait(30)
+        moved = target_dir / "m.mp4"
+        assert local.exists() and moved.exists()  # the copy landed, the source is still there
+        second = agent(**env)
+        wait_for(lambda: not local.exists(), deadline_s=30, what="the move to be finished")
+        (resumed,) = second.events_named("file.action_resumed")
+        assert resumed["outcome"] == "unlink_source"
+        copy = download(s3_client, bucket, doc["s3_key_prefix"], tmp_path / "object")
+        assert sha256_file(moved) == sha256_file(copy) == sha256_file(source)
+        assert sorted(os.listdir(target_dir)) == ["m.mp4"]
+        assert second.stop() == 0
+
+
+# --------------------------------------------------------------------------- free space
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_below_min_free_bytes_uploaded_files_go_oldest_first_and_growing_ones_stay(
+    agent: Any, env: dict[str, str], tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    from tests.servers import free_port
+
+    with tmpfs(tmp_path / "small-fs", 64) as watch:
+        older, newer = watch / "older.mp4", watch / "newer.mp4"
+        for path, age_s in ((older, 3600), (newer, 1800)):
+            source = finished_file(tmp_path, path.name, 12 * MiB)
+            os.utime(source, (time.time() - age_s, time.time() - age_s))
+            shutil.copy2(source, path)
+        # First run: both uploaded under keep, no guard. They stay.
+        first = agent(WATCH_DIR=str(watch))
+        for name in ("older.mp4", "newer.mp4"):
+            wait_metadata(s3_client, bucket, name)
+        assert first.stop() == 0
+        assert older.exists() and newer.exists()
+        # Second run, still keep, with the guard: 40 MiB free < 46 MiB. Deleting the older file
+        # is enough; the newer one stays.
+        port = free_port()
+        second = agent(WATCH_DIR=str(watch), MIN_FREE_BYTES=str(46 * MiB), PROM_PORT=str(port))
+        wait_for(lambda: not older.exists(), deadline_s=30, what="the oldest file deleted")
+        time.sleep(2)
+        assert newer.exists()
+        # A recording grows until the disk is short with nothing deletable but itself.
+        live = watch / "live.mp4"
+        writer = grow(live, 20 * MiB, 2 * MiB)
+        try:
+            wait_for(lambda: not newer.exists(), deadline_s=30, what="the newer file deleted")
+            warning = wait_for(lambda: second.events_named("disk.short"), deadline_s=30,
+                               what="the disk-short warning")  # fmt: skip
+            assert live.exists()
+            code, body = _get(port, "/healthz")
+            assert code == 200 and body.startswith("degraded: disk short"), body
+            status = __import__("json").loads(_get(port, "/status")[1])
+            assert status["free_disk_bytes"] < 46 * MiB and status["disk"]["short"]
+            assert "streamup_disk_short 1.0" in _get(port, "/metrics")[1]
+        finally:
+            writer.join()
+        assert warning[0]["min_free_bytes"] == 46 * MiB
+        deleted = [e["path"] for e in second.events_named("file.deleted")]
+        assert deleted[:2] == [str(older), str(newer)]
+        assert all(e["trigger"] == "min_free" for e in second.events_named("file.deleted"))
+        # Once the recording is complete and in S3, it goes too, and the disk recovers.
+        wait_for(lambda: not live.exists(), deadline_s=40, what="the finished recording deleted")
+        wait_for(lambda: second.events_named("disk.recovered"), deadline_s=10, what="recovery")
+        assert _get(port, "/healthz") == (200, "ok\n")
+        assert len(second.events_named("disk.short")) == 1
+        for name in ("older.mp4", "newer.mp4", "live.mp4"):
+            assert wait_metadata(s3_client, bucket, name)["total_size_bytes"] > 0
+        assert second.stop() == 0
