@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamup.checkpoint.base import CheckpointStore
+from streamup.checkpoint.codec import completed_to_json
 from streamup.checkpoint.memory import MemoryStore
 from streamup.checkpoint.redis import RedisStore, parse_part_value
 from streamup.checkpoint.sqlite import SqliteStore
@@ -287,6 +289,57 @@ async def test_forget_completed_file_keeps_the_history(store: CheckpointStore) -
     await store.forget_completed_file("/never/there.mp4")
     assert await store.completed_files() == {}
     assert await store.recent_completions(10) == [record]
+
+
+PROVEN = {
+    "ctime_ns": 1_714_564_800_123_456_789,
+    "sha256_hex": "ab" * 32,
+    "object_etag": '"0123456789abcdef0123456789abcdef-2"',
+    "object_crc32c": "AAAAAA==",
+    "proof": "etag_compared",
+    "host": "edge-a",
+}
+
+
+async def test_the_local_action_fields_of_a_completed_record_round_trip(
+    store: CheckpointStore,
+) -> None:
+    stream = make_stream("p1")
+    await store.save_stream(stream)
+    record = dataclasses.replace(completed_of(stream), **PROVEN)  # type: ignore[arg-type]
+    await store.finish_stream(stream, record)
+    assert await store.completed_file(stream.path) == record
+    assert (await store.completed_files())[stream.path] == record
+    assert await store.recent_completions(1) == [record]
+    assert await store.completed_file("/watch/nothing.mp4") is None
+
+
+async def test_update_completed_file_writes_only_over_the_same_streams_record(
+    store: CheckpointStore,
+) -> None:
+    record = await finish(store, "u1")
+    intent = dataclasses.replace(record, local_action="move", local_target="/done/cam/u1.mp4")
+    assert await store.update_completed_file(intent)
+    assert await store.completed_file(record.path) == intent
+    other = dataclasses.replace(intent, stream_id="someone-else", local_action="delete")
+    assert not await store.update_completed_file(other)  # the path holds u1's record
+    assert await store.completed_file(record.path) == intent
+    missing = dataclasses.replace(intent, path="/watch/cam/none.mp4")
+    assert not await store.update_completed_file(missing)  # no record: nothing is created
+    assert await store.completed_file(missing.path) is None
+    cleared = dataclasses.replace(intent, local_action="", local_target="")
+    assert await store.update_completed_file(cleared)
+    assert await store.completed_file(record.path) == cleared
+
+
+async def test_forget_completed_file_of_a_stream_spares_another_streams_record(
+    store: CheckpointStore,
+) -> None:
+    record = await finish(store, "f1")
+    await store.forget_completed_file(record.path, "another-stream")
+    assert await store.completed_file(record.path) == record
+    await store.forget_completed_file(record.path, "f1")
+    assert await store.completed_file(record.path) is None
 
 
 async def test_finish_refuses_a_record_of_another_stream(store: CheckpointStore) -> None:
@@ -951,6 +1004,42 @@ async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path)
     with sqlite3.connect(tmp_path / "streamup.db") as conn:
         assert conn.execute("PRAGMA index_list(streams)").fetchall()[0][1] == "streams_by_path"
     conn.close()
+
+
+async def test_sqlite_completed_files_without_the_local_action_columns_are_migrated(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    record = await finish(store, "m1")
+    await store.close()
+    added = ("ctime_ns", "sha256", "object_etag", "object_crc32c", "integrity_proof", "host",
+             "local_action", "local_target")  # fmt: skip
+    with sqlite3.connect(tmp_path / "streamup.db") as conn:  # as an older streamup left it
+        for column in added:
+            conn.execute(f"ALTER TABLE completed_files DROP COLUMN {column}")
+    conn.close()
+    await store.open()
+    try:
+        assert await store.completed_file(record.path) == record  # defaults: proves nothing
+        proven = dataclasses.replace(record, **PROVEN)  # type: ignore[arg-type]
+        assert await store.update_completed_file(proven)
+        assert (await store.completed_files())[record.path] == proven
+    finally:
+        await store.close()
+
+
+async def test_redis_completed_record_from_before_the_local_action_loads_with_defaults(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    record = completed_of(make_stream("old"))
+    old = {k: v for k, v in json.loads(completed_to_json(record)).items() if k in SEED_FIELDS}
+    await raw.hset("streams:completed_files", record.path, json.dumps(old))
+    assert await redis_store.completed_file(record.path) == record
+
+
+SEED_FIELDS = {"stream_id", "path", "bucket", "key", "status", "device", "inode", "size_bytes",
+               "mtime_ns", "completed_at_utc", "end_reason"}  # fmt: skip
 
 
 async def test_sqlite_closed_store_refuses_calls(tmp_path: Path) -> None:

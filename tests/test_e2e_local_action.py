@@ -34,6 +34,13 @@ def kept(process: Any, reason: str) -> list[dict[str, Any]]:
     return [e for e in process.events_named("file.kept") if e.get("reason") == reason]
 
 
+def wait_kept(process: Any, reason: str, local: Path) -> None:
+    """Until the agent says it keeps `local` for `reason`; fails at once if it deleted it."""
+    wait_for(lambda: kept(process, reason) or not local.exists(), deadline_s=20,
+             what=f"the file kept ({reason})")  # fmt: skip
+    assert local.exists(), f"deleted although it should have been kept ({reason})"
+
+
 def started(process: Any) -> None:
     wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="start")
 
@@ -144,7 +151,7 @@ def test_a_file_held_open_for_writing_stays_until_its_writer_closes_it(
     shutil.copy(source, local)
     wait_metadata(s3_client, bucket, "w.mp4")
     with local.open("r+b"):  # a process (this one) holds it open for writing, writing nothing
-        wait_for(lambda: kept(process, "open_for_writing"), deadline_s=20, what="kept")
+        wait_kept(process, "open_for_writing", local)
         time.sleep(2)
         assert local.exists()
     wait_for(lambda: not local.exists(), deadline_s=30, what="the delete once it is closed")
@@ -166,7 +173,7 @@ def test_a_file_changed_after_verification_with_its_mtime_put_back_stays(
         handle.seek(1000)
         handle.write(b"changed")
     os.utime(local, ns=(before.st_atime_ns, before.st_mtime_ns))
-    wait_for(lambda: kept(process, "file_changed"), deadline_s=20, what="kept as changed")
+    wait_kept(process, "file_changed", local)
     time.sleep(3)
     assert local.exists() and sha256_file(local) != sha256_file(source)
     assert not process.events_named("file.deleted")
@@ -183,7 +190,7 @@ def test_a_file_whose_object_was_deleted_behind_the_agents_back_stays(
     shutil.copy(source, local)
     doc = wait_metadata(s3_client, bucket, "gone.mp4")
     s3_client.delete_object(Bucket=bucket, Key=doc["s3_key_prefix"])
-    wait_for(lambda: kept(process, "object_missing"), deadline_s=20, what="kept as missing")
+    wait_kept(process, "object_missing", local)
     time.sleep(2)
     assert local.exists() and sha256_file(local) == sha256_file(source)
     assert process.stop() == 0
@@ -199,7 +206,7 @@ def test_with_s3_unreachable_nothing_is_deleted_until_it_answers_again(
     shutil.copy(source, local)
     wait_metadata(s3_client, bucket, "cut.mp4")
     proxy.cut()
-    wait_for(lambda: kept(process, "s3_unreachable"), deadline_s=20, what="kept, S3 cut off")
+    wait_kept(process, "s3_unreachable", local)
     time.sleep(2)
     assert local.exists()
     proxy.restore()
