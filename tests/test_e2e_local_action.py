@@ -85,7 +85,7 @@ def test_delete_waits_for_the_object_the_metadata_and_keep_local_seconds(
     completed_at = datetime.fromisoformat(doc["stream_completed_at_utc"]).timestamp()
     assert seen - completed_at >= 5.0, "deleted before KEEP_LOCAL_SECONDS had passed"
     assert_exact(s3_client, bucket, doc, source, tmp_path)  # S3 holds exactly what was deleted
-    (deleted,) = process.events_named("file.deleted")
+    (deleted,) = wait_for(lambda: process.events_named("file.deleted"), deadline_s=10, what="log")
     assert deleted["trigger"] == "after_upload" and deleted["size_bytes"] == 12 * MiB + 77
     assert process.stop() == 0
 
@@ -110,7 +110,7 @@ def test_move_on_the_same_filesystem_keeps_the_relative_path_and_the_inode(
     assert moved.stat().st_ino == inode  # a rename-like move, no copy
     copy = download(s3_client, bucket, doc["s3_key_prefix"], tmp_path / "object")
     assert sha256_file(moved) == sha256_file(copy) == sha256_file(source) == doc["sha256"]
-    (event,) = process.events_named("file.moved")
+    (event,) = wait_for(lambda: process.events_named("file.moved"), deadline_s=10, what="log")
     assert event["target"] == str(moved)
     time.sleep(2)  # the moved file is outside WATCH_DIR: nothing is uploaded again
     assert len(object_keys(s3_client, bucket)) == 2
@@ -242,6 +242,7 @@ def test_sigkill_between_the_intent_and_the_unlink_deletes_exactly_once_after_re
     wait_for(lambda: not local.exists(), deadline_s=30, what="the delete after the restart")
     (resumed,) = second.events_named("file.action_resumed")
     assert resumed["outcome"] == "redo"
+    wait_for(lambda: second.events_named("file.deleted"), deadline_s=10, what="the log line")
     assert len(second.events_named("file.deleted")) == 1
     assert not first.events_named("file.deleted")
     assert notes.read_text() == "not a recording\n"
@@ -331,6 +332,7 @@ def test_below_min_free_bytes_uploaded_files_go_oldest_first_and_growing_ones_st
         finally:
             writer.join()
         assert warning[0]["min_free_bytes"] == 46 * MiB
+        wait_for(lambda: len(second.events_named("file.deleted")) >= 2, deadline_s=10, what="log")
         deleted = [e["path"] for e in second.events_named("file.deleted")]
         assert deleted[:2] == [str(older), str(newer)]
         assert all(e["trigger"] == "min_free" for e in second.events_named("file.deleted"))
