@@ -84,6 +84,21 @@ def proven(record: CompletedRecord, *, accept_unproven: bool) -> bool:
     return record.proof != UNVERIFIED or accept_unproven
 
 
+def record_verdict(
+    record: CompletedRecord, *, accept_unproven: bool, busy: bool, host_ok: bool
+) -> Keep | None:
+    """The part of `local_verdict` the record alone decides (no look at the file needed)."""
+    if record.status is not Status.COMPLETED or record.end_reason is not EndReason.IDLE:
+        return Keep.NOT_FINISHED
+    if busy:
+        return Keep.STREAM_ACTIVE
+    if not host_ok:
+        return Keep.OTHER_HOST
+    if not proven(record, accept_unproven=accept_unproven):
+        return Keep.UNPROVEN
+    return None
+
+
 def local_verdict(
     record: CompletedRecord,
     local: Local,
@@ -98,14 +113,9 @@ def local_verdict(
     `busy`: a stream is working on the path. `host_ok`: this agent's host finished the stream.
     `check_ctime` is off only for a move's last step, whose hard link changed the ctime itself.
     """
-    if record.status is not Status.COMPLETED or record.end_reason is not EndReason.IDLE:
-        return Keep.NOT_FINISHED
-    if busy:
-        return Keep.STREAM_ACTIVE
-    if not host_ok:
-        return Keep.OTHER_HOST
-    if not proven(record, accept_unproven=accept_unproven):
-        return Keep.UNPROVEN
+    reason = record_verdict(record, accept_unproven=accept_unproven, busy=busy, host_ok=host_ok)
+    if reason is not None:
+        return reason
     if local.symlink:
         return Keep.SYMLINK
     if local.state is None or not record.matches(local.state):

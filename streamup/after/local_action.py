@@ -43,6 +43,7 @@ from streamup.after.lifecycle import (
     move_target,
     oldest_first,
     partial_path,
+    record_verdict,
     remote_verdict,
     resume_intent,
 )
@@ -51,8 +52,8 @@ from streamup.errors import StorageError, StreamupError
 from streamup.faults import crash_point
 from streamup.files.disk import DiskUsage, disk_usage
 from streamup.files.source import state_of
-from streamup.files.writers import scan_writers
-from streamup.models import CompletedRecord, FileState, utc_now
+from streamup.files.writers import WriterIndex, scan_writers
+from streamup.models import CompletedRecord, FileIdentity, FileState, utc_now
 from streamup.retry import retrying
 from streamup.s3.client import S3Storage
 
@@ -116,6 +117,7 @@ class LocalFiles:
         self._wake = asyncio.Event()
         self._kept: dict[str, tuple[str, Keep, str]] = {}  # path -> (stream id, reason, detail)
         self._rest_until: dict[str, float] = {}  # path -> monotonic time of the next look
+        self._writers = WriterIndex(max_age_s=0.5)
         self.usage: DiskUsage | None = None
         self.short: str | None = None  # why the disk is short, while it is
 
@@ -165,7 +167,11 @@ class LocalFiles:
             self._drop(path, record.stream_id)  # forgotten, or a newer stream's record now
             return False
         record = fresh
-        local = await self._observe(path)
+        reason = self._record_reason(record)  # no look at the file needed: the cheap part first
+        if reason is not None:
+            self._keep(record, reason)
+            return False
+        local = await self._observe(path, fresh_writers=False)
         if local.state is None and not local.symlink:
             await self._forget(record)  # the file is gone already: nothing to free
             return False
@@ -251,6 +257,15 @@ class LocalFiles:
             _fsync_dir(os.path.dirname(target))
         _unlink(source)
 
+    def _record_reason(self, record: CompletedRecord) -> Keep | None:
+        p = self.policy
+        return record_verdict(
+            record,
+            accept_unproven=p.accept_unproven,
+            busy=self._busy(record.path),
+            host_ok=not p.shared or record.host in ("", p.host),
+        )
+
     def _local_reason(
         self, record: CompletedRecord, local: Local, *, check_ctime: bool = True
     ) -> Keep | None:
@@ -264,8 +279,16 @@ class LocalFiles:
             check_ctime=check_ctime,
         )
 
-    async def _observe(self, path: str) -> Local:
-        return await asyncio.to_thread(_observe_now, path)
+    async def _observe(self, path: str, *, fresh_writers: bool = True) -> Local:
+        """The file now. The /proc scan (about 2 ms) is fresh right before an action, and shared
+        by the files of one round for the first look."""
+        if fresh_writers:
+            return await asyncio.to_thread(_observe_now, path)
+        local = await asyncio.to_thread(_observe_now, path, set())  # no scan of its own
+        if local.state is None:
+            return local
+        writer = await self._writers.is_written(local.state.identity)
+        return dataclasses.replace(local, writer=writer)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -475,9 +498,10 @@ class LocalFiles:
 # ---------------------------------------------------------------------- blocking helpers
 
 
-def _observe_now(path: str) -> Local:
-    """The file at `path` (not following a symlink) and whether a visible process writes it.
-    The /proc scan is fresh: a cached one could miss a writer that opened it just now."""
+def _observe_now(path: str, writers: set[FileIdentity] | bool | None = True) -> Local:
+    """The file at `path` (not following a symlink) and whether a visible process writes it:
+    from a fresh /proc scan (`writers` True: a cached one could miss a writer that opened the
+    file just now), or from the `writers` given (None: cannot tell)."""
     try:
         result = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -487,8 +511,8 @@ def _observe_now(path: str) -> Local:
     if not stat.S_ISREG(result.st_mode):
         return Local(None)
     state = state_of(result)
-    writers = scan_writers(os.getpid())
-    writer = None if writers is None else state.identity in writers
+    found = scan_writers(os.getpid()) if writers is True else writers
+    writer = None if found is None or isinstance(found, bool) else state.identity in found
     return Local(state, result.st_ctime_ns, writer=writer)
 
 
