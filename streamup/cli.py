@@ -184,7 +184,7 @@ def _status(args: argparse.Namespace) -> int:
 
     async def read() -> dict[str, object]:
         if store_name == "sqlite" and not (settings.state_dir / DB_NAME).is_file():
-            return empty_document(store_name)
+            return empty_document(store_name, str(settings.watch_dir))
         # Not exclusive: a running agent holds the lock; WAL lets this read beside its writes.
         store = make_store(settings, exclusive=False)
         await store.open()

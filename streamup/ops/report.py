@@ -161,9 +161,10 @@ def offline_disk(watch_dir: str, rows: list[dict[str, object]]) -> dict[str, obj
     }
 
 
-def empty_document(store: str) -> dict[str, object]:
-    """No checkpoint store exists yet (no agent ever ran here): nothing to show."""
-    return document(source="checkpoint_store", store=store, streams=[], completions=[])
+def empty_document(store: str, watch_dir: str | None = None) -> dict[str, object]:
+    """No checkpoint store exists yet (no agent ever ran here): nothing to show but the disk."""
+    disk = None if watch_dir is None else offline_disk(watch_dir, [])
+    return document(source="checkpoint_store", store=store, streams=[], completions=[], disk=disk)
 
 
 def human_size(n: object) -> str:
