@@ -22,9 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import os
-import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -51,9 +49,16 @@ from streamup.checkpoint import CheckpointStore
 from streamup.errors import StorageError, StreamupError
 from streamup.faults import crash_point
 from streamup.files.disk import DiskUsage, disk_usage
-from streamup.files.source import state_of
-from streamup.files.writers import WriterIndex, scan_writers
-from streamup.models import CompletedRecord, FileIdentity, FileState, utc_now
+from streamup.files.relocate import (
+    copy_verified,
+    fsync_dir,
+    observe_now,
+    regular_state,
+    sha256_of,
+    unlink_durably,
+)
+from streamup.files.writers import WriterIndex
+from streamup.models import CompletedRecord, utc_now
 from streamup.retry import retrying
 from streamup.s3.client import S3Storage
 
@@ -61,17 +66,12 @@ log = structlog.get_logger("streamup")
 
 ROUND_S = 1.0  # how often completed files are looked at (a completion wakes the loop at once)
 RECHECK_S = 10.0  # a file kept for a reason is looked at again after this long
-_COPY_BLOCK_BYTES = 8 * 1024 * 1024
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
 _SHOWN_KEPT = 50  # files listed in /status as kept (the counts cover all)
 
 for _reason in Keep:
     metrics.LOCAL_FILES_KEPT.labels(reason=_reason.value)
     metrics.LOCAL_FILES_WAITING.labels(reason=_reason.value)
-
-
-class CopyMismatch(OSError):
-    """The copy's bytes are not the verified file's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +228,7 @@ class LocalFiles:
             if intent.local_action == Action.MOVE.value:
                 await asyncio.to_thread(self._move, intent)
             else:
-                await asyncio.to_thread(_unlink, intent.path)
+                await asyncio.to_thread(unlink_durably, intent.path)
         except OSError as exc:
             await self._clear(intent)
             self._keep(intent, Keep.ACTION_FAILED, f"{type(exc).__name__}: {exc}")
@@ -246,16 +246,16 @@ class LocalFiles:
         except OSError as exc:
             if exc.errno not in _NO_LINK:
                 raise
-            _copy_verified(source, target, intent)
+            copy_verified(source, target, intent)
             crash_point("after_local_copy")
             # The copy took a while: the source must still be the verified file, unwritten.
-            local = _observe_now(source)
+            local = observe_now(source)
             reason = self._local_reason(intent, local)
             if reason is not None:
                 raise OSError(errno.EBUSY, f"the file changed during the copy ({reason})") from None
         else:
-            _fsync_dir(os.path.dirname(target))
-        _unlink(source)
+            fsync_dir(os.path.dirname(target))
+        unlink_durably(source)
 
     def _record_reason(self, record: CompletedRecord) -> Keep | None:
         p = self.policy
@@ -283,8 +283,8 @@ class LocalFiles:
         """The file now. The /proc scan (about 2 ms) is fresh right before an action, and shared
         by the files of one round for the first look."""
         if fresh_writers:
-            return await asyncio.to_thread(_observe_now, path)
-        local = await asyncio.to_thread(_observe_now, path, set())  # no scan of its own
+            return await asyncio.to_thread(observe_now, path)
+        local = await asyncio.to_thread(observe_now, path, set())  # no scan of its own
         if local.state is None:
             return local
         writer = await self._writers.is_written(local.state.identity)
@@ -399,14 +399,14 @@ class LocalFiles:
     async def _resume(self, path: str, record: CompletedRecord) -> None:
         source = await self._observe(path)
         target = record.local_target
-        target_state = _regular_state(target) if target else None
+        target_state = regular_state(target) if target else None
         is_copy = False
         if (
             source.state is not None
             and target_state is not None
             and target_state.identity != source.state.identity
         ):
-            is_copy = await asyncio.to_thread(_sha256_of, target) == record.sha256_hex
+            is_copy = await asyncio.to_thread(sha256_of, target) == record.sha256_hex
         outcome = resume_intent(record, source.state, target_state, target_is_copy=is_copy)
         log.info("file.action_resumed", stream_id=record.stream_id, path=path,
                  action=record.local_action, outcome=outcome.value)  # fmt: skip
@@ -427,7 +427,7 @@ class LocalFiles:
                 self._keep(record, reason)
                 return
             try:
-                await asyncio.to_thread(_unlink, path)
+                await asyncio.to_thread(unlink_durably, path)
             except OSError as exc:
                 self._keep(record, Keep.ACTION_FAILED, str(exc))
                 return
@@ -493,82 +493,3 @@ class LocalFiles:
                 for path, (sid, reason, detail) in kept
             ],
         }
-
-
-# ---------------------------------------------------------------------- blocking helpers
-
-
-def _observe_now(path: str, writers: set[FileIdentity] | bool | None = True) -> Local:
-    """The file at `path` (not following a symlink) and whether a visible process writes it:
-    from a fresh /proc scan (`writers` True: a cached one could miss a writer that opened the
-    file just now), or from the `writers` given (None: cannot tell)."""
-    try:
-        result = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return Local(None)
-    if stat.S_ISLNK(result.st_mode):
-        return Local(None, symlink=True)
-    if not stat.S_ISREG(result.st_mode):
-        return Local(None)
-    state = state_of(result)
-    found = scan_writers(os.getpid()) if writers is True else writers
-    writer = None if found is None or isinstance(found, bool) else state.identity in found
-    return Local(state, result.st_ctime_ns, writer=writer)
-
-
-def _regular_state(path: str) -> FileState | None:
-    return _observe_now(path).state
-
-
-def _unlink(path: str) -> None:
-    os.unlink(path)
-    _fsync_dir(os.path.dirname(path))
-
-
-def _fsync_dir(folder: str) -> None:
-    """Make a name's creation or removal durable (a crash must not bring it back)."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_COPY_BLOCK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _copy_verified(source: str, target: str, intent: CompletedRecord) -> None:
-    """Copy to a partial file beside the target, fsync it, check that what was read is the
-    verified file and what the disk gives back is what was read, then link it into place."""
-    partial = partial_path(target, intent.stream_id)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(partial)  # a crash's leftover: ours by its name
-    read = hashlib.sha256()
-    try:
-        with open(source, "rb") as src:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                while block := src.read(_COPY_BLOCK_BYTES):
-                    read.update(block)
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-                # What is compared next comes from the disk, not from the page cache.
-                os.posix_fadvise(out.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-            info = os.fstat(src.fileno())
-        if read.hexdigest() != intent.sha256_hex:
-            raise CopyMismatch(errno.EIO, "the bytes read are not the verified file's")
-        if _sha256_of(partial) != intent.sha256_hex:
-            raise CopyMismatch(errno.EIO, "the copy reads back different bytes")
-        os.chmod(partial, stat.S_IMODE(info.st_mode))
-        os.utime(partial, ns=(info.st_atime_ns, info.st_mtime_ns))
-        os.link(partial, target)  # never over a file that appeared meanwhile
-        _fsync_dir(os.path.dirname(target))
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
