@@ -6,9 +6,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
+# The agent's dependencies exactly as pinned and hashed in the lock (the versions the tests ran;
+# no moto, no test tools), then streamup itself without resolving anything again.
+COPY requirements-runtime.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements-runtime.lock
 COPY pyproject.toml README.md ./
 COPY streamup ./streamup
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps . && pip check
 
 RUN useradd --create-home --uid 10001 streamup \
     && mkdir -p /data/watch /data/state \

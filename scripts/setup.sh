@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Everything a fresh machine lacks: ffmpeg and redis-server (apt-get), then a virtual
+# Everything a fresh machine lacks: ffmpeg, redis-server and chromium (apt-get), then a virtual
 # environment in .venv with streamup and its test tools. Safe to run again: it skips what is there.
+# The Python packages come from requirements.lock (pinned, hashed; `make lock` refreshes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The status page's browser tests drive Debian's Chromium (Playwright cannot download one here).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# deploy/ checks: systemd-analyze verifies the unit, promtool checks and tests the alert rules.
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]} with apt-get"
   sudo=""
@@ -21,9 +27,15 @@ if [[ ! -x .venv/bin/python ]]; then
   $python -m venv .venv
 fi
 stamp=.venv/.streamup-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  echo "setup: installing streamup and its test tools into .venv"
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || requirements.lock -nt $stamp ]]; then
+  echo "setup: installing streamup and its test tools into .venv (from requirements.lock)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  .venv/bin/python -m pip install --quiet --require-hashes -r requirements.lock
+  .venv/bin/python -m pip install --quiet --no-deps -e .
+  if ! .venv/bin/python -m pip check >/dev/null; then
+    .venv/bin/python -m pip check >&2 || true
+    echo "setup: requirements.lock does not cover pyproject.toml; run \`make lock\`" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi

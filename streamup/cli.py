@@ -16,6 +16,7 @@ import structlog
 from streamup import __version__
 from streamup.errors import ConfigError, StreamupError
 from streamup.memory import pin_mmap_threshold, raise_open_file_limit
+from streamup.ops.systemd import supervise
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -86,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--state-dir", type=str, help="(STATE_DIR)")
     demo = commands.add_parser(
-        "demo", help="the whole pipeline on this machine, nothing configured"
+        "demo",
+        help="the whole pipeline on this machine, nothing configured "
+        "(needs pip install 'streamup[demo]')",
     )
     demo.add_argument("--seconds", type=float, default=8.0, help="length of the demo recording")
     return parser
@@ -163,12 +166,17 @@ async def _serve(settings: Settings, console: Console | None = None) -> int:
         from streamup.ops.progress import show_progress
 
         board = asyncio.create_task(show_progress(agent.snapshot, console))
+    # Under systemd (Type=notify): READY=1, WATCHDOG=1, STOPPING=1; elsewhere it returns at once.
+    notifier = asyncio.create_task(
+        supervise(agent.ready, agent.stopping, f"watching {settings.watch_dir}")
+    )
     try:
         await agent.run(stop)
     finally:
-        if board is not None:
-            board.cancel()
-            await asyncio.gather(board, return_exceptions=True)
+        for task in (board, notifier):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
     return 0
 
 

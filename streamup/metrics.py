@@ -51,6 +51,27 @@ UPLOAD_LAG = Gauge(
     "streamup_upload_lag_bytes", "Bytes on disk not yet acknowledged by S3", registry=REGISTRY
 )
 
+# Events after completion (after.delivery). `sink` is "webhook" or "command".
+EVENTS_DELIVERED = Counter(
+    "streamup_events_delivered", "Events a sink took (2xx, exit status 0)", ["sink"],
+    registry=REGISTRY,
+)  # fmt: skip
+EVENT_RETRIES = Counter(
+    "streamup_event_retries", "Delivery attempts that failed and will be retried", ["sink"],
+    registry=REGISTRY,
+)  # fmt: skip
+EVENTS_UNDELIVERABLE = Counter(
+    "streamup_events_undeliverable",
+    "Events a sink refused too often (4xx): kept in the outbox and shown in status",
+    ["sink"],
+    registry=REGISTRY,
+)
+EVENTS_WAITING = Gauge(
+    "streamup_events_waiting", "Events in the outbox this agent has still to deliver",
+    registry=REGISTRY,
+)  # fmt: skip
+EVENT_SINKS = ("webhook", "command")
+
 # Labelled series appear only once touched; a series that is born at its first failure makes
 # `rate()` and `increase()` miss that failure. So every known label value starts at zero.
 # `kind` is the class name of the retried error (see StreamWorker._on_retry).
@@ -60,6 +81,9 @@ for _kind in RETRY_KINDS:
 for _status in Status:
     if _status.is_failed:
         FAILURES.labels(status=_status.value)
+for _sink in EVENT_SINKS:
+    for _counter in (EVENTS_DELIVERED, EVENT_RETRIES, EVENTS_UNDELIVERABLE):
+        _counter.labels(sink=_sink)
 
 # The local-file action and the free-space guard (after.local_action). `trigger` is
 # after_upload (AFTER_UPLOAD) or min_free (MIN_FREE_BYTES); `reason` is after.lifecycle.Keep.

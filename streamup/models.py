@@ -146,6 +146,9 @@ class StreamRecord:
     # "CRC32C" when the upload was created with that additional checksum (every part then
     # carries it); empty for uploads created before checksums existed, which never get one.
     checksum_algorithm: str = ""
+    # The key S3_KEY_TEMPLATE gave, when another object or stream held it and `key` is a
+    # numbered variant of it (s3.placement); empty otherwise.
+    key_collision_of: str = ""
 
     def evolve(self, **changes: object) -> StreamRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -224,3 +227,49 @@ class ReadMark:
 
     wall_ns: int
     mono_ns: int
+
+
+# -- events after a stream ends (built by `after.events`, kept in the checkpoint store's outbox) --
+
+
+class DeliveryStatus(StrEnum):
+    """Where an event stands with one sink (the webhook, the command hook). Persisted."""
+
+    RETRYING = "retrying"  # tried and failed; tried again after a backoff
+    DELIVERED = "delivered"  # the sink took it (a 2xx answer, exit status 0)
+    UNDELIVERABLE = "undeliverable"  # refused too often (4xx): kept, shown, retried at next start
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEvent:
+    """An event in the outbox: written with the stream's finish, removed once delivered.
+
+    `body` is the event JSON exactly as it is sent, fixed when the event is written, so a
+    delivery after a restart sends the same bytes under the same id.
+    """
+
+    event_id: str
+    event_type: str  # text, not an enum: an event type added later still reads back
+    stream_id: str
+    host: str  # the host whose agent delivers it (the one that finished the stream)
+    created_at: datetime
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """One sink's progress with one event."""
+
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """An event waiting in the outbox, and each sink's progress with it (sinks not yet tried
+    are absent). `seq` is the order events were written in; per stream they go out in it."""
+
+    seq: int
+    event: OutboxEvent
+    deliveries: dict[str, DeliveryState] = dataclasses.field(default_factory=dict)

@@ -22,7 +22,10 @@ class Backoff:
     cap_s: float = 30.0
 
     def delay_s(self, attempt: int, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap_s, self.first_s * self.factor ** max(attempt - 1, 0))
+        try:
+            ceiling = min(self.cap_s, self.first_s * self.factor ** max(attempt - 1, 0))
+        except OverflowError:  # attempt 1025 of a long outage: 2.0 ** 1024 is past any float
+            ceiling = self.cap_s
         # Full jitter: many agents that lost the network together do not return together.
         return (rng or random).uniform(ceiling / 2, ceiling)
 

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from streamup import metrics
+from streamup.after.delivery import Dispatcher
 from streamup.after.lifecycle import Action
 from streamup.after.local_action import LocalFiles, Policy
 from streamup.checkpoint import CheckpointStore
@@ -35,7 +36,9 @@ from streamup.ops.report import agent_document
 from streamup.retry import retrying
 from streamup.s3.client import S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode, probe
+from streamup.s3.keys import KeyFields
 from streamup.s3.orphans import reap_orphans
+from streamup.s3.placement import KeyPlanner, Placement, refused_option
 from streamup.settings import Settings
 from streamup.stream.finalize import finalize, finish_lost, write_metadata
 from streamup.stream.ownership import Ownership, host_of
@@ -99,7 +102,12 @@ class Agent:
             ffprobe_timeout_s=settings.ffprobe_timeout_seconds,
             lease_ttl_s=settings.lease_ttl_seconds,
             agent_host=host_of(settings.agent_id),
+            object_options=settings.object_options,
         )
+        self.dispatcher = Dispatcher.for_agent(
+            self.store, settings, self.stopping, host=host_of(settings.agent_id)
+        )
+        self.keys = KeyPlanner(self.storage, self.store, settings.key_template)
         self.ownership = Ownership(
             self.store,
             agent_id=settings.agent_id,
@@ -142,18 +150,22 @@ class Agent:
                 asyncio.create_task(watcher.run_events(self.stopping)),
                 asyncio.create_task(watcher.run_scans(self.stopping)),
                 asyncio.create_task(self._update_gauges()),
+                asyncio.create_task(self.dispatcher.run()),
             ]
             if self.settings.orphan_upload_age_seconds > 0:
                 background.append(asyncio.create_task(reap_orphans(
-                    self.storage, self.store, f"{self.settings.s3_key_prefix}/",
+                    self.storage, self.store, self._fixed_prefix(),
                     max_age_s=self.settings.orphan_upload_age_seconds,
                     live_upload_ids=lambda: {w.record.upload_id for w in self.workers.values()},
                     stopping=self.stopping,
                 )))  # fmt: skip
             if self.settings.prom_port:
+                token = self.settings.status_token
                 server = await serve_http(
-                    self.settings.prom_host, self.settings.prom_port, self.status, self.healthy
-                )
+                    self.settings.prom_host, self.settings.prom_port, self.status, self.healthy,
+                    snapshot=self.snapshot, read_object=self.storage.get_bytes,
+                    token=token.get_secret_value() if token is not None else None,
+                )  # fmt: skip
             log.info(
                 "agent.started",
                 watch_dir=str(self.settings.watch_dir),
@@ -186,6 +198,7 @@ class Agent:
                 if await self.storage.ensure_bucket():
                     log.info("bucket.created", bucket=self.settings.s3_bucket_name)
                 self.ctx.integrity = await self._integrity()
+                await self._check_object_options()
                 return
             except StorageError as exc:
                 last = exc
@@ -225,6 +238,28 @@ class Agent:
                 " ETags are not MD5s): objects are completed but marked unverified",
             )
         return caps
+
+    def _fixed_prefix(self) -> str:
+        """What every key this agent makes starts with ('' when the template starts with a
+        field that changes per stream): where the orphan reaper looks."""
+        s = self.settings
+        return s.key_template.fixed_prefix(s.s3_key_prefix, self.ownership.host)
+
+    async def _check_object_options(self) -> None:
+        """Once at start-up: a server that refuses an object option (Ceph RGW: SSE over plain
+        HTTP, classes other than STANDARD) would fail every stream; say which setting, once."""
+        s = self.settings
+        refused = await retrying(
+            lambda: refused_option(self.storage, s.s3_key_prefix, self.ctx.object_options)
+        )
+        if refused is not None:
+            setting, exc = refused
+            value = getattr(s, setting.lower(), None) if "," not in setting else None
+            shown = setting if value is None else f"{setting}={value}"
+            raise ConfigError(
+                f"{shown} is refused by the server ({exc}); unset it or change it to what "
+                "the server supports"
+            ) from None
 
     async def _drain(self) -> None:
         """Let in-flight parts land within the grace period, then cancel what is left."""
@@ -306,12 +341,18 @@ class Agent:
             stream_id = str(uuid.uuid4())
             relative = relative_key_path(s.watch_dir, path)
             now = utc_now()
+            fields = KeyFields(s.s3_key_prefix, stream_id, relative, self.ownership.host, now)
+            placement = await self._place(fields, path, state)
+            if placement is None:
+                source.close()
+                return
             record = StreamRecord(
                 stream_id=stream_id,
                 path=path,
                 relative_path=relative,
                 bucket=s.s3_bucket_name,
-                key=f"{s.s3_key_prefix}/{stream_id}/{relative}",
+                key=placement.key,
+                key_collision_of=placement.collision_of,
                 status=Status.ACTIVE,
                 identity=source.identity,
                 part_size_bytes=s.chunk_size_bytes,
@@ -323,17 +364,33 @@ class Agent:
                 host=self.ownership.host,
             )
             worker = StreamWorker(self.ctx, record, {}, source)
-            claim, known_id = await worker.persist(
-                lambda: self.store.claim_stream(record), "checkpoint"
-            )
+            try:
+                claim, known_id = await worker.persist(
+                    lambda: self.store.claim_stream(record), "checkpoint"
+                )
+            finally:
+                self.keys.release(record.key)
             if claim is not Claim.NEW or not await self.ownership.acquire(known_id):
                 source.close()
                 self._settle_claim(claim, known_id, path, state)
                 return
+            if placement.collision_of:
+                worker.log.warning("stream.key_collision", key=record.key,
+                                   key_collision_of=placement.collision_of)  # fmt: skip
             worker.log.info("stream.discovered", key=record.key)
             self._launch(worker)
         finally:
             self._starting.discard(path)
+
+    async def _place(self, fields: KeyFields, path: str, state: FileState) -> Placement | None:
+        """The new stream's key (S3_KEY_TEMPLATE, never another object's), or None."""
+        try:
+            return await self.keys.place(fields, [w.record.key for w in self.workers.values()])
+        except (ValueError, StreamupError) as exc:
+            self._unreadable[path] = state
+            log.error("stream.no_key", path=path, error=str(exc),
+                      hint="fix S3_KEY_TEMPLATE; the file is retried when it changes")  # fmt: skip
+            return None
 
     def _settle_claim(self, claim: Claim, stream_id: str, path: str, state: FileState) -> None:
         """The file is not ours to start: completed already, or another agent's stream."""
@@ -417,6 +474,8 @@ class Agent:
             if self.by_path.get(worker.record.path) == stream_id:
                 del self.by_path[worker.record.path]
             done = worker.completed_record
+            if done is not None:
+                self.dispatcher.poke()  # its event is in the outbox
             if done is not None and done.end_reason is EndReason.IDLE:
                 self.completed[worker.record.path] = done
                 self.local.kick()

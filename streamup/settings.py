@@ -7,17 +7,24 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+import streamup.s3.object_options as options
 from streamup.errors import ConfigError
+from streamup.s3.keys import DEFAULT_TEMPLATE, KeyTemplate, parse_template
 from streamup.s3.parts import MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# URL-safe characters only: the token travels in a header, a query string and a cookie unescaped.
+_STATUS_TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 
 class Settings(BaseSettings):
@@ -40,6 +47,13 @@ class Settings(BaseSettings):
     s3_bucket_name: str = Field("video-streams", min_length=3, max_length=63)
     s3_region_name: str = "us-east-1"
     s3_key_prefix: str = "streams"
+    # Where each object goes (s3.keys) and how it is stored (s3.object_options).
+    s3_key_template: str = DEFAULT_TEMPLATE
+    s3_sse: str | None = None
+    s3_sse_kms_key_id: str | None = None
+    s3_storage_class: str | None = None
+    s3_object_tags: str | None = None
+    s3_object_metadata: str | None = None
     # How each part is proven to be in S3 byte for byte (s3.integrity); `auto` asks the server.
     s3_integrity_mode: Literal["auto", "checksum", "content_md5", "etag", "none"] = "auto"
 
@@ -67,8 +81,16 @@ class Settings(BaseSettings):
     ffprobe_path: str | None = None
     ffprobe_timeout_seconds: float = Field(30.0, gt=0)
 
+    # After completion (after.delivery): a command hook and a signed webhook, both optional.
+    on_complete_command: str | None = None
+    hook_timeout_seconds: float = Field(60.0, gt=0)
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+
     prom_port: int = Field(8000, ge=0, le=65535)  # 0 turns the HTTP endpoint off
     prom_host: str = "127.0.0.1"
+    # Set: the status page, /status and the metadata route need it (/metrics, /healthz stay open).
+    status_token: SecretStr | None = None
     log_level: str = "INFO"
 
     @field_validator("watch_extensions", mode="before")
@@ -132,15 +154,116 @@ class Settings(BaseSettings):
             return int(total_bytes * float(text[:-1]) / 100)
         return int(text)
 
-    @field_validator("after_upload_dir", mode="before")
+    @field_validator("status_token")
     @classmethod
-    def _empty_dir_is_unset(cls, value: Any) -> Any:
-        return None if value == "" else value
+    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _STATUS_TOKEN.fullmatch(value.get_secret_value()):
+            raise ValueError(
+                "must be 16-256 letters, digits, '-', '_', '.' or '~' "
+                "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
+        return value
 
-    @field_validator("s3_endpoint_url", "ffprobe_path", mode="before")
+    @field_validator("s3_key_template")
+    @classmethod
+    def _check_template(cls, value: str, info: ValidationInfo) -> str:
+        parse_template(value, prefix=info.data.get("s3_key_prefix", ""))
+        return value
+
+    @field_validator("s3_sse")
+    @classmethod
+    def _check_sse(cls, value: str | None) -> str | None:
+        return None if value is None else options.parse_sse(value)
+
+    @field_validator("s3_sse_kms_key_id")
+    @classmethod
+    def _check_kms_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if info.data.get("s3_sse") != "aws:kms":
+            raise ValueError("goes only with S3_SSE=aws:kms; set S3_SSE=aws:kms or unset it")
+        return options.parse_kms_key_id(value)
+
+    @field_validator("s3_storage_class")
+    @classmethod
+    def _check_storage_class(cls, value: str | None) -> str | None:
+        return None if value is None else options.parse_storage_class(value)
+
+    @field_validator("s3_object_tags")
+    @classmethod
+    def _check_tags(cls, value: str | None) -> str | None:
+        if value is not None:
+            options.parse_tags(value)
+        return value
+
+    @field_validator("s3_object_metadata")
+    @classmethod
+    def _check_metadata(cls, value: str | None) -> str | None:
+        if value is not None:
+            options.parse_metadata(value)
+        return value
+
+    @property
+    def key_template(self) -> KeyTemplate:
+        return parse_template(self.s3_key_template, prefix=self.s3_key_prefix)
+
+    @property
+    def object_options(self) -> options.ObjectOptions:
+        """What every object is stored with (S3_SSE ... S3_OBJECT_METADATA)."""
+        return options.ObjectOptions(
+            sse=self.s3_sse,
+            kms_key_id=self.s3_sse_kms_key_id,
+            storage_class=self.s3_storage_class,
+            tags=options.parse_tags(self.s3_object_tags) if self.s3_object_tags else (),
+            metadata=(
+                options.parse_metadata(self.s3_object_metadata) if self.s3_object_metadata else ()
+            ),
+        )
+
+    @field_validator(
+        "s3_endpoint_url", "ffprobe_path", "s3_sse", "s3_sse_kms_key_id", "s3_storage_class",
+        "s3_object_tags", "s3_object_metadata", "status_token", "after_upload_dir",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("on_complete_command")
+    @classmethod
+    def _check_command(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_command(value)
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, e.g."
+                " https://hooks.example.com/streamup"
+            )
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("it is empty; set a secret, or unset WEBHOOK_SECRET for no signature")
+        return value
+
+    @property
+    def on_complete_argv(self) -> list[str] | None:
+        """ON_COMPLETE_COMMAND split into the program and its arguments."""
+        return None if self.on_complete_command is None else split_command(self.on_complete_command)
 
     def redacted(self) -> dict[str, object]:
         """The settings as they may be logged: secrets masked, the Redis password removed."""
@@ -150,8 +273,33 @@ class Settings(BaseSettings):
                 value = (
                     "**********" if name != "redis_url" else redact_url(value.get_secret_value())
                 )
+            if name == "webhook_url" and value is not None:
+                value = _url_without_credentials(str(value))
             shown[name] = str(value) if isinstance(value, Path) else value
         return shown
+
+
+def split_command(text: str) -> list[str]:
+    """ON_COMPLETE_COMMAND split as a POSIX shell would (quotes, backslashes), never run by one.
+
+    Raises ValueError, with the fix, when it is empty or its quotes do not close.
+    """
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"cannot be split like a shell would ({exc}); check its quotes") from None
+    if not argv or not argv[0]:
+        raise ValueError(
+            "it is empty; give a command line, e.g. '/usr/local/bin/on-upload --notify',"
+            " or unset ON_COMPLETE_COMMAND"
+        )
+    return argv
+
+
+def _url_without_credentials(url: str) -> str:
+    # A webhook URL may carry a token as user:password or in its query string.
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
 def redact_url(url: str) -> str:
@@ -163,6 +311,8 @@ def redact_url(url: str) -> str:
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
 
+
+_SECRETS = {"s3_access_key_id", "s3_secret_access_key", "redis_url", "status_token"}
 
 _MIN_FREE_HINT = (
     "must be a number of bytes (0 turns the guard off) or a percentage of WATCH_DIR's "
@@ -197,10 +347,17 @@ def load_settings(
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else "settings"
         value = error.get("input")
+        if name in _SECRETS:  # the one line names the setting, never the secret's value
+            value = "**********"
         hint = _RANGES.get(name, str(error["msg"]).removeprefix("Value error, "))
         raise ConfigError(f"{name.upper()}={value!r} is invalid: {hint}") from None
     _check_after_upload(settings)
-    if prepare_watch_dir:
+    if settings.webhook_secret is not None and settings.webhook_url is None:
+        raise ConfigError(
+            "WEBHOOK_SECRET is set but WEBHOOK_URL is not; set WEBHOOK_URL or unset WEBHOOK_SECRET"
+        )
+    if prepare_watch_dir:  # the agent itself, not a reader such as `streamup status`
+        _check_hook_program(settings.on_complete_argv)
         _prepare_watch_dir(settings.watch_dir)
         if settings.after_upload == "move" and settings.after_upload_dir is not None:
             _prepare_after_dir(settings.after_upload_dir)
@@ -240,6 +397,14 @@ def _prepare_after_dir(path: Path) -> None:
     if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(
             f"AFTER_UPLOAD_DIR={str(path)!r} is not a writable folder; fix its permissions"
+        )
+
+
+def _check_hook_program(argv: list[str] | None) -> None:
+    if argv is not None and shutil.which(argv[0]) is None:
+        raise ConfigError(
+            f"ON_COMPLETE_COMMAND names the program {argv[0]!r}, which is not found on PATH or"
+            " is not executable; give its full path or fix its permissions"
         )
 
 

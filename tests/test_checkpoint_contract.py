@@ -27,8 +27,11 @@ from streamup.errors import CheckpointCorrupt, CheckpointError, LeaseLost
 from streamup.models import (
     Claim,
     CompletedRecord,
+    DeliveryState,
+    DeliveryStatus,
     EndReason,
     FileIdentity,
+    OutboxEvent,
     PartRecord,
     Status,
     StreamRecord,
@@ -145,6 +148,7 @@ async def test_every_stream_field_round_trips(store: CheckpointStore) -> None:
         end_reason=EndReason.FILE_REPLACED,
         error="metadata upload failed: AccessDenied: no",
         host="edge-07.example",
+        key_collision_of="recordings/cam/s1.mp4",
     )
     await store.save_stream(stream)
     loaded = await store.load_stream("s1")
@@ -526,6 +530,7 @@ async def test_redis_writes_the_seed_key_schema(
         "error": "",
         "host": "",
         "checksum_algorithm": "",
+        "key_collision_of": "",
     }
     assert await raw.hgetall("stream:s1:parts") == {
         "1": f'"{1:032x}":{8 * MiB}:2024-05-01T12:00:01.123457+00:00'
@@ -988,6 +993,7 @@ async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path)
         conn.execute("DROP INDEX streams_by_path")
         conn.execute("ALTER TABLE streams DROP COLUMN host")
         conn.execute("ALTER TABLE streams DROP COLUMN checksum_algorithm")
+        conn.execute("ALTER TABLE streams DROP COLUMN key_collision_of")
         conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
     conn.close()
     await store.open()
@@ -1060,3 +1066,207 @@ async def test_memory_store_raises_injected_errors_then_recovers() -> None:
             await store.save_stream(make_stream())
     await store.save_stream(make_stream())
     assert await store.load_stream("s1") == make_stream()
+
+
+# -- the event outbox: the contract on every backend, then Redis' keys and SQLite's migration ---
+
+
+def make_event(
+    stream_id: str = "s1", *, body: str = "", event_type: str = "stream.completed"
+) -> OutboxEvent:
+    return OutboxEvent(
+        event_id=f"ev-{stream_id}-{event_type}",
+        event_type=event_type,
+        stream_id=stream_id,
+        host="edge-a",
+        created_at=T0 + timedelta(minutes=5, microseconds=7),
+        body=body or f'{{"id":"ev-{stream_id}","stream_id":"{stream_id}","name":"caf\\u00e9"}}',
+    )
+
+
+async def finish_with(store: CheckpointStore, stream_id: str, event: OutboxEvent | None) -> None:
+    stream = make_stream(stream_id, status=Status.COMPLETED)
+    await store.save_stream(stream)
+    await store.finish_stream(stream, completed_of(stream), event)
+
+
+async def test_a_finish_with_an_event_puts_it_in_the_outbox(store: CheckpointStore) -> None:
+    event = make_event()
+    await finish_with(store, "s1", event)
+    [entry] = await store.outbox()
+    assert entry.event == event
+    assert entry.event.created_at.tzinfo == UTC
+    assert entry.deliveries == {}
+    assert await store.load_stream("s1") is None  # in the same step that finished the stream
+
+
+async def test_a_finish_without_an_event_leaves_the_outbox_empty(store: CheckpointStore) -> None:
+    await finish_with(store, "s1", None)
+    assert await store.outbox() == []
+
+
+async def test_the_outbox_keeps_the_order_events_were_written(store: CheckpointStore) -> None:
+    for stream_id in ("s3", "s1", "s2"):
+        await finish_with(store, stream_id, make_event(stream_id))
+    entries = await store.outbox()
+    assert [e.event.stream_id for e in entries] == ["s3", "s1", "s2"]
+    assert [e.seq for e in entries] == sorted(e.seq for e in entries)
+    assert len({e.seq for e in entries}) == 3
+
+
+async def test_a_retried_finish_keeps_the_first_event_and_its_place(
+    store: CheckpointStore,
+) -> None:
+    first = make_event("s1", body='{"try":1}')
+    await finish_with(store, "s1", first)
+    await finish_with(store, "s2", make_event("s2"))
+    await finish_with(store, "s1", make_event("s1", body='{"try":2}'))  # same id, rebuilt body
+    entries = await store.outbox()
+    assert [e.event for e in entries] == [first, make_event("s2")]
+
+
+async def test_delivery_states_are_kept_per_sink_and_replaced(store: CheckpointStore) -> None:
+    await finish_with(store, "s1", make_event())
+    event_id = make_event().event_id
+    await store.set_delivery(event_id, "webhook", DeliveryState(DeliveryStatus.RETRYING, 1, "500"))
+    await store.set_delivery(event_id, "command", DeliveryState(DeliveryStatus.DELIVERED, 1))
+    await store.set_delivery(
+        event_id, "webhook", DeliveryState(DeliveryStatus.UNDELIVERABLE, 6, "HTTP 404: nope")
+    )
+    [entry] = await store.outbox()
+    assert entry.deliveries == {
+        "webhook": DeliveryState(DeliveryStatus.UNDELIVERABLE, 6, "HTTP 404: nope"),
+        "command": DeliveryState(DeliveryStatus.DELIVERED, 1, None),
+    }
+
+
+async def test_a_long_last_error_is_clipped(store: CheckpointStore) -> None:
+    await finish_with(store, "s1", make_event())
+    page = "<html>" + "x" * 5000
+    await store.set_delivery(
+        make_event().event_id, "webhook", DeliveryState(DeliveryStatus.RETRYING, 1, page)
+    )
+    [entry] = await store.outbox()
+    error = entry.deliveries["webhook"].last_error
+    assert error is not None and error.startswith("<html>xxx") and len(error) < 600
+
+
+async def test_remove_event_drops_it_and_a_late_state_does_not_bring_it_back(
+    store: CheckpointStore,
+) -> None:
+    await finish_with(store, "s1", make_event("s1"))
+    await finish_with(store, "s2", make_event("s2"))
+    gone = make_event("s1").event_id
+    await store.set_delivery(gone, "webhook", DeliveryState(DeliveryStatus.RETRYING, 1, "x"))
+    await store.remove_event(gone)
+    await store.set_delivery(gone, "command", DeliveryState(DeliveryStatus.DELIVERED, 1))
+    await store.remove_event("never-written")
+    assert [e.event.event_id for e in await store.outbox()] == [make_event("s2").event_id]
+    # Written again later (a new finish of the same id) it starts with no stale state.
+    await finish_with(store, "s1", make_event("s1"))
+    entries = await store.outbox()
+    assert [(e.event.stream_id, e.deliveries) for e in entries] == [("s2", {}), ("s1", {})]
+
+
+async def test_finish_refuses_an_event_of_another_stream(store: CheckpointStore) -> None:
+    stream = make_stream("s1", status=Status.COMPLETED)
+    await store.save_stream(stream)
+    with pytest.raises(CheckpointError, match="event of stream s2"):
+        await store.finish_stream(stream, completed_of(stream), make_event("s2"))
+    assert await store.load_stream("s1") == stream
+    assert await store.outbox() == []
+
+
+async def test_the_outbox_survives_closing_and_reopening(backend: Backend) -> None:
+    first = backend.make()
+    await first.open()
+    try:
+        await finish_with(first, "s1", make_event())
+        await first.set_delivery(
+            make_event().event_id, "webhook", DeliveryState(DeliveryStatus.RETRYING, 2, "down")
+        )
+    finally:
+        await first.close()
+    second = backend.make()
+    await second.open()
+    try:
+        [entry] = await second.outbox()
+        assert entry.event == make_event()
+        assert entry.deliveries == {"webhook": DeliveryState(DeliveryStatus.RETRYING, 2, "down")}
+    finally:
+        await second.close()
+
+
+async def test_redis_outbox_keys_and_one_events_stream_entry_per_event(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    event = make_event()
+    await finish_with(redis_store, "s1", event)
+    await finish_with(redis_store, "s1", event)  # a retried finish (its reply was lost)
+    assert await raw.hkeys("streams:outbox") == [event.event_id]
+    assert await raw.zrange("streams:outbox_queue", 0, -1) == [event.event_id]
+    entries = await raw.xrange("streams:events")
+    assert [fields for _, fields in entries] == [
+        {"id": event.event_id, "type": "stream.completed", "stream_id": "s1", "event": event.body}
+    ]
+    await redis_store.set_delivery(
+        event.event_id, "webhook", DeliveryState(DeliveryStatus.DELIVERED, 1)
+    )
+    assert await raw.exists(f"event:{event.event_id}:deliveries") == 1
+    await redis_store.remove_event(event.event_id)
+    assert (
+        await raw.exists(
+            "streams:outbox", "streams:outbox_queue", f"event:{event.event_id}:deliveries"
+        )
+        == 0
+    )
+    assert await raw.xlen("streams:events") == 1  # the stream is a log, not a queue
+
+
+async def test_redis_events_stream_is_capped_near_the_history_limit(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    store = RedisStore(redis_url, history_limit=100)
+    await store.open()
+    try:
+        for index in range(400):
+            await finish_with(store, f"s{index}", make_event(f"s{index}"))
+    finally:
+        await store.close()
+    assert 100 <= await raw.xlen("streams:events") < 400  # MAXLEN ~: trimmed in whole nodes
+
+
+async def test_redis_a_fenced_out_finish_writes_no_event(
+    redis_store: RedisStore, agent_b: RedisStore
+) -> None:
+    stream = make_stream(status=Status.S3_COMPLETED)
+    await redis_store.save_stream(stream)
+    await take_over(redis_store, agent_b, stream)
+    with pytest.raises(LeaseLost):
+        await redis_store.finish_stream(stream, completed_of(stream), make_event())
+    assert await agent_b.outbox() == []
+
+
+async def test_redis_corrupt_outbox_event_is_reported(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    await finish_with(redis_store, "s1", make_event())
+    await raw.hset("streams:outbox", make_event().event_id, '{"event_id": 5}')
+    with pytest.raises(CheckpointCorrupt, match="streams:outbox field"):
+        await redis_store.outbox()
+
+
+async def test_sqlite_database_without_the_outbox_tables_gets_them(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(tmp_path / "streamup.db") as conn:  # as an older streamup left it
+        conn.execute("DROP TABLE outbox")
+        conn.execute("DROP TABLE deliveries")
+    conn.close()
+    await store.open()
+    try:
+        await finish_with(store, "s1", make_event())
+        assert [e.event for e in await store.outbox()] == [make_event()]
+    finally:
+        await store.close()

@@ -65,8 +65,9 @@ def _parts_in_flight(s3: Any, bucket: str) -> int:
 def test_growing_file_gets_parts_uploaded_while_it_is_written(
     agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:
-    agent()
-    wait_for(lambda: _bucket_exists(s3_client, bucket), deadline_s=20, what="the bucket")
+    process = agent()
+    # Started: the start-up probes' throwaway uploads are aborted by then.
+    wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="the start")
     target = watch_dir / "live.mp4"
     writer = threading.Thread(
         target=write_slowly, args=(target,), kwargs={"total_bytes": 40 * MiB, "rate_bytes_s": MiB}

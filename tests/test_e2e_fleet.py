@@ -143,7 +143,12 @@ def test_paused_owner_notices_it_lost_the_lease_and_backs_off(
 
 @pytest.mark.parametrize("hosts", [("host-1", "host-2"), ("host-1", "host-1")])
 def test_in_a_fleet_each_uploaded_file_is_deleted_once_by_one_agent(
-    agent: Any, redis_url: str, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str,
+    agent: Any,
+    redis_url: str,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
     hosts: tuple[str, str],
 ) -> None:
     """Different hosts: the host whose agent finished the stream acts, the other leaves it

@@ -46,6 +46,7 @@ EXTRA_FIELDS = [
     "end_reason",
     "partial",
     "probe_error",
+    "key_collision_of",
     "streamup_version",
 ]
 

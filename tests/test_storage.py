@@ -145,3 +145,20 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert all(0 < d <= 30.0 for d in delays)
     assert max(delays[10:]) >= 15.0  # it reaches the cap region
     assert len(set(delays)) > 20  # jitter: not one fixed ladder
+
+
+async def test_get_bytes_reads_a_small_object_and_says_none_when_it_is_missing(
+    storage: S3Storage,
+) -> None:
+    await storage.put_bytes("doc.json", b'{"a": 1}', "application/json")
+    assert await storage.get_bytes("doc.json") == b'{"a": 1}'
+    assert await storage.get_bytes("missing.json") is None
+    with pytest.raises(StorageError, match="larger than 4 bytes") as caught:
+        await storage.get_bytes("doc.json", max_bytes=4)
+    assert caught.value.retryable is False
+
+
+def test_backoff_stays_capped_however_long_the_outage_lasts() -> None:
+    # 2.0 ** 1024 overflows a float: attempt 1025 (8.5 hours at the 30 s cap) must not raise.
+    backoff = Backoff(first_s=0.5, factor=2.0, cap_s=30.0)
+    assert all(15.0 <= backoff.delay_s(n) <= 30.0 for n in (1024, 1025, 10**6))

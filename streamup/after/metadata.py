@@ -38,6 +38,11 @@ _VIDEO_CONTENT_TYPES = {
 }
 
 
+def metadata_key(video_key: str) -> str:
+    """The key of the metadata document that describes the object at `video_key`."""
+    return f"{video_key}.metadata.json"
+
+
 def content_type_for(path: str) -> str:
     """The Content-Type of a file, from its extension (case-insensitive)."""
     extension = os.path.splitext(path)[1].lower()
@@ -113,6 +118,9 @@ def build_metadata(
         # before, and nothing could check it against the final file.
         "partial": stream.end_reason is EndReason.FILE_LOST,
         "probe_error": probe.error,
+        # The key S3_KEY_TEMPLATE gave, when another object held it and this one got a
+        # numbered key instead; null otherwise.
+        "key_collision_of": stream.key_collision_of or None,
         "streamup_version": streamup.__version__,
     }
 

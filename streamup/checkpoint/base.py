@@ -5,6 +5,8 @@ Rules every backend keeps:
 - Finishing a stream removes its working state and writes its compact record in one step.
 - What is kept of finished streams is bounded (`history_limit` recent completions), apart from
   the per-file records that live as long as their file does (pruned by `forget_completed_file`).
+- The event outbox: an event is written in the very step that finishes its stream, and leaves
+  only through `remove_event`, once every sink has it (at least once, across crashes).
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Protocol
 
-from streamup.models import Claim, CompletedRecord, PartRecord, StreamRecord
+from streamup.models import (
+    Claim,
+    CompletedRecord,
+    DeliveryState,
+    OutboxEntry,
+    OutboxEvent,
+    PartRecord,
+    StreamRecord,
+)
 
 
 class CheckpointStore(Protocol):
@@ -50,10 +60,13 @@ class CheckpointStore(Protocol):
     async def unfinished_streams(self) -> list[StreamRecord]:
         """Every stream whose status is not final, oldest first."""
 
-    async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
+    async def finish_stream(
+        self, stream: StreamRecord, record: CompletedRecord, event: OutboxEvent | None = None
+    ) -> None:
         """Atomically: remove the stream's working state (meta, parts, set memberships), store
         `record` as the path's completed record and as a recent completion (trimmed to the
-        history limit; trimmed streams leave the completed set too)."""
+        history limit; trimmed streams leave the completed set too), and put `event` in the
+        outbox. A retried finish keeps the event first written under that id, and its place."""
 
     async def completed_files(self) -> dict[str, CompletedRecord]:
         """The completed record of every path that still has one, keyed by path."""
@@ -71,6 +84,17 @@ class CheckpointStore(Protocol):
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         """Newest first."""
+
+    # ---- the event outbox
+
+    async def outbox(self) -> list[OutboxEntry]:
+        """Every event waiting in the outbox with each sink's progress, in the order written."""
+
+    async def set_delivery(self, event_id: str, sink: str, state: DeliveryState) -> None:
+        """Record a sink's progress with an event; nothing when the event left the outbox."""
+
+    async def remove_event(self, event_id: str) -> None:
+        """The event reached every sink: drop it and its delivery states."""
 
     # ---- many agents, one store: claims and leases (single-agent stores grant everything)
 

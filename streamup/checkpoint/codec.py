@@ -160,6 +160,7 @@ _META_DEFAULTS = {
     "error": "",
     "host": "",
     "checksum_algorithm": "",
+    "key_collision_of": "",
 }
 
 
@@ -188,6 +189,7 @@ def stream_to_meta(stream: StreamRecord) -> dict[str, str]:
         "error": stream.error or "",
         "host": stream.host,
         "checksum_algorithm": stream.checksum_algorithm,
+        "key_collision_of": stream.key_collision_of,
     }
 
 
@@ -218,6 +220,7 @@ def stream_from_meta(stream_id: str, fields: dict[str, str], *, where: str) -> S
         error=meta.text("error") or None,
         host=meta.text("host"),
         checksum_algorithm=meta.text("checksum_algorithm"),
+        key_collision_of=meta.text("key_collision_of"),
     )
 
 
@@ -293,6 +296,7 @@ def stream_to_row(stream: StreamRecord) -> dict[str, object]:
         "error": stream.error or None,
         "host": stream.host,
         "checksum_algorithm": stream.checksum_algorithm,
+        "key_collision_of": stream.key_collision_of,
     }
 
 
@@ -331,4 +335,5 @@ _PLAIN_COLUMNS = (
     "error",
     "host",
     "checksum_algorithm",
+    "key_collision_of",
 )

@@ -25,8 +25,24 @@ from streamup.checkpoint.codec import (
     stream_from_meta,
     stream_to_meta,
 )
+from streamup.checkpoint.outbox_codec import (
+    check_event,
+    event_from_json,
+    event_to_json,
+    state_from_json,
+    state_to_json,
+)
 from streamup.errors import CheckpointError
-from streamup.models import Claim, CompletedRecord, PartRecord, StreamRecord, iso
+from streamup.models import (
+    Claim,
+    CompletedRecord,
+    DeliveryState,
+    OutboxEntry,
+    OutboxEvent,
+    PartRecord,
+    StreamRecord,
+    iso,
+)
 
 
 class MemoryStore:
@@ -45,6 +61,9 @@ class MemoryStore:
         self._errors: list[CheckpointError] = []
         self._lease_tokens = itertools.count(1)
         self._lease_owners: dict[str, str] = {}
+        self._outbox: dict[str, tuple[int, str]] = {}  # event id -> (seq, event JSON)
+        self._deliveries: dict[str, dict[str, str]] = {}  # event id -> sink -> state JSON
+        self._outbox_seq = itertools.count(1)
 
     def inject_error(self, error: CheckpointError, *, count: int = 1) -> None:
         """Make the next `count` calls (of any method but open/close) raise `error`."""
@@ -102,9 +121,14 @@ class MemoryStore:
         unfinished = [s for s in streams if not s.status.is_final]
         return sorted(unfinished, key=lambda s: (s.started_at, s.stream_id))
 
-    async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
+    async def finish_stream(
+        self, stream: StreamRecord, record: CompletedRecord, event: OutboxEvent | None = None
+    ) -> None:
         self._check()
         check_finish(stream, record)
+        check_event(stream, event)
+        if event is not None and event.event_id not in self._outbox:
+            self._outbox[event.event_id] = (next(self._outbox_seq), event_to_json(event))
         self._streams.pop(stream.stream_id, None)
         self._parts.pop(stream.stream_id, None)
         self._lease_owners.pop(stream.stream_id, None)
@@ -146,6 +170,30 @@ class MemoryStore:
         self._check()
         entries = self._completions[: max(limit, 0)]
         return [completed_from_json(text, where=sid) for sid, text in entries]
+
+    async def outbox(self) -> list[OutboxEntry]:
+        self._check()
+        entries = []
+        for event_id, (seq, text) in sorted(self._outbox.items(), key=lambda item: item[1][0]):
+            states = self._deliveries.get(event_id, {})
+            entries.append(
+                OutboxEntry(
+                    seq,
+                    event_from_json(text, where=event_id),
+                    {sink: state_from_json(v, where=event_id) for sink, v in states.items()},
+                )
+            )
+        return entries
+
+    async def set_delivery(self, event_id: str, sink: str, state: DeliveryState) -> None:
+        self._check()
+        if event_id in self._outbox:
+            self._deliveries.setdefault(event_id, {})[sink] = state_to_json(state)
+
+    async def remove_event(self, event_id: str) -> None:
+        self._check()
+        self._outbox.pop(event_id, None)
+        self._deliveries.pop(event_id, None)
 
     async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
         self._check()

@@ -7,6 +7,9 @@ checksum may be empty; records from before CRC32C end at the MD5). A stream sits
 status set its status names: `streams:active`, `streams:pending_completion` (pending_completion,
 s3_completed), `streams:failed` (failed_*), `streams:completed`; aborted_no_parts in none.
 
+The event outbox (`streams:outbox`, `streams:outbox_queue`, `event:{id}:deliveries`,
+`streams:events`) is `redis_outbox.py`'s; the finish script writes each event.
+
 A finished stream leaves `streams:completed_files` (path -> record JSON, pruned when the file goes)
 and an entry in `streams:completed_log` (newest first, trimmed to the history limit; ids trimmed
 off the log leave `streams:completed` too), so nothing else grows without bound.
@@ -40,6 +43,7 @@ from streamup.checkpoint.codec import (
     stream_from_meta,
     stream_to_meta,
 )
+from streamup.checkpoint.outbox_codec import check_event, event_to_json, state_to_json
 from streamup.checkpoint.redis_connect import connect
 from streamup.checkpoint.redis_leases import (
     CLAIM_SCRIPT,
@@ -53,8 +57,27 @@ from streamup.checkpoint.redis_leases import (
     lease_key,
     owner_of,
 )
+from streamup.checkpoint.redis_outbox import (
+    FINISH_KEYS,
+    OUTBOX,
+    OUTBOX_QUEUE,
+    SET_DELIVERY_SCRIPT,
+    build_entries,
+    deliveries_key,
+)
 from streamup.errors import CheckpointCorrupt, CheckpointError
-from streamup.models import Claim, CompletedRecord, PartRecord, Status, StreamRecord, iso, parse_iso
+from streamup.models import (
+    Claim,
+    CompletedRecord,
+    DeliveryState,
+    OutboxEntry,
+    OutboxEvent,
+    PartRecord,
+    Status,
+    StreamRecord,
+    iso,
+    parse_iso,
+)
 
 ACTIVE = "streams:active"
 PENDING = "streams:pending_completion"
@@ -73,15 +96,21 @@ local function of_stream()
   return ok and type(record) == 'table' and record['stream_id'] == ARGV[2]
 end
 """
-_UPDATE_OF_STREAM = _OF_STREAM + """
+_UPDATE_OF_STREAM = (
+    _OF_STREAM
+    + """
 if not of_stream() then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1
 """
-_FORGET_OF_STREAM = _OF_STREAM + """
+)
+_FORGET_OF_STREAM = (
+    _OF_STREAM
+    + """
 if of_stream() then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 1
 """
+)
 
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
@@ -337,13 +366,21 @@ class RedisStore:
         unfinished = [s for s in streams if not s.status.is_final]
         return sorted(unfinished, key=lambda s: (s.started_at, s.stream_id))
 
-    async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
+    async def finish_stream(
+        self, stream: StreamRecord, record: CompletedRecord, event: OutboxEvent | None = None
+    ) -> None:
         check_finish(stream, record)
+        check_event(stream, event)
         sid = stream.stream_id
         keys = [*stream_keys(sid), *_STATUS_SETS, COMPLETED_FILES, COMPLETED_LOG, PATHS]
+        keys += FINISH_KEYS
         completed = "1" if record.status is Status.COMPLETED else "0"
         args = [self._leases.held(sid), sid, completed, record.path, completed_to_json(record)]
         args += [str(self.history_limit), stream.path]
+        if event is None:
+            args += ["", "", "", ""]
+        else:
+            args += [event.event_id, event_to_json(event), event.event_type, event.body]
         with self._translate(f"finishing stream {sid}"):
             reply = await self._script(FINISH_SCRIPT, keys, args)
         self._leases.check(sid, reply)
@@ -383,6 +420,36 @@ class RedisStore:
             completed_from_json(text, where=f"{COMPLETED_LOG}[{index}]")
             for index, text in enumerate(entries)
         ]
+
+    # -- the event outbox (see redis_outbox.py) ----------------------------------------------------
+
+    async def outbox(self) -> list[OutboxEntry]:
+        with self._translate("reading the event outbox"):
+            client = self._redis()
+            queue = cast(
+                list[tuple[str, float]], await client.zrange(OUTBOX_QUEUE, 0, -1, withscores=True)
+            )
+            if not queue:
+                return []
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hmget(OUTBOX, [event_id for event_id, _ in queue])
+                for event_id, _ in queue:
+                    pipe.hgetall(deliveries_key(event_id))
+                records, *states = await pipe.execute()
+        return build_entries(queue, records, [_strings(s) for s in states])
+
+    async def set_delivery(self, event_id: str, sink: str, state: DeliveryState) -> None:
+        keys = [OUTBOX, deliveries_key(event_id)]
+        with self._translate(f"recording a delivery of event {event_id}"):
+            await self._script(SET_DELIVERY_SCRIPT, keys, [event_id, sink, state_to_json(state)])
+
+    async def remove_event(self, event_id: str) -> None:
+        with self._translate(f"removing event {event_id} from the outbox"):
+            async with self._redis().pipeline(transaction=True) as pipe:
+                pipe.hdel(OUTBOX, event_id)
+                pipe.zrem(OUTBOX_QUEUE, event_id)
+                pipe.delete(deliveries_key(event_id))
+                await pipe.execute()
 
     # -- many agents: claims and leases (see redis_leases.py) -------------------------------------
 

@@ -130,8 +130,9 @@ return 1
 )
 
 # KEYS: lease, meta, parts, checksums, active, pending, failed, completed, completed_files,
-# completed_log, paths. ARGV: lease value, stream id, "1" if the stream completed, record path,
-# record JSON, history limit, the stream's path.
+# completed_log, paths, then the event outbox's (redis_outbox.py): outbox, queue, seq, events.
+# ARGV: lease value, stream id, "1" if the stream completed, record path, record JSON, history
+# limit, the stream's path, then the event: id ('' for none), record JSON, type, body.
 FINISH_SCRIPT = (
     _PRELUDE
     + """
@@ -162,6 +163,12 @@ for _, entry in ipairs(redis.call('LRANGE', KEYS[10], limit, -1)) do
   if id then redis.call('SREM', KEYS[8], id) end
 end
 redis.call('LTRIM', KEYS[10], 0, limit - 1)
+-- HSETNX: a retried finish keeps the event first written, its place and its one stream entry.
+if ARGV[8] ~= '' and redis.call('HSETNX', KEYS[12], ARGV[8], ARGV[9]) == 1 then
+  redis.call('ZADD', KEYS[13], redis.call('INCR', KEYS[14]), ARGV[8])
+  redis.call('XADD', KEYS[15], 'MAXLEN', '~', ARGV[6], '*',
+    'id', ARGV[8], 'type', ARGV[10], 'stream_id', ARGV[2], 'event', ARGV[11])
+end
 return 1
 """
 )

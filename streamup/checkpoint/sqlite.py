@@ -39,6 +39,13 @@ from streamup.checkpoint.codec import (
     stream_to_row,
     to_i64,
 )
+from streamup.checkpoint.outbox_codec import check_event
+from streamup.checkpoint.sqlite_outbox import (
+    delete_event,
+    insert_event,
+    read_outbox,
+    upsert_delivery,
+)
 from streamup.checkpoint.sqlite_schema import (
     COMPLETED_COLUMNS,
     COMPLETED_OF_FILE,
@@ -51,7 +58,17 @@ from streamup.checkpoint.sqlite_schema import (
     transaction,
 )
 from streamup.errors import CheckpointCorrupt, CheckpointError
-from streamup.models import Claim, CompletedRecord, PartRecord, StreamRecord, iso, parse_iso
+from streamup.models import (
+    Claim,
+    CompletedRecord,
+    DeliveryState,
+    OutboxEntry,
+    OutboxEvent,
+    PartRecord,
+    StreamRecord,
+    iso,
+    parse_iso,
+)
 
 T = TypeVar("T")
 
@@ -173,8 +190,11 @@ class SqliteStore:
         # Sorted on parsed timestamps: ISO strings only sort right when formatted identically.
         return sorted(streams, key=lambda s: (s.started_at, s.stream_id))
 
-    async def finish_stream(self, stream: StreamRecord, record: CompletedRecord) -> None:
+    async def finish_stream(
+        self, stream: StreamRecord, record: CompletedRecord, event: OutboxEvent | None = None
+    ) -> None:
         check_finish(stream, record)
+        check_event(stream, event)
         completed = _completed_row(record)
         entry = completed_to_json(record)
 
@@ -199,6 +219,8 @@ class SqliteStore:
                 " (SELECT seq FROM completions ORDER BY seq DESC LIMIT ?)",
                 (self.history_limit,),
             )
+            if event is not None:
+                insert_event(conn, event)
 
         await self._write(write)
 
@@ -241,6 +263,15 @@ class SqliteStore:
         rows = await self._call(lambda conn: conn.execute(sql, (max(limit, 0),)).fetchall())
         where = f"{self.db_path} completions"
         return [completed_from_json(row["record"], where=f"{where}[{row['seq']}]") for row in rows]
+
+    async def outbox(self) -> list[OutboxEntry]:
+        return await self._call(lambda conn: read_outbox(conn, where=str(self.db_path)))
+
+    async def set_delivery(self, event_id: str, sink: str, state: DeliveryState) -> None:
+        await self._write(lambda conn: upsert_delivery(conn, event_id, sink, state))
+
+    async def remove_event(self, event_id: str) -> None:
+        await self._write(lambda conn: delete_event(conn, event_id))
 
     async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
         row = stream_to_row(stream)

@@ -1,7 +1,8 @@
 """The SQLite checkpoint store's schema, its migrations and its transactions.
 
 `prepare` runs at every open, in one transaction: it creates what is missing and migrates an older
-database in place. Columns added later (`streams.host`) are added when missing, without a schema
+database in place. Columns added later (`streams.host`) are added when missing, and tables added
+later (the event outbox: `outbox`, `deliveries`) are created when missing, without a schema
 version bump: an older agent still reads and writes a database that has them (it never names
 them), so going back a version stays possible. `user_version` only changes for changes an older
 agent could not live with.
@@ -28,6 +29,7 @@ _ADDED_COLUMNS = {
     "streams": {
         "host": "TEXT NOT NULL DEFAULT ''",
         "checksum_algorithm": "TEXT NOT NULL DEFAULT ''",
+        "key_collision_of": "TEXT NOT NULL DEFAULT ''",
     },
     "parts": {"crc32c_hex": "TEXT NOT NULL DEFAULT ''"},
     "completed_files": {
@@ -47,7 +49,7 @@ CREATE TABLE IF NOT EXISTS streams (
     size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, uploaded_bytes INTEGER NOT NULL,
     reuploaded_parts INTEGER NOT NULL, sha256_hex TEXT, completed_at TEXT,
     end_reason TEXT NOT NULL, error TEXT, host TEXT NOT NULL DEFAULT '',
-    checksum_algorithm TEXT NOT NULL DEFAULT ''
+    checksum_algorithm TEXT NOT NULL DEFAULT '', key_collision_of TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS streams_by_path ON streams (path);
 CREATE TABLE IF NOT EXISTS parts (
@@ -69,12 +71,22 @@ CREATE TABLE IF NOT EXISTS completed_files (
 CREATE TABLE IF NOT EXISTS completions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, stream_id TEXT NOT NULL UNIQUE, record TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    stream_id TEXT NOT NULL, type TEXT NOT NULL, host TEXT NOT NULL, created_at TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event_id TEXT NOT NULL, sink TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (event_id, sink)
+) WITHOUT ROWID;
 """
 STREAM_COLUMNS = (
     'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'
     " part_size_fixed, started_at, last_activity_at, upload_id, size_bytes, mtime_ns,"
     " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error, host,"
-    " checksum_algorithm"
+    " checksum_algorithm, key_collision_of"
 )
 STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in STREAM_COLUMNS.split(","))
 COMPLETED_COLUMNS = (

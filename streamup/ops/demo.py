@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -25,11 +26,24 @@ from typing import Any
 from aiobotocore.session import get_session
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from streamup.errors import ConfigError
 from streamup.ops.progress import RateMeter, sample
 from streamup.service import Agent
 from streamup.settings import Settings
 
 MiB = 1024 * 1024
+# What `python -m moto.server` imports: moto and its web stack, the `demo` extra. The agent
+# itself never needs them, so a production install leaves them out.
+DEMO_MODULES = ("moto", "flask", "flask_cors")
+
+
+def require_demo_tools() -> None:
+    """Refuse, in one line that says what to install, when the local S3 server is missing."""
+    missing = [name for name in DEMO_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"the demo's local S3 server needs {', '.join(missing)}: pip install 'streamup[demo]'"
+        )
 
 
 class DemoSettings(Settings):
@@ -133,6 +147,7 @@ def _progress(agent: Agent, path: Path, meter: RateMeter) -> str:
 
 
 async def run_demo(*, seconds: float = 8.0) -> int:
+    require_demo_tools()
     print("streamup demo")
     with tempfile.TemporaryDirectory(prefix="streamup-demo-") as tmp, local_s3() as endpoint:
         print(f"  local S3 server: {endpoint} (moto, in memory: it is gone when the demo ends)")

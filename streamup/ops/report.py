@@ -5,19 +5,31 @@ checkpoint store (agent running or not); `/status` reads the running agent's wor
 know what the store cannot: whether a stream is stalled right now (`stalled` is null offline).
 `owner` is the agent id holding the stream's lease: the store knows it with Redis (a fleet);
 the embedded SQLite store has one agent and keeps no lease a reader could see (null offline).
+`events` is the outbox: how many events wait for a sink, how many a sink refused for good
+(undeliverable), and the first of them with each sink's attempts and last error.
 Rows hold paths, sizes, states and errors; never a credential.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable
 
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import StreamupError
 from streamup.files.disk import disk_usage
 from streamup.files.source import stat_path
-from streamup.models import AgentSnapshot, CompletedRecord, StreamRecord, StreamView, iso, utc_now
+from streamup.models import (
+    AgentSnapshot,
+    CompletedRecord,
+    DeliveryStatus,
+    OutboxEntry,
+    StreamRecord,
+    StreamView,
+    iso,
+    utc_now,
+)
 
 RECENT_LIMIT = 20
 # /status must answer while the store is down (that is when an operator looks), so a slow store
@@ -65,6 +77,47 @@ def completion_row(record: CompletedRecord) -> dict[str, object]:
     }
 
 
+def _undeliverable(entry: OutboxEntry) -> bool:
+    return any(s.status is DeliveryStatus.UNDELIVERABLE for s in entry.deliveries.values())
+
+
+def event_row(entry: OutboxEntry) -> dict[str, object]:
+    """One event in the outbox, with where it stands with each sink that has tried it."""
+    try:
+        key = json.loads(entry.event.body).get("key")
+    except (ValueError, AttributeError):
+        key = None
+    errors = [s.last_error for s in entry.deliveries.values() if s.last_error]
+    return {
+        "event_id": entry.event.event_id,
+        "type": entry.event.event_type,
+        "stream_id": entry.event.stream_id,
+        "key": key,
+        "host": entry.event.host,
+        "created_at_utc": iso(entry.event.created_at),
+        "state": "undeliverable" if _undeliverable(entry) else "waiting",
+        "attempts": sum(s.attempts for s in entry.deliveries.values()),
+        "last_error": errors[0] if errors else None,
+        "sinks": {
+            name: {"state": s.status.value, "attempts": s.attempts, "last_error": s.last_error}
+            for name, s in sorted(entry.deliveries.items())
+        },
+    }
+
+
+def events_section(
+    entries: Iterable[OutboxEntry], *, limit: int = RECENT_LIMIT
+) -> dict[str, object]:
+    """The outbox: counts, then up to `limit` events, undeliverable ones first, oldest first."""
+    listed = sorted(entries, key=lambda e: (not _undeliverable(e), e.seq))
+    undeliverable = sum(1 for e in listed if _undeliverable(e))
+    return {
+        "waiting": len(listed) - undeliverable,
+        "undeliverable": undeliverable,
+        "events": [event_row(e) for e in listed[:limit]],
+    }
+
+
 def document(
     *,
     source: str,
@@ -75,6 +128,7 @@ def document(
     store_error: str | None = None,
     integrity: dict[str, object] | None = None,
     disk: dict[str, object] | None = None,
+    events: Iterable[OutboxEntry] = (),
 ) -> dict[str, object]:
     """The one status shape, whoever builds it. `integrity` (how the S3 endpoint proves each
     part) is known only to a running agent: null offline. `disk`: WATCH_DIR's free space, the
@@ -90,6 +144,7 @@ def document(
         "store_error": store_error,
         "streams": streams,
         "recent_completions": [completion_row(r) for r in completions],
+        "events": events_section(events),
     }
 
 
@@ -104,11 +159,12 @@ async def agent_document(snapshot: AgentSnapshot, store: CheckpointStore) -> dic
     """/status: the agent's own view, answered even when the checkpoint store is not."""
     streams = live_streams(snapshot.streams, snapshot.agent_id)
     completions: list[CompletedRecord] = []
+    events: list[OutboxEntry] = []
     store_error = None
     try:
-        completions = await asyncio.wait_for(
-            store.recent_completions(RECENT_LIMIT), STORE_TIMEOUT_S
-        )
+        async with asyncio.timeout(STORE_TIMEOUT_S):
+            completions = await store.recent_completions(RECENT_LIMIT)
+            events = await store.outbox()
     except StreamupError as exc:  # store errors are scrubbed of credentials where raised
         store_error = str(exc)
     except TimeoutError:
@@ -122,6 +178,7 @@ async def agent_document(snapshot: AgentSnapshot, store: CheckpointStore) -> dic
         streams=streams,
         completions=completions,
         store_error=store_error,
+        events=events,
     )
 
 
@@ -146,9 +203,13 @@ async def collect(
         rows.append(stream_row(record, len(parts), size_bytes=_size_on_disk(record), owner=owner))
     completions = await store.recent_completions(recent_limit)
     return document(
-        source="checkpoint_store", store=store.name, streams=rows, completions=completions,
+        source="checkpoint_store",
+        store=store.name,
+        streams=rows,
+        completions=completions,
+        events=await store.outbox(),
         disk=None if watch_dir is None else offline_disk(watch_dir, rows),
-    )  # fmt: skip
+    )
 
 
 def offline_disk(watch_dir: str, rows: list[dict[str, object]]) -> dict[str, object]:
@@ -208,6 +269,7 @@ def render(doc: dict[str, object]) -> str:
             lines.append(f"    owner: {row['owner']}")
         if row.get("error"):
             lines.append(f"    error: {row['error']}")
+    lines += _render_events(doc.get("events"))
     completions = doc.get("recent_completions") or []
     assert isinstance(completions, list)
     if completions:
@@ -219,3 +281,15 @@ def render(doc: dict[str, object]) -> str:
                 f"{row['completed_at_utc']}  {row['path']} -> {row['key']}"
             )
     return "\n".join(lines)
+
+
+def _render_events(section: object) -> list[str]:
+    if not isinstance(section, dict) or not (section["waiting"] or section["undeliverable"]):
+        return []
+    lines = ["", f"events: {section['waiting']} waiting, {section['undeliverable']} undeliverable"]
+    for row in section["events"]:
+        lines.append(f"{row['state']:<14} {row['type']:<18} {row['event_id']}  {row['key']}")
+        for name, sink in row["sinks"].items():
+            error = f", last error: {sink['last_error']}" if sink["last_error"] else ""
+            lines.append(f"    {name}: {sink['state']}, {sink['attempts']} attempts{error}")
+    return lines

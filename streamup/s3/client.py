@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from streamup.checksums import b64
 from streamup.errors import NoSuchUpload, StorageError
+from streamup.s3.object_options import ObjectOptions, encode_tags
 
 T = TypeVar("T")
 
@@ -205,10 +206,22 @@ class S3Storage:
             raise translate(exc, f"creating bucket {self.bucket!r}") from exc
         return True
 
-    async def create_upload(self, key: str, content_type: str, *, crc32c: bool = False) -> str:
+    async def create_upload(
+        self,
+        key: str,
+        content_type: str,
+        *,
+        crc32c: bool = False,
+        options: ObjectOptions | None = None,
+    ) -> str:
         """CreateMultipartUpload; with `crc32c`, every part must then carry its CRC32C and the
-        object gets a COMPOSITE CRC32C (the checksum of the parts' checksums)."""
-        extra = {"ChecksumAlgorithm": "CRC32C", "ChecksumType": "COMPOSITE"} if crc32c else {}
+        object gets a COMPOSITE CRC32C (the checksum of the parts' checksums). `options`
+        (encryption, storage class, tags, user metadata) can only be given here for a multipart
+        object: S3 takes none of them at completion."""
+        extra: dict[str, object] = (
+            {"ChecksumAlgorithm": "CRC32C", "ChecksumType": "COMPOSITE"} if crc32c else {}
+        )
+        extra.update(options.request_args() if options else {})
         response = await self._call(
             f"creating multipart upload {key!r}",
             lambda: self._client.create_multipart_upload(
@@ -328,15 +341,48 @@ class S3Storage:
             f"deleting {key!r}", lambda: self._client.delete_object(Bucket=self.bucket, Key=key)
         )
 
+    async def get_bytes(self, key: str, *, max_bytes: int = 16 * 1024 * 1024) -> bytes | None:
+        """A small object's body (a metadata document), or None when there is none.
+
+        Larger than `max_bytes` is refused: this is for documents, never for video objects.
+        """
+        what = f"reading {key!r}"
+        try:
+            response = await self._client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise translate(exc, what) from exc
+        except _NETWORK_ERRORS as exc:
+            raise translate(exc, what) from exc
+        async with response["Body"] as body:
+            if int(response.get("ContentLength", 0)) > max_bytes:
+                raise StorageError(
+                    f"{what}: larger than {max_bytes} bytes", code="TooLarge", retryable=False
+                )
+            try:
+                data: bytes = await body.read()
+            except _NETWORK_ERRORS as exc:
+                raise translate(exc, what) from exc
+        return data
+
     async def put_bytes(
-        self, key: str, body: bytes, content_type: str, *, exclusive: bool = False
+        self,
+        key: str,
+        body: bytes,
+        content_type: str,
+        *,
+        exclusive: bool = False,
+        options: ObjectOptions | None = None,
     ) -> str:
         """PutObject; with `exclusive`, never over an existing object (PreconditionFailed)."""
+        stored_as = options.request_args() if options else {}
 
         def put(extra: dict[str, str]) -> Awaitable[Any]:
             call: Awaitable[Any] = self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra
-            )
+                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type, **extra,
+                **stored_as,
+            )  # fmt: skip
             return call
 
         what = f"writing {key!r}"
@@ -344,6 +390,24 @@ class S3Storage:
             self._exclusive(what, put) if exclusive else self._call(what, lambda: put({}))
         )
         return str(response["ETag"])
+
+    async def get_tags(self, key: str) -> dict[str, str]:
+        """GetObjectTagging: the tags the server keeps on an object."""
+        response = await self._call(
+            f"reading the tags of {key!r}",
+            lambda: self._client.get_object_tagging(Bucket=self.bucket, Key=key),
+        )
+        return {str(t["Key"]): str(t["Value"]) for t in response.get("TagSet", [])}
+
+    async def put_tags(self, key: str, tags: dict[str, str]) -> None:
+        """PutObjectTagging: replace the object's tag set."""
+        tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
+        await self._call(
+            f"tagging {key!r} ({encode_tags(tags)})",
+            lambda: self._client.put_object_tagging(
+                Bucket=self.bucket, Key=key, Tagging={"TagSet": tag_set}
+            ),
+        )
 
     async def list_uploads(self, prefix: str) -> list[RemoteUpload]:
         """Multipart uploads in progress under `prefix` (for orphan clean-up)."""

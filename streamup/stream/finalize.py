@@ -9,9 +9,16 @@ then equals the file as it is now, byte for byte, and the SHA-256 of the whole c
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from streamup import metrics
-from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
+from streamup.after.events import stream_event
+from streamup.after.metadata import (
+    build_metadata,
+    content_type_for,
+    encode_metadata,
+    metadata_key,
+)
 from streamup.checksums import multipart_etag
 from streamup.errors import NoSuchUpload, SourceChanged, StorageError
 from streamup.faults import crash_point
@@ -26,8 +33,9 @@ from streamup.models import (
     utc_now,
 )
 from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part_proof, weakest
+from streamup.s3.placement import ensure_tags
 from streamup.stream.check import EndCheck
-from streamup.stream.lifecycle import contiguous_prefix, end_reason
+from streamup.stream.lifecycle import check_transition, contiguous_prefix, end_reason
 from streamup.stream.worker import StreamWorker
 
 
@@ -139,8 +147,7 @@ async def finish_lost(worker: StreamWorker) -> None:
         if worker.record.upload_id is not None:
             key, upload_id = worker.record.key, worker.record.upload_id
             await worker.persist(lambda: worker.ctx.storage.abort_upload(key, upload_id), "abort")
-        await worker.set_status(Status.ABORTED_NO_PARTS)
-        await finish(worker)
+        await finish(worker, Status.ABORTED_NO_PARTS)
         return
     await worker.forget_parts([n for n in worker.parts if n > len(parts)])
     worker.record = worker.record.evolve(
@@ -175,19 +182,28 @@ async def write_metadata(worker: StreamWorker) -> None:
         metrics.FAILURES.labels(status=Status.FAILED_METADATA_GENERATION.value).inc()
         worker.log.error("stream.failed", status="failed_metadata_generation", error=str(exc))
         return
-    body, key = encode_metadata(doc), f"{worker.record.key}.metadata.json"
-    storage = worker.ctx.storage
+    body, key = encode_metadata(doc), metadata_key(worker.record.key)
+    storage, options = worker.ctx.storage, worker.ctx.object_options
     await worker.check_lease()
     try:
-        await worker.persist(
-            lambda: storage.put_bytes(key, body, "application/json", exclusive=True), "metadata"
-        )
-    except StorageError as exc:
-        if exc.code == "PreconditionFailed":
-            # Written already (a retry after a crash, or a previous owner): never overwritten.
+        await _keep_tags(worker, worker.record.key)
+        try:
+            await worker.persist(
+                lambda: storage.put_bytes(
+                    key, body, "application/json", exclusive=True, options=options
+                ),
+                "metadata",
+            )
+        except StorageError as exc:
+            if exc.code != "PreconditionFailed":
+                raise
+            # Written already (a retry after a crash, or a previous owner): never overwritten,
+            # and the event carries the document S3 holds, not the one rebuilt just now.
             worker.log.info("stream.metadata_exists", key=key)
-            await _completed(worker, doc)
-            return
+            stored = await worker.persist(lambda: storage.get_bytes(key), "read metadata")
+            doc = _parsed(stored) or doc
+        await _keep_tags(worker, key)
+    except StorageError as exc:
         await worker.set_status(Status.FAILED_METADATA_UPLOAD, error=str(exc))
         metrics.FAILURES.labels(status=Status.FAILED_METADATA_UPLOAD.value).inc()
         worker.log.error("stream.failed", status="failed_metadata_upload", error=str(exc))
@@ -195,9 +211,24 @@ async def write_metadata(worker: StreamWorker) -> None:
     await _completed(worker, doc)
 
 
+def _parsed(body: bytes | None) -> dict[str, object] | None:
+    try:
+        doc = json.loads(body) if body is not None else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+async def _keep_tags(worker: StreamWorker, key: str) -> None:
+    """S3_OBJECT_TAGS went with CreateMultipartUpload / PutObject; a server that dropped them
+    (Ceph RGW drops those given at CreateMultipartUpload) gets them by PutObjectTagging."""
+    wanted, storage = worker.ctx.object_options.tags, worker.ctx.storage
+    if await worker.persist(lambda: ensure_tags(storage, key, wanted), "tags"):
+        worker.log.info("object.tags_applied", key=key)
+
+
 async def _completed(worker: StreamWorker, doc: dict[str, object]) -> None:
-    await worker.set_status(Status.COMPLETED, error=None)
-    await finish(worker)
+    await finish(worker, Status.COMPLETED, doc)
     metrics.COMPLETIONS.inc()
     worker.log.info(
         "stream.completed",
@@ -230,22 +261,37 @@ async def probe_source(worker: StreamWorker) -> ProbeResult:
     )
 
 
-async def finish(worker: StreamWorker) -> None:
-    """Replace the working state with the compact completed record, in one atomic step."""
+async def finish(
+    worker: StreamWorker, status: Status, metadata: dict[str, object] | None = None
+) -> None:
+    """Mark the stream `status` (completed, aborted_no_parts): the working state is replaced by
+    the compact completed record and the stream's event enters the outbox, in one atomic step.
+    A crash before it resumes the stream; after it, the event is delivered from the outbox."""
+    check_transition(worker.record.status, status)
+    error = None if status is Status.COMPLETED else worker.record.error
+    worker.record = worker.record.evolve(status=status, last_activity_at=utc_now(), error=error)
     record = worker.record
-    completed = _with_proof(worker, CompletedRecord(
-        stream_id=record.stream_id,
-        path=record.path,
-        bucket=record.bucket,
-        key=record.key,
-        status=record.status,
-        identity=record.identity,
-        size_bytes=record.size_bytes,
-        mtime_ns=record.mtime_ns,
-        completed_at=record.completed_at or utc_now(),
-        end_reason=record.end_reason,
-    ))  # fmt: skip
-    await worker.persist(lambda: worker.ctx.store.finish_stream(record, completed), "checkpoint")
+    # The proof fields read the status just set on worker.record.
+    completed = _with_proof(
+        worker,
+        CompletedRecord(
+            stream_id=record.stream_id,
+            path=record.path,
+            bucket=record.bucket,
+            key=record.key,
+            status=record.status,
+            identity=record.identity,
+            size_bytes=record.size_bytes,
+            mtime_ns=record.mtime_ns,
+            completed_at=record.completed_at or utc_now(),
+            end_reason=record.end_reason,
+        ),
+    )
+    event = stream_event(record, metadata, host=worker.ctx.agent_host, created_at=utc_now())
+    crash_point("before_finish")
+    await worker.persist(
+        lambda: worker.ctx.store.finish_stream(record, completed, event), "checkpoint"
+    )
     worker.completed_record = completed
 
 

@@ -29,6 +29,7 @@ from streamup.models import CompletedRecord, PartRecord, ReadMark, Status, Strea
 from streamup.retry import retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
+from streamup.s3.object_options import ObjectOptions
 from streamup.s3.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
 from streamup.stream.lifecycle import (
     Activity,
@@ -63,7 +64,11 @@ class StreamContext:
     clock: Callable[[], float] = time.monotonic
     # What this endpoint proves (s3.integrity.probe at start-up, or S3_INTEGRITY_MODE).
     integrity: Capabilities = field(default_factory=lambda: Capabilities.forced(ProofMode.NONE))
-    agent_host: str = ""  # this agent's host: it acts on the local files of the streams it ends
+    # This agent's host: the events it writes are delivered by this host's agent, and it acts on
+    # the local files of the streams it ends.
+    agent_host: str = ""
+    # What every object is stored with (S3_SSE, S3_STORAGE_CLASS, S3_OBJECT_TAGS, ...).
+    object_options: ObjectOptions = field(default_factory=ObjectOptions)
 
 
 class StreamWorker:
@@ -155,9 +160,10 @@ class StreamWorker:
         async with self._upload_lock:
             if self.record.upload_id is None:
                 key, ctype = self.record.key, content_type_for(self.record.path)
-                crc = self.ctx.integrity.checksums_accepted
+                crc, options = self.ctx.integrity.checksums_accepted, self.ctx.object_options
                 upload_id = await self.persist(
-                    lambda: self.ctx.storage.create_upload(key, ctype, crc32c=crc), "create upload"
+                    lambda: self.ctx.storage.create_upload(key, ctype, crc32c=crc, options=options),
+                    "create upload",
                 )
                 self.record = self.record.evolve(
                     upload_id=upload_id, checksum_algorithm="CRC32C" if crc else ""
