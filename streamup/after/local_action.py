@@ -1,5 +1,6 @@
-"""The local-file action and the free-space guard: delete or move each completed file once S3
-provably holds it (`after.lifecycle` decides; this module observes and acts).
+"""The local-file action: delete or move each completed file once S3 provably holds it
+(`after.lifecycle` decides; this module observes and acts; `after.disk_guard` asks it to delete
+when WATCH_DIR's filesystem runs short).
 
 One action, each step a precondition of the next:
 1. the local proof: the record, the file as it is now, who writes it (cheap, so it goes first);
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import structlog
 
 from streamup import metrics
+from streamup.after.disk_guard import DiskGuard
 from streamup.after.lifecycle import (
     Action,
     Keep,
@@ -39,7 +41,6 @@ from streamup.after.lifecycle import (
     due,
     local_verdict,
     move_target,
-    oldest_first,
     partial_path,
     record_verdict,
     remote_verdict,
@@ -48,7 +49,6 @@ from streamup.after.lifecycle import (
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import StorageError, StreamupError
 from streamup.faults import crash_point
-from streamup.files.disk import DiskUsage, disk_usage
 from streamup.files.relocate import (
     copy_verified,
     fsync_dir,
@@ -112,14 +112,17 @@ class LocalFiles:
         self.storage = storage
         self._records = records
         self._busy = busy
-        self._lag_bytes = lag_bytes
         self._stopping = stopping
         self._wake = asyncio.Event()
         self._kept: dict[str, tuple[str, Keep, str]] = {}  # path -> (stream id, reason, detail)
         self._rest_until: dict[str, float] = {}  # path -> monotonic time of the next look
         self._writers = WriterIndex(max_age_s=0.5)
-        self.usage: DiskUsage | None = None
-        self.short: str | None = None  # why the disk is short, while it is
+        self.guard = DiskGuard(policy.watch_dir, policy.min_free, lag_bytes=lag_bytes)
+
+    @property
+    def short(self) -> str | None:
+        """Why the disk is short (MIN_FREE_BYTES, nothing deletable), while it is."""
+        return self.guard.short
 
     # ------------------------------------------------------------------ the loop
 
@@ -140,9 +143,7 @@ class LocalFiles:
 
     async def round(self) -> None:
         """One look at every completed file: the action where it is due, then the guard."""
-        self.usage = disk_usage(self.policy.watch_dir)
-        if self.usage is not None:
-            metrics.DISK_FREE.set(self.usage.free_bytes)
+        self.guard.measure()
         if self.policy.action is not Action.KEEP:
             now = utc_now()
             for path, record in list(self._records().items()):
@@ -150,8 +151,14 @@ class LocalFiles:
                     return
                 if due(record, self.policy.keep_local_s, now) and not self._resting(path):
                     await self.attempt(path, record, self.policy.action, "after_upload")
-        await self._guard_free_space()
+        await self.guard.hold(self._records().values(), self._free, self._stopping)
         self._count_kept()
+
+    async def _free(self, record: CompletedRecord) -> bool:
+        """The guard's delete: the same action and proofs, whatever AFTER_UPLOAD says."""
+        if self._resting(record.path):
+            return False
+        return await self.attempt(record.path, record, Action.DELETE, "min_free")
 
     def _resting(self, path: str) -> bool:
         return time.monotonic() < self._rest_until.get(path, 0.0)
@@ -433,60 +440,13 @@ class LocalFiles:
                 return
             await self._done(record, "after_upload")
 
-    # ------------------------------------------------------------------ free space
-
-    async def _guard_free_space(self) -> None:
-        """Below MIN_FREE_BYTES: delete uploaded files, oldest first, until it holds again."""
-        usage = self.usage
-        floor = 0 if usage is None else self.policy.min_free(usage.total_bytes)
-        if usage is None or floor <= 0 or usage.free_bytes >= floor:
-            self._set_short(None, usage, floor)
-            return
-        for record in oldest_first(self._records().values()):
-            if self._stopping.is_set():
-                return
-            if self._resting(record.path):
-                continue
-            if await self.attempt(record.path, record, Action.DELETE, "min_free"):
-                usage = disk_usage(self.policy.watch_dir) or usage
-                metrics.DISK_FREE.set(usage.free_bytes)
-                if usage.free_bytes >= floor:
-                    break
-        self.usage = usage
-        short = None if usage.free_bytes >= floor else "nothing more can be deleted"
-        self._set_short(short, usage, floor)
-
-    def _set_short(self, short: str | None, usage: DiskUsage | None, floor: int) -> None:
-        if short is not None and usage is not None:
-            reason = (
-                f"disk short: {usage.free_bytes} bytes free on WATCH_DIR's filesystem, below"
-                f" MIN_FREE_BYTES ({floor}); {short}"
-            )
-            if self.short is None:
-                log.warning(
-                    "disk.short",
-                    free_bytes=usage.free_bytes,
-                    min_free_bytes=floor,
-                    local_bytes_not_in_s3=self._lag_bytes(),
-                    hint="files still uploading cannot be deleted; add space or upload"
-                    " bandwidth, or lower MIN_FREE_BYTES",
-                )
-            self.short = reason
-        elif self.short is not None:
-            log.info("disk.recovered", free_bytes=None if usage is None else usage.free_bytes)
-            self.short = None
-        metrics.DISK_SHORT.set(1 if self.short else 0)
+    # ------------------------------------------------------------------ status
 
     def view(self) -> dict[str, object]:
         """The `disk` block of /status."""
-        usage = self.usage
         kept = sorted(self._kept.items())[:_SHOWN_KEPT]
         return {
-            "free_bytes": None if usage is None else usage.free_bytes,
-            "total_bytes": None if usage is None else usage.total_bytes,
-            "min_free_bytes": 0 if usage is None else self.policy.min_free(usage.total_bytes),
-            "short": self.short,
-            "local_bytes_not_in_s3": self._lag_bytes(),
+            **self.guard.view(),
             "after_upload": self.policy.action.value,
             "files_kept": [
                 {"path": path, "stream_id": sid, "reason": reason.value, "detail": detail or None}
