@@ -21,6 +21,7 @@ POINTS = (
     "before_local_delete",
     "before_local_move",
     "after_local_copy",
+    "after_local_unlink",  # the file is gone from WATCH_DIR; its record and event not yet written
 )
 
 

@@ -557,6 +557,7 @@ class Agent:
             busy=lambda path: path in self.by_path or path in self._starting,
             lag_bytes=lambda: sum(w.lag_bytes for w in self.workers.values()),
             stopping=self.stopping,
+            event_written=self.dispatcher.poke,
         )  # fmt: skip
 
     def snapshot(self) -> AgentSnapshot:

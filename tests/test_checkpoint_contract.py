@@ -1256,6 +1256,87 @@ async def test_redis_corrupt_outbox_event_is_reported(
         await redis_store.outbox()
 
 
+# The local-file action's events: written with the compare-and-set forget of the file's record.
+
+
+async def finish_then_intend(store: CheckpointStore, stream_id: str) -> CompletedRecord:
+    """A completed stream (its event in the outbox) whose record holds a delete intent."""
+    await finish_with(store, stream_id, make_event(stream_id))
+    record = await store.completed_file(make_stream(stream_id).path)
+    assert record is not None
+    intent = dataclasses.replace(record, local_action="delete")
+    assert await store.update_completed_file(intent)
+    return intent
+
+
+def file_event(stream_id: str) -> OutboxEvent:
+    return make_event(stream_id, event_type="file.deleted", body=f'{{"deleted":"{stream_id}"}}')
+
+
+async def test_forgetting_a_file_with_its_event_writes_both_in_one_step(
+    store: CheckpointStore,
+) -> None:
+    intent = await finish_then_intend(store, "d1")
+    await store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    assert await store.completed_file(intent.path) is None
+    entries = await store.outbox()
+    assert [e.event for e in entries] == [make_event("d1"), file_event("d1")]  # written order
+    assert entries[1].deliveries == {}
+    assert await store.recent_completions(1) == [completed_of(make_stream("d1"))]  # history kept
+
+
+async def test_a_forget_that_finds_another_streams_record_writes_no_event(
+    store: CheckpointStore,
+) -> None:
+    intent = await finish_then_intend(store, "d1")
+    await store.forget_completed_file(intent.path, "someone-else", make_event("someone-else"))
+    await store.forget_completed_file("/watch/cam/none.mp4", "d1", file_event("d1"))
+    assert await store.completed_file(intent.path) == intent
+    assert [e.event for e in await store.outbox()] == [make_event("d1")]
+
+
+async def test_a_retried_forget_never_writes_the_event_again_even_once_delivered(
+    store: CheckpointStore,
+) -> None:
+    intent = await finish_then_intend(store, "d1")
+    await store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    await store.forget_completed_file(intent.path, "d1", file_event("d1"))  # reply was lost
+    assert [e.event for e in await store.outbox()] == [make_event("d1"), file_event("d1")]
+    for entry in await store.outbox():
+        await store.remove_event(entry.event.event_id)  # delivered
+    await store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    assert await store.outbox() == []  # the record went with the event: nothing brings it back
+
+
+async def test_a_forget_refuses_an_event_of_another_stream_or_without_its_stream(
+    store: CheckpointStore,
+) -> None:
+    intent = await finish_then_intend(store, "d1")
+    with pytest.raises(CheckpointError, match="event of stream d2 given for d1"):
+        await store.forget_completed_file(intent.path, "d1", file_event("d2"))
+    with pytest.raises(CheckpointError, match="event of stream d1 given for None"):
+        await store.forget_completed_file(intent.path, None, file_event("d1"))
+    assert await store.completed_file(intent.path) == intent
+    assert [e.event for e in await store.outbox()] == [make_event("d1")]
+
+
+async def test_redis_forget_with_an_event_writes_the_outbox_keys_and_one_stream_entry(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    intent = await finish_then_intend(redis_store, "d1")
+    await redis_store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    await redis_store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    assert await raw.hexists("streams:completed_files", intent.path) == 0
+    ids = [make_event("d1").event_id, file_event("d1").event_id]
+    assert await raw.zrange("streams:outbox_queue", 0, -1) == ids
+    entries = [fields for _, fields in await raw.xrange("streams:events")]
+    assert [(f["id"], f["type"], f["stream_id"]) for f in entries] == [
+        (ids[0], "stream.completed", "d1"),
+        (ids[1], "file.deleted", "d1"),
+    ]
+    assert entries[1]["event"] == file_event("d1").body
+
+
 async def test_sqlite_database_without_the_outbox_tables_gets_them(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     await store.open()

@@ -1,14 +1,17 @@
 """The local-file action with real `streamup run` processes, real files and moto over HTTP:
 a file is deleted or moved only once S3 provably holds it, never otherwise, and a crash between
-the checkpointed intent and the unlink is finished exactly once at the next start."""
+the checkpointed intent and the unlink is finished exactly once at the next start. Each delete
+and move is told once as a `file.deleted` / `file.moved` event, across a crash too."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -17,17 +20,46 @@ from typing import Any
 
 import pytest
 
+from streamup.after.events import EventType, event_id
 from tests.agent import (
     MiB,
     assert_exact,
     download,
     grow,
+    metadata_docs,
     object_keys,
     sha256_file,
     wait_for,
     wait_metadata,
 )
 from tests.proxy import FaultProxy
+from tests.receiver import Receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver().start()
+    yield made
+    made.stop()
+
+
+def status_json(env: dict[str, str]) -> dict[str, Any]:
+    """`streamup status --json`, read from the checkpoint store (agent running or not)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "streamup", "status", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+def outbox_empty(env: dict[str, str]) -> bool:
+    events = status_json(env)["events"]
+    return bool(events["waiting"] == 0 and events["undeliverable"] == 0)
+
+
+def told(receiver: Receiver, event_type: str) -> list[Any]:
+    return [r for r in receiver.accepted() if r.json()["type"] == event_type]
 
 
 def kept(process: Any, reason: str) -> list[dict[str, Any]]:
@@ -94,11 +126,11 @@ def test_delete_waits_for_the_object_the_metadata_and_keep_local_seconds(
 
 
 def test_move_on_the_same_filesystem_keeps_the_relative_path_and_the_inode(
-    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str, receiver: Receiver
 ) -> None:
     target_dir = tmp_path / "done"
     source = finished_file(tmp_path, "b.mp4", 11 * MiB + 5)
-    process = agent(AFTER_UPLOAD="move", AFTER_UPLOAD_DIR=str(target_dir))
+    process = agent(AFTER_UPLOAD="move", AFTER_UPLOAD_DIR=str(target_dir), WEBHOOK_URL=receiver.url)
     started(process)
     (watch_dir / "cam1").mkdir()
     local = watch_dir / "cam1" / "b.mp4"
@@ -110,10 +142,22 @@ def test_move_on_the_same_filesystem_keeps_the_relative_path_and_the_inode(
     assert moved.stat().st_ino == inode  # a rename-like move, no copy
     copy = download(s3_client, bucket, doc["s3_key_prefix"], tmp_path / "object")
     assert sha256_file(moved) == sha256_file(copy) == sha256_file(source) == doc["sha256"]
-    (event,) = wait_for(lambda: process.events_named("file.moved"), deadline_s=10, what="log")
-    assert event["target"] == str(moved)
+    (line,) = wait_for(lambda: process.events_named("file.moved"), deadline_s=10, what="log")
+    assert line["target"] == str(moved)
+    # The webhook hears of the completion, then of the move, each once.
+    (delivery,) = wait_for(lambda: told(receiver, "file.moved"), deadline_s=20, what="event")
+    assert [r.json()["type"] for r in receiver.accepted()] == ["stream.completed", "file.moved"]
+    event = delivery.json()
+    assert event["id"] == delivery.event_id == event_id(EventType.FILE_MOVED, doc["stream_id"])
+    assert (event["path"], event["moved_to"]) == (str(local), str(moved))
+    assert (event["key"], event["metadata_key"]) == (
+        doc["s3_key_prefix"], doc["s3_key_prefix"] + ".metadata.json",
+    )  # fmt: skip
+    assert (event["size_bytes"], event["sha256"]) == (11 * MiB + 5, doc["sha256"])
+    assert line["event_id"] == event["id"]
     time.sleep(2)  # the moved file is outside WATCH_DIR: nothing is uploaded again
     assert len(object_keys(s3_client, bucket)) == 2
+    assert len(receiver.accepted()) == 2
     assert process.stop() == 0
 
 
@@ -276,6 +320,66 @@ def test_sigkill_after_a_cross_filesystem_copy_finishes_the_move_after_restart(
         assert sha256_file(moved) == sha256_file(copy) == sha256_file(source)
         assert sorted(os.listdir(target_dir)) == ["m.mp4"]
         assert second.stop() == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_sigkill_after_the_unlink_tells_the_delete_once_and_spares_the_new_file_at_its_path(
+    agent: Any, env: dict[str, str], watch_dir: Path, tmp_path: Path, s3_client: Any,
+    bucket: str, receiver: Receiver, backend: str, request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    if backend == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")  # the agents and `status`
+    source = finished_file(tmp_path, "z.mp4", 7 * MiB + 3)
+    # The next recording at the same path, made now so it cannot reuse the deleted file's inode.
+    fresh = finished_file(tmp_path, "z-next.mp4", 2 * MiB + 1)
+    first = agent(AFTER_UPLOAD="delete", WEBHOOK_URL=receiver.url,
+                  STREAMUP_CRASH_AT="after_local_unlink")  # fmt: skip
+    started(first)
+    local = watch_dir / "z.mp4"
+    shutil.copy(source, local)
+    doc = wait_metadata(s3_client, bucket, "z.mp4")
+    assert first.proc is not None and first.proc.wait(30) == 137
+    assert [e["point"] for e in first.events_named("test.crash")] == ["after_local_unlink"]
+    assert not local.exists(), "the crash point lies after the unlink"
+    assert not first.events_named("file.deleted")  # the record and event were not written yet
+    offline = status_json(env)
+    assert "file.deleted" not in [row["type"] for row in offline["events"]["events"]]
+    os.replace(fresh, local)  # a recorder starts the next file under the same name
+    second = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="3600", WEBHOOK_URL=receiver.url)
+    (resumed,) = wait_for(lambda: second.events_named("file.action_resumed"), deadline_s=30,
+                          what="the intent resumed")  # fmt: skip
+    assert resumed["outcome"] == "done"
+    wait_for(lambda: told(receiver, "file.deleted"), deadline_s=30, what="the file.deleted event")
+    wait_for(lambda: len([d for d in metadata_docs(s3_client, bucket).values()
+                          if d["original_file_path"] == str(local)]) == 2,
+             deadline_s=60, what="the new file uploaded")  # fmt: skip
+    wait_for(lambda: outbox_empty(env), deadline_s=30, what="the outbox to empty")
+    (delivery,) = told(receiver, "file.deleted")  # once, and nothing more can come
+    event = delivery.json()
+    assert event["id"] == delivery.event_id == event_id(EventType.FILE_DELETED, doc["stream_id"])
+    assert (event["stream_id"], event["path"], event["sha256"]) == (
+        doc["stream_id"], str(local), doc["sha256"],
+    )  # fmt: skip
+    assert event["size_bytes"] == 7 * MiB + 3 and "moved_to" not in event
+    (line,) = second.events_named("file.deleted")
+    assert line["stream_id"] == doc["stream_id"] and line["event_id"] == event["id"]
+    # The new file at the path is not the one the intent named: untouched (KEEP_LOCAL_SECONDS).
+    assert local.exists() and sha256_file(local) != doc["sha256"]
+    new = [
+        d for d in metadata_docs(s3_client, bucket).values() if d["stream_id"] != doc["stream_id"]
+    ]
+    assert [d["sha256"] for d in new] == [sha256_file(local)]
+    completed = told(receiver, "stream.completed")
+    assert {r.json()["stream_id"] for r in completed} == {doc["stream_id"], new[0]["stream_id"]}
+    assert second.stop() == 0
+    assert_exact(s3_client, bucket, doc, source, tmp_path)  # S3 holds exactly what was deleted
+    # A third start finds nothing left to resume or to tell again.
+    third = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="3600", WEBHOOK_URL=receiver.url)
+    started(third)
+    time.sleep(2)
+    assert not third.events_named("file.action_resumed")
+    assert len(told(receiver, "file.deleted")) == 1 and local.exists()
+    assert third.stop() == 0
 
 
 # --------------------------------------------------------------------------- free space

@@ -11,10 +11,12 @@ One action, each step a precondition of the next:
 6. the step: unlink; or, to move, a hard link at the target (never over an existing file) and
    an unlink; across filesystems a copy, fsynced, re-read and compared, linked into place, then
    the unlink;
-7. the record forgotten (it has done its job), metrics, the log line.
+7. the record forgotten (it has done its job) and, in the same store step, the `file.deleted`
+   or `file.moved` event put in the outbox; metrics, the log line.
 
-A crash between 4 and 7 is resolved at the next start (`recover`): done, finished, or the whole
-action again with every check. The window between step 5 and the unlink is a few system calls.
+A crash between 4 and 7 is resolved at the next start (`recover`): done (then step 7 runs, so
+the event is written once, under its stable id), finished, or the whole action again with every
+check. The window between step 5 and the unlink is a few system calls.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import structlog
 
 from streamup import metrics
 from streamup.after.disk_guard import DiskGuard
+from streamup.after.events import file_event
 from streamup.after.lifecycle import (
     Action,
     Keep,
@@ -58,7 +61,7 @@ from streamup.files.relocate import (
     unlink_durably,
 )
 from streamup.files.writers import WriterIndex
-from streamup.models import CompletedRecord, utc_now
+from streamup.models import CompletedRecord, FileState, utc_now
 from streamup.retry import retrying
 from streamup.s3.client import S3Storage
 
@@ -93,7 +96,8 @@ class Policy:
 class LocalFiles:
     """Acts on the completed records the agent holds (`records`: path -> record, shared with it).
 
-    `busy(path)`: a stream is uploading that path; `lag_bytes()`: local bytes not yet in S3.
+    `busy(path)`: a stream is uploading that path; `lag_bytes()`: local bytes not yet in S3;
+    `event_written()`: an event entered the outbox (the dispatcher reads it at once).
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class LocalFiles:
         busy: Callable[[str], bool],
         lag_bytes: Callable[[], int],
         stopping: asyncio.Event,
+        event_written: Callable[[], None] = lambda: None,
     ) -> None:
         self.policy = policy
         self.store = store
@@ -113,6 +118,7 @@ class LocalFiles:
         self._records = records
         self._busy = busy
         self._stopping = stopping
+        self._event_written = event_written
         self._wake = asyncio.Event()
         self._kept: dict[str, tuple[str, Keep, str]] = {}  # path -> (stream id, reason, detail)
         self._rest_until: dict[str, float] = {}  # path -> monotonic time of the next look
@@ -240,6 +246,7 @@ class LocalFiles:
             await self._clear(intent)
             self._keep(intent, Keep.ACTION_FAILED, f"{type(exc).__name__}: {exc}")
             return False
+        crash_point("after_local_unlink")
         await self._done(intent, trigger)
         return True
 
@@ -300,8 +307,13 @@ class LocalFiles:
     # ------------------------------------------------------------------ bookkeeping
 
     async def _done(self, intent: CompletedRecord, trigger: str) -> None:
+        """The step is done: the record goes and its event comes, in one store step."""
         moved = intent.local_action == Action.MOVE.value
-        await retrying(lambda: self.store.forget_completed_file(intent.path, intent.stream_id))
+        event = file_event(intent, host=self.policy.host, created_at=utc_now())
+        await retrying(
+            lambda: self.store.forget_completed_file(intent.path, intent.stream_id, event)
+        )
+        self._event_written()
         self._drop(intent.path, intent.stream_id)
         if moved:
             metrics.LOCAL_FILES_MOVED.inc()
@@ -316,13 +328,8 @@ class LocalFiles:
             key=intent.key,
             size_bytes=intent.size_bytes,
             trigger=trigger,
+            event_id=event.event_id,
         )
-        self.announce(intent)
-
-    def announce(self, intent: CompletedRecord) -> None:
-        """HOOK (issue 14, the event outbox): a `file.deleted` / `file.moved` event for `intent`
-        belongs here, ideally written in the same store step as `forget_completed_file` above.
-        The outbox is not on main yet; until it is, the log line above is the only event."""
 
     async def _clear(self, intent: CompletedRecord) -> None:
         cleared = dataclasses.replace(intent, local_action="", local_target="")
@@ -420,7 +427,10 @@ class LocalFiles:
         if target:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial_path(target, record.stream_id))
-        if outcome is Resume.DONE:
+        if outcome is Resume.DONE and _carried_out(record, source.state, target_state):
+            # The crash came after the step, before its record and event were written.
+            await self._done(record, _resumed_trigger(record, self.policy.action))
+        elif outcome is Resume.DONE:  # the file is still there, changed, or went elsewhere
             await self._forget(record)
         elif outcome is Resume.REDO:
             await self._clear(record)
@@ -453,3 +463,22 @@ class LocalFiles:
                 for path, (sid, reason, detail) in kept
             ],
         }
+
+
+def _carried_out(
+    record: CompletedRecord, source: FileState | None, target: FileState | None
+) -> bool:
+    """After a crash: did the intent's step happen? The verified file is gone from its path
+    (another file there is not ours) and, for a move, something is at the target (the link or
+    the verified copy is put there before the source is unlinked)."""
+    if source is not None and source.identity == record.identity:
+        return False  # still there (changed since): nothing was deleted or moved
+    return record.local_action != Action.MOVE.value or target is not None
+
+
+def _resumed_trigger(record: CompletedRecord, action: Action) -> str:
+    # The intent does not say what asked for it: a delete under another AFTER_UPLOAD came from
+    # the free-space guard (unless the setting changed across the restart).
+    if record.local_action == Action.DELETE.value and action is not Action.DELETE:
+        return "min_free"
+    return "after_upload"

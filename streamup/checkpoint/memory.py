@@ -27,6 +27,7 @@ from streamup.checkpoint.codec import (
 )
 from streamup.checkpoint.outbox_codec import (
     check_event,
+    check_forget_event,
     event_from_json,
     event_to_json,
     state_from_json,
@@ -145,10 +146,17 @@ class MemoryStore:
             for path, text in self._completed_files.items()
         }
 
-    async def forget_completed_file(self, path: str, stream_id: str | None = None) -> None:
+    async def forget_completed_file(
+        self, path: str, stream_id: str | None = None, event: OutboxEvent | None = None
+    ) -> None:
         self._check()
+        check_forget_event(stream_id, event)
+        if path not in self._completed_files:
+            return
         if stream_id is None or self._completed_stream(path) == stream_id:
-            self._completed_files.pop(path, None)
+            self._completed_files.pop(path)
+            if event is not None and event.event_id not in self._outbox:
+                self._outbox[event.event_id] = (next(self._outbox_seq), event_to_json(event))
 
     async def completed_file(self, path: str) -> CompletedRecord | None:
         self._check()

@@ -39,7 +39,7 @@ from streamup.checkpoint.codec import (
     stream_to_row,
     to_i64,
 )
-from streamup.checkpoint.outbox_codec import check_event
+from streamup.checkpoint.outbox_codec import check_event, check_forget_event
 from streamup.checkpoint.sqlite_outbox import (
     delete_event,
     insert_event,
@@ -235,9 +235,18 @@ class SqliteStore:
         where = f"{self.db_path} completed_files[{data['path']!r}]"
         return completed_from_dict(data, where=where)
 
-    async def forget_completed_file(self, path: str, stream_id: str | None = None) -> None:
+    async def forget_completed_file(
+        self, path: str, stream_id: str | None = None, event: OutboxEvent | None = None
+    ) -> None:
+        check_forget_event(stream_id, event)
         sql = "DELETE FROM completed_files WHERE path = ? AND (? IS NULL OR stream_id = ?)"
-        await self._write(lambda conn: conn.execute(sql, (path, stream_id, stream_id)))
+
+        def write(conn: sqlite3.Connection) -> None:
+            forgotten = conn.execute(sql, (path, stream_id, stream_id)).rowcount == 1
+            if forgotten and event is not None:
+                insert_event(conn, event)
+
+        await self._write(write)
 
     async def completed_file(self, path: str) -> CompletedRecord | None:
         sql = f"SELECT {COMPLETED_COLUMNS} FROM completed_files WHERE path = ?"
