@@ -1,9 +1,14 @@
-"""Workload 1, bulk: a finished file copied into the watched folder, for a few settings of
-UPLOAD_CONCURRENCY x CHUNK_SIZE_BYTES, against `aws s3 cp` and `rclone copyto` of the same file.
+"""Workload 1, bulk: a finished file copied into the watched folder, for each file size, against
+`aws s3 cp` and `rclone copyto` of the same file and the server's own ceiling.
+
+For each size: the ceiling (moto accepting the file's bytes from parallel in-memory
+UploadParts, calibrate.py); streamup for a few settings of UPLOAD_CONCURRENCY x CHUNK_SIZE_BYTES
+in the proof mode the server needs (`S3_INTEGRITY_MODE=auto`: the start-up probe decides), then
+each forced mode asked for (`checksum` by default: no MD5 at all) at the fastest of those
+settings; the peers; moto's CompleteMultipartUpload of the file alone, for each checksum.
 
 streamup's time runs from the start of the copy to `stream.completed` (object complete and its
-metadata written), so it includes the end-of-stream detection and the verification pass that
-re-reads the whole file.
+metadata written), so it includes the end-of-stream detection and the end-of-stream check.
 """
 
 from __future__ import annotations
@@ -11,46 +16,87 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import calibrate
+import profiling
 from harness import PEER_BUCKET, STREAMUP_BUCKET, Agent, Bench, MiB, agent_settings, cpu_seconds
 from objects import empty_bucket, metadata_doc, write_random_file
 from peers import Peer
 
+COMPLETE_PART_BYTES = 8 * MiB
+
 
 def run(bench: Bench, opts: argparse.Namespace) -> dict[str, Any]:
-    size = opts.bulk_mib * MiB
+    result: dict[str, Any] = {"reps": opts.reps, "sizes": []}
+    for number, size_mib in enumerate(opts.bulk_mib):
+        profile_dir = opts.results if number == 0 and opts.profile else None
+        result["sizes"].append(one_size(bench, opts, size_mib * MiB, profile_dir))
+    return result
+
+
+def one_size(
+    bench: Bench, opts: argparse.Namespace, size: int, profile_dir: Path | None
+) -> dict[str, Any]:
     source = bench.workdir / "bulk-source.bin"
     sha = write_random_file(source, size)
-    result: dict[str, Any] = {"size_bytes": size, "reps": opts.reps, "streamup": [], "peers": {}}
+    result: dict[str, Any] = {"size_bytes": size, "streamup": [], "peers": {}}
+    result["ceiling"] = calibrate.ceiling(bench, source, opts.ceiling_in_flight, opts.reps)
     for concurrency in opts.concurrency:
         for chunk_mib in opts.chunk_mib:
             settings = agent_settings(concurrency, chunk_mib * MiB)
             result["streamup"].append(streamup_runs(bench, settings, source, sha, opts.reps))
+    fastest = min(result["streamup"], key=lambda c: median_of(c["runs"], "complete_s"))
+    for mode in opts.bulk_modes:
+        settings = {**fastest["settings"], "S3_INTEGRITY_MODE": mode}
+        result["streamup"].append(streamup_runs(bench, settings, source, sha, opts.reps))
     for peer in bench.peers:
         result["peers"][peer.label] = peer_runs(bench, peer, source, opts.reps)
-    result["moto_complete_s"] = {
-        "no_checksum": moto_complete_s(bench, source, crc32=False),
-        "crc32": moto_complete_s(bench, source, crc32=True),
+    spans = calibrate.file_spans(size, COMPLETE_PART_BYTES)
+    result["moto_complete"] = {
+        "part_bytes": COMPLETE_PART_BYTES,
+        "kinds": calibrate.complete_kinds(
+            bench, source, spans, list(calibrate.CHECKSUMS), opts.reps
+        ),
     }
+    if profile_dir is not None and profiling.py_spy() is not None:
+        result["profile"] = profile_run(bench, fastest["settings"], source, sha, profile_dir)
     source.unlink()
     return result
+
+
+def median_of(runs: list[dict[str, Any]], name: str) -> float:
+    return float(statistics.median(r[name] for r in runs))
+
+
+def start_agent(bench: Bench, settings: dict[str, str]) -> tuple[Agent, Path]:
+    """A fresh agent with these settings, started; the proof mode its probe chose is logged."""
+    workdir = bench.fresh_dir("bulk-agent")
+    agent = Agent(workdir, bench.moto.endpoint, STREAMUP_BUCKET, settings)
+    agent.start()
+    agent.wait_for("agent.started", deadline_s=60)
+    return agent, workdir
 
 
 def streamup_runs(
     bench: Bench, settings: dict[str, str], source: Path, sha: str, reps: int
 ) -> dict[str, Any]:
     """One agent with these settings; `reps` copies of the file, one after the other."""
-    workdir = bench.fresh_dir("bulk-agent")
-    agent = Agent(workdir, bench.moto.endpoint, STREAMUP_BUCKET, settings)
-    agent.start()
-    agent.wait_for("agent.started", deadline_s=60)
+    agent, workdir = start_agent(bench, settings)
+    integrity = agent.named("s3.integrity")[-1]
     runs = [copy_once(bench, agent, source, sha, f"bulk-{rep}.mp4") for rep in range(reps)]
     agent.stop()
     shutil.rmtree(workdir)
-    return {"settings": settings, "command": agent.command(), "runs": runs}
+    return {
+        "settings": settings,
+        "command": agent.command(),
+        "mode": integrity["mode"],
+        "configured_mode": integrity["configured"],
+        "runs": runs,
+    }
 
 
 def copy_once(bench: Bench, agent: Agent, source: Path, sha: str, name: str) -> dict[str, Any]:
@@ -65,6 +111,7 @@ def copy_once(bench: Bench, agent: Agent, source: Path, sha: str, name: str) -> 
     agent_cpu, moto_cpu = cpu_seconds(agent.pid) - agent_cpu, cpu_seconds(bench.moto.pid) - moto_cpu
     parts = agent.named("part.uploaded", target)
     verified = agent.named("stream.verified", target)[-1]
+    checked = agent.named("stream.checked", target)[-1]
     doc = metadata_doc(bench.s3, STREAMUP_BUCKET, done["key"])
     if doc["sha256"] != sha or doc["total_size_bytes"] != size:
         raise AssertionError(f"{name}: the object's metadata does not match the file")
@@ -78,6 +125,9 @@ def copy_once(bench: Bench, agent: Agent, source: Path, sha: str, name: str) -> 
         "cpu_s": agent_cpu,
         "moto_cpu_s": moto_cpu,
         "parts": len(parts),
+        "skipped_bytes": checked["skipped_bytes"],
+        "reread_bytes": checked["reread_bytes"],
+        "integrity_proof": doc.get("integrity_proof"),
     }
 
 
@@ -98,32 +148,25 @@ def peer_runs(bench: Bench, peer: Peer, source: Path, reps: int) -> dict[str, An
     return {"command": command, "defaults": peer.defaults, "runs": runs}
 
 
-def moto_complete_s(bench: Bench, source: Path, *, crc32: bool) -> float:
-    """How long moto itself takes to CompleteMultipartUpload this file, sent as 8 MiB parts.
-
-    Without a checksum algorithm (streamup, rclone) moto builds a CRC64NVME of the whole object
-    in Python; with CRC32 (awscli's default) it combines per-part checksums. That server-side
-    difference is in every end-to-end time above, and real S3 has no such cost.
-    """
-    s3 = bench.s3
-    extra = {"ChecksumAlgorithm": "CRC32"} if crc32 else {}
-    key = "calibration.bin"
-    upload = s3.create_multipart_upload(Bucket=PEER_BUCKET, Key=key, **extra)["UploadId"]
-    parts: list[dict[str, Any]] = []
-    with source.open("rb") as handle:
-        while block := handle.read(8 * MiB):
-            number = len(parts) + 1
-            sent = s3.upload_part(
-                Bucket=PEER_BUCKET, Key=key, UploadId=upload, PartNumber=number, Body=block, **extra
-            )
-            part = {"PartNumber": number, "ETag": sent["ETag"]}
-            if crc32:
-                part["ChecksumCRC32"] = sent["ChecksumCRC32"]
-            parts.append(part)
-    started = time.monotonic()
-    s3.complete_multipart_upload(
-        Bucket=PEER_BUCKET, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
-    )
-    elapsed = time.monotonic() - started
-    empty_bucket(s3, PEER_BUCKET)
-    return elapsed
+def profile_run(
+    bench: Bench, settings: dict[str, str], source: Path, sha: str, out_dir: Path
+) -> dict[str, Any]:
+    """One more copy (not among the figures) with py-spy sampling the agent and moto."""
+    agent, workdir = start_agent(bench, settings)
+    raw = {who: out_dir / f"profile-{who}.txt" for who in ("agent", "moto")}
+    with (
+        profiling.recording(agent.pid, raw["agent"]),
+        profiling.recording(bench.moto.pid, raw["moto"]),
+    ):
+        measured = copy_once(bench, agent, source, sha, "bulk-profiled.mp4")
+    seconds = measured["complete_s"]  # idle samples are left out: the wait to attach adds none
+    agent.stop()
+    shutil.rmtree(workdir)
+    return {
+        "settings": settings,
+        "size_bytes": source.stat().st_size,
+        "run": measured,
+        "raw_files": {who: str(path) for who, path in raw.items()},
+        "agent": profiling.summarise(raw["agent"], seconds, profiling.AGENT_CATEGORIES, "streamup"),
+        "moto": profiling.summarise(raw["moto"], seconds, profiling.MOTO_CATEGORIES, "moto"),
+    }

@@ -44,7 +44,7 @@ def _commit() -> str:
 def describe(peers: list[Peer]) -> dict[str, Any]:
     """CPU model, cores, RAM, kernel, Python, and the versions of streamup, moto and the peers."""
     packages = {}
-    for name in ("streamup", "moto", "boto3", "botocore", "aiobotocore"):
+    for name in ("streamup", "moto", "boto3", "botocore", "aiobotocore", "crc32c", "awscrt"):
         try:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -58,4 +58,25 @@ def describe(peers: list[Peer]) -> dict[str, Any]:
         "python": platform.python_version(),
         "packages": packages,
         "peers": {p.name: p.version() for p in peers if not p.no_checksum},
+        "awscrt_beside_aws": {
+            p.binary: _awscrt_beside(p.binary)
+            for p in peers
+            if p.name == "aws" and not p.no_checksum
+        },
     }
+
+
+def _awscrt_beside(script: str) -> str:
+    """awscrt's version in the Python environment an `aws` script runs in, or `not installed`
+    (with awscrt, awscli's CRC32 and signing go through the CRT, and its CPU changes)."""
+    try:
+        with open(script, "rb") as handle:
+            first = handle.readline().decode(errors="replace")
+    except OSError:
+        return "unknown"
+    if not first.startswith("#!"):
+        return "unknown"  # a shim or a binary: its interpreter cannot be told from here
+    python = first[2:].strip().split()[0]
+    probe = "import importlib.metadata as m; print(m.version('awscrt'))"
+    done = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else "not installed"

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/run.py [--reps N] [--workloads bulk,durable,many,folders] ...
 
-Each workload writes its raw results to bench/results/<workload>.json; the run writes the
-summary to docs/benchmarks.md. `--help` lists the sizes, all adjustable.
+Each workload writes its raw results to bench/results/<workload>.json, the whole run to
+bench/results/run.json; the run writes the summary to docs/benchmarks.md (`python
+bench/report.py` renders it again from run.json). `--help` lists the sizes, all adjustable.
 """
 
 from __future__ import annotations
@@ -51,8 +52,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add = parser.add_argument
     add("--workloads", type=lambda t: t.split(","), default=list(WORKLOADS),
         help="comma-separated subset of: " + ", ".join(WORKLOADS))  # fmt: skip
-    add("--reps", type=int, default=2, help="repetitions of workloads 1 and 2 (default 2)")
-    add("--bulk-mib", type=int, default=1024, help="bulk file size, MiB (default 1024)")
+    add("--reps", type=int, default=3, help="repetitions of workloads 1 and 2 (default 3)")
+    add("--bulk-mib", type=numbers(int), default=[1024, 400],
+        help="bulk file sizes, MiB (default 1024,400); the first is profiled")  # fmt: skip
+    add("--bulk-modes", type=lambda t: [m for m in t.split(",") if m], default=["checksum"],
+        help="S3_INTEGRITY_MODE values forced beside auto, at the fastest setting "
+             "(default checksum)")  # fmt: skip
+    add("--ceiling-in-flight", type=numbers(int), default=[4, 8],
+        help="in-memory UploadParts in flight for the server ceiling (default 4,8)")  # fmt: skip
+    add(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="py-spy the agent and moto during one more bulk copy, if py-spy is installed",
+    )
     add("--concurrency", type=numbers(int), default=[4, 8],
         help="UPLOAD_CONCURRENCY values tried in workload 1 (default 4,8)")  # fmt: skip
     add("--chunk-mib", type=numbers(int), default=[8, 16],
@@ -122,6 +135,7 @@ def main(argv: list[str]) -> int:
                 (opts.results / f"{name}.json").write_text(json.dumps(outcome, indent=2) + "\n")
             results["moto_peak_rss_bytes"] = memory_bytes(moto.pid)["VmHWM"]
     results["duration_s"] = time.monotonic() - clock
+    (opts.results / "run.json").write_text(json.dumps(results, indent=2) + "\n")
     opts.doc.parent.mkdir(parents=True, exist_ok=True)
     opts.doc.write_text(report.render(results))
     print(f"[{results['duration_s']:6.0f} s] wrote {opts.doc}", flush=True)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything a fresh machine lacks: ffmpeg, redis-server and chromium (apt-get), then a virtual
+# Everything a fresh machine lacks: ffmpeg, redis-server, chromium, Ceph RGW and the deploy/
+# checkers (apt-get), then a virtual
 # environment in .venv with streamup and its test tools. Safe to run again: it skips what is there.
 # The Python packages come from requirements.lock (pinned, hashed; `make lock` refreshes it).
 set -euo pipefail
@@ -13,6 +14,11 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 # deploy/ checks: systemd-analyze verifies the unit, promtool checks and tests the alert rules.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# Ceph RGW, the second S3 server of the test suite (tests/rgw.py): monitor, OSD, gateway, admin.
+command -v ceph-mon >/dev/null 2>&1 || missing+=(ceph-mon)
+command -v ceph-osd >/dev/null 2>&1 || missing+=(ceph-osd)
+command -v radosgw >/dev/null 2>&1 || missing+=(radosgw)
+command -v radosgw-admin >/dev/null 2>&1 || missing+=(ceph-common)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]} with apt-get"
   sudo=""

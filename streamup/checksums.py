@@ -10,12 +10,12 @@ from collections.abc import Iterable
 import crc32c as _crc32c
 
 
-def crc32c_of(body: bytes | memoryview) -> bytes:
+def crc32c_of(body: bytes | bytearray | memoryview) -> bytes:
     """CRC32C as S3 sends it: 4 bytes, big-endian (hardware-accelerated, releases the GIL)."""
     return _crc32c.crc32c(body).to_bytes(4, "big")
 
 
-def md5_of(body: bytes | memoryview) -> bytes:
+def md5_of(body: bytes | bytearray | memoryview) -> bytes:
     return hashlib.md5(body, usedforsecurity=False).digest()
 
 

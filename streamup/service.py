@@ -455,10 +455,8 @@ class Agent:
                     return
                 except Exception as exc:
                     # A permanent error or a bug in one stream never stops the others: report
-                    # it, wait, and pick the stream up again as after a restart.
-                    worker.last_error = str(exc)
-                    worker.log.exception("stream.failed_step", retry_in_s=PERMANENT_ERROR_PAUSE_S)
-                    await worker.nap(PERMANENT_ERROR_PAUSE_S)
+                    # it once, wait longer each time, pick the stream up again as after a restart.
+                    await worker.pause_after(exc)
                     resumed = True
         finally:
             if worker.source is not None:
@@ -503,7 +501,7 @@ class Agent:
         while not self.stopping.is_set() and worker.record.status.object_completed:
             if worker.record.status != Status.COMPLETED:
                 if worker.record.status != Status.S3_COMPLETED:
-                    await worker.nap(PERMANENT_ERROR_PAUSE_S)
+                    await worker.pause(PERMANENT_ERROR_PAUSE_S)
                     if self.stopping.is_set():
                         return
                     await worker.set_status(Status.S3_COMPLETED)

@@ -192,3 +192,11 @@ def grow(path: Path, total_bytes: int, rate_bytes_s: int) -> threading.Thread:
     )  # fmt: skip
     thread.start()
     return thread
+
+
+def kill_after_first_part(agent: AgentProcess, handle: BinaryIO) -> None:
+    """Write a part and a bit into `handle` (a recording the caller keeps open), wait until the
+    agent has uploaded a part, then kill it with SIGKILL."""
+    write_slowly(handle, total_bytes=5 * MiB + 100, rate_bytes_s=4 * MiB)
+    wait_for(lambda: agent.events_named("part.uploaded"), deadline_s=20, what="a part")
+    agent.kill()

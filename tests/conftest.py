@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +9,18 @@ import boto3
 import pytest
 import redis as redis_sync
 
+from streamup.s3.client import S3Storage
 from tests import servers
 from tests.agent import AgentProcess, agent_env
 from tests.proxy import FaultProxy
+from tests.rgw import Rgw, rgw_server
 
 S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+# The S3 servers the suite runs against. A test that takes `s3_backend` as a parameter
+# (`@BOTH_SERVERS`) runs once per server; every other test uses moto.
+S3_BACKENDS = ("moto", "rgw")
+BOTH_SERVERS = pytest.mark.parametrize("s3_backend", S3_BACKENDS)
+_started: list[Rgw] = []
 
 
 @pytest.fixture(scope="session")
@@ -32,14 +39,44 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
+def moto_endpoint() -> Iterator[str]:
     with servers.moto_server() as url:
         yield url
 
 
+@pytest.fixture(scope="session")
+def rgw_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Ceph RGW for the whole session, started by the first test that needs it. If it
+    cannot start, that test errors with the reason: never a skip."""
+    base = tmp_path_factory.mktemp("rgw")
+    with rgw_server(
+        base, access_key="testing", secret_key=S3_TEST_CREDENTIALS["aws_secret_access_key"]
+    ) as rgw:
+        _started.append(rgw)
+        yield rgw.endpoint
+
+
+@pytest.fixture
+def s3_backend() -> str:
+    """Which S3 server a test talks to; `@BOTH_SERVERS` parametrizes it."""
+    return "moto"
+
+
+@pytest.fixture
+def s3_endpoint(s3_backend: str, request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{s3_backend}_endpoint"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for rgw in _started:
+        terminalreporter.write_line(
+            f"Ceph RGW ({rgw.version}) at {rgw.endpoint}: started in {rgw.started_in_s:.1f} s"
+        )
+
+
 @pytest.fixture
 def s3_client(s3_endpoint: str) -> Any:
-    """A plain boto3 client on the moto server, for the tests' own checks."""
+    """A plain boto3 client on the test's S3 server, for the tests' own checks."""
     return boto3.client(
         "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
     )
@@ -86,3 +123,16 @@ def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
     proxy = FaultProxy(s3_endpoint).start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
+    """streamup's own S3 client on the test's server, with a fresh bucket it has just created."""
+    client = S3Storage(
+        bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
+        access_key_id="testing", secret_access_key="testing",
+    )  # fmt: skip
+    await client.open()
+    assert await client.ensure_bucket() is True
+    yield client
+    await client.close()

@@ -4,7 +4,8 @@ one byte of one part on the wire.
 `cut()` drops every open connection and refuses new ones (the listening socket is closed, so a
 connect gets ECONNREFUSED); `restore()` listens again on the same port. `flip_byte_of_part(n)`
 flips one byte in the body of the next UploadPart of part `n` (the HTTP requests going up are
-framed by their Content-Length, so keep-alive connections work too).
+framed by their Content-Length, so keep-alive connections work too). `before_forward`, when
+set, sees every block the agent sends before S3 does (to act on S3 at a precise request).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable
 
 from tests.servers import free_port
 
@@ -24,6 +26,7 @@ class FaultProxy:
         self.port = free_port()
         self.bytes_up = 0  # agent -> S3: what the agent sent
         self.content_md5_headers = 0  # requests that carried an integrity header
+        self.before_forward: Callable[[bytes], None] | None = None
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -73,6 +76,8 @@ class FaultProxy:
                     with self._lock:
                         self.bytes_up += len(data)
                         self.content_md5_headers += data.lower().count(b"\r\ncontent-md5: ")
+                    if self.before_forward is not None:
+                        self.before_forward(data)
                     data = framer.feed(data)
                 dst.sendall(data)
         except OSError:

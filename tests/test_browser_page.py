@@ -173,16 +173,16 @@ def python_formats() -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def seen(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Seen]:
+def seen(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Iterator[Seen]:
     root = tmp_path_factory.mktemp("browser")
     port = free_port()
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     env = agent_env(
-        watch_dir=root / "watch", state_dir=root / "state", s3_endpoint=s3_endpoint,
+        watch_dir=root / "watch", state_dir=root / "state", s3_endpoint=moto_endpoint,
         bucket=bucket, PROM_PORT=str(port), STATUS_TOKEN=TOKEN, LOG_LEVEL="INFO",
     )  # fmt: skip
     s3 = boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
     )
     agent = AgentProcess(env, root / "agent.log").start()
     # A recorder at 2.5 MiB/s: a part every two seconds, so the page sees it grow.

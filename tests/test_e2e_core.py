@@ -22,8 +22,10 @@ from tests.agent import (
     wait_for,
     write_slowly,
 )
+from tests.conftest import BOTH_SERVERS
 
 
+@BOTH_SERVERS
 def test_finished_file_copied_in_arrives_as_one_exact_object(
     agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:

@@ -23,6 +23,7 @@ from tests.agent import (
     wait_for,
     wait_metadata,
 )
+from tests.conftest import BOTH_SERVERS
 from tests.proxy import FaultProxy
 
 PART = 5 * MiB
@@ -43,6 +44,7 @@ def fleet(agent: Any, redis_url: str, proxy: FaultProxy, tmp_path: Path) -> Any:
     return start
 
 
+@BOTH_SERVERS
 def test_two_agents_on_one_folder_upload_every_file_exactly_once(
     fleet: Any, proxy: FaultProxy, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:

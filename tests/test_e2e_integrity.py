@@ -1,9 +1,10 @@
 """Every byte proven against what the server stored, with real `streamup run` processes.
 
-moto verifies neither Content-MD5 nor checksums, so what it proves here is the agent's own check:
-the part ETag (moto's is the MD5 of what it received) compared with the MD5 of what was sent.
-The object is downloaded and compared with the file in every test: the outcome is asserted
-itself, not left to the server to refuse.
+moto verifies neither Content-MD5 nor checksums, so what it proves there is the agent's own
+check: the part ETag (moto's is the MD5 of what it received) compared with the MD5 of what was
+sent. Ceph RGW verifies Content-MD5 and refuses the damaged part itself. The object is
+downloaded and compared with the file in every test: the outcome is asserted itself, not left
+to the server to refuse.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.agent import (
     wait_for,
     wait_metadata,
 )
+from tests.conftest import BOTH_SERVERS
 from tests.proxy import FaultProxy
 
 MiB = 1024 * 1024
@@ -43,7 +45,15 @@ def independent_composite_crc32c(data: bytes, sizes: list[int]) -> str:
     return f"{whole}-{len(sizes)}"
 
 
-def assert_proven(s3: Any, bucket: str, doc: dict[str, Any], local: Path, tmp: Path) -> None:
+def assert_proven(
+    s3: Any,
+    bucket: str,
+    doc: dict[str, Any],
+    local: Path,
+    tmp: Path,
+    *,
+    proof: str = "etag_compared",
+) -> None:
     """The object equals the file, and the metadata's checksum is the object's own."""
     assert_exact(s3, bucket, doc, local, tmp)
     data = download(s3, bucket, doc["s3_key_prefix"], tmp / "again").read_bytes()
@@ -53,25 +63,40 @@ def assert_proven(s3: Any, bucket: str, doc: dict[str, Any], local: Path, tmp: P
         "type": "COMPOSITE",
         "value": independent_composite_crc32c(data, sizes),
     }
-    assert doc["integrity_proof"] == "etag_compared"  # what moto allows: ETags are MD5s
+    assert doc["integrity_proof"] == proof  # moto allows etag_compared: its ETags are MD5s
 
 
+# What each server proves, and how the damaged part is caught there.
+PROOF_ON = {
+    "moto": ("etag", "ETag mismatch", "etag_compared"),
+    "rgw": ("content_md5", "refused by the server", "server_verified"),
+}
+
+
+@BOTH_SERVERS
 def test_a_byte_flipped_on_the_wire_is_caught_and_the_part_sent_again(
-    agent: Any, proxy: FaultProxy, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+    agent: Any,
+    proxy: FaultProxy,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+    s3_backend: str,
 ) -> None:
+    mode, reason, proof = PROOF_ON[s3_backend]
     source = tmp_path / "flipped.mp4"
     source.write_bytes(os.urandom(40 * MiB))
     process = agent(S3_ENDPOINT_URL=proxy.url)
     wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="start")
     (integrity,) = process.events_named("s3.integrity")
-    assert integrity["mode"] == "etag" and not integrity["checksum_verified"]
+    assert integrity["mode"] == mode and not integrity["checksum_verified"]
     proxy.flip_byte_of_part(3)
     shutil.copy(source, watch_dir / "flipped.mp4")
-    doc = wait_metadata(s3_client, bucket, "flipped.mp4", deadline_s=60)
+    doc = wait_metadata(s3_client, bucket, "flipped.mp4", deadline_s=90)
     assert proxy.flipped == [3]  # the damage did happen on the wire
     (failed,) = process.events_named("part.proof_failed")
-    assert failed["part"] == 3 and failed["reason"] == "ETag mismatch"
-    assert_proven(s3_client, bucket, doc, source, tmp_path)
+    assert failed["part"] == 3 and failed["reason"] == reason
+    assert_proven(s3_client, bucket, doc, source, tmp_path, proof=proof)
     assert doc["sha256"] == sha256_file(source)
     assert process.stop() == 0
 

@@ -25,6 +25,7 @@ from tests.agent import (
     wait_metadata,
     write_slowly,
 )
+from tests.conftest import BOTH_SERVERS
 from tests.proxy import FaultProxy
 
 PART = 5 * MiB
@@ -51,6 +52,7 @@ def finished_file(watch_dir: Path, tmp_path: Path, name: str, size: int) -> Path
     return source
 
 
+@BOTH_SERVERS
 def test_crash_after_a_part_upload_before_its_checkpoint_adopts_the_part(
     agent: Any,
     via_proxy: dict[str, str],
@@ -75,6 +77,7 @@ def test_crash_after_a_part_upload_before_its_checkpoint_adopts_the_part(
     assert second.stop() == 0
 
 
+@BOTH_SERVERS
 @pytest.mark.parametrize("point", ["before_complete", "after_complete", "before_metadata"])
 def test_crash_around_completion_ends_in_one_object_with_metadata(
     agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str, point: str
@@ -127,6 +130,7 @@ def test_kills_at_random_moments_while_a_file_grows_cost_at_most_a_part_each(
     assert current.stop() == 0
 
 
+@BOTH_SERVERS
 def test_network_outage_stalls_the_stream_and_it_catches_up(
     agent: Any,
     via_proxy: dict[str, str],
@@ -154,6 +158,7 @@ def test_network_outage_stalls_the_stream_and_it_catches_up(
     assert process.stop() == 0
 
 
+@BOTH_SERVERS
 def test_upload_that_s3_forgot_starts_afresh(
     agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:
@@ -228,6 +233,7 @@ def test_second_signal_exits_at_once_and_checkpoints_stay_consistent(
     assert second.stop() == 0
 
 
+@BOTH_SERVERS
 def test_file_lost_while_the_agent_was_down_keeps_what_s3_holds_as_partial(
     agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:

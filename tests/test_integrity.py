@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -26,6 +25,7 @@ from streamup.s3.integrity import (
 )
 from streamup.s3.parts import PartSpan
 from streamup.stream.lifecycle import unchanged_since_read
+from tests.conftest import BOTH_SERVERS
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 S = 1_000_000_000  # one second in ns
@@ -156,26 +156,24 @@ async def test_the_running_hash_takes_parts_in_order_and_restarts_before_a_chang
     assert await running.hexdigest() == hashlib.sha256(bodies[0] + new).hexdigest()
 
 
-@pytest.fixture
-async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
-    client = S3Storage(
-        bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
-        access_key_id="testing", secret_access_key="testing",
-    )  # fmt: skip
-    await client.open()
-    await client.ensure_bucket()
-    yield client
-    await client.close()
+# moto accepts CRC32C uploads, checks neither a checksum nor Content-MD5, and its part ETags
+# are MD5s: the agent compares them itself. Ceph RGW accepts and ignores checksums but refuses a
+# wrong Content-MD5 (compat/README.md).
+SEEN_ON = {
+    "moto": Capabilities(
+        checksums_accepted=True, checksum_verified=False, md5_verified=False, etag_is_md5=True
+    ),
+    "rgw": Capabilities(
+        checksums_accepted=True, checksum_verified=False, md5_verified=True, etag_is_md5=True
+    ),
+}
 
 
-async def test_the_probe_finds_what_moto_checks_and_leaves_nothing_behind(
-    storage: S3Storage,
+@BOTH_SERVERS
+async def test_the_probe_finds_what_the_server_checks_and_leaves_nothing_behind(
+    storage: S3Storage, s3_backend: str
 ) -> None:
     caps = await probe(storage, "streams")
-    # moto accepts CRC32C uploads, checks neither a checksum nor Content-MD5, and its part
-    # ETags are MD5s: the agent compares them itself.
-    assert caps == Capabilities(
-        checksums_accepted=True, checksum_verified=False, md5_verified=False, etag_is_md5=True
-    )
-    assert caps.mode is ProofMode.ETAG
+    assert caps == SEEN_ON[s3_backend]
+    assert caps.mode is {"moto": ProofMode.ETAG, "rgw": ProofMode.CONTENT_MD5}[s3_backend]
     assert await storage.list_uploads("streams/") == []

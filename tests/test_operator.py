@@ -137,7 +137,7 @@ class Observed:
 def observed(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    s3_endpoint: str,
+    moto_endpoint: str,
     redis_server_url: str,
 ) -> Iterator[Observed]:
     backend = str(request.param)
@@ -152,13 +152,13 @@ def observed(
     env = agent_env(
         watch_dir=root / "watch",
         state_dir=root / "state",
-        s3_endpoint=s3_endpoint,
+        s3_endpoint=moto_endpoint,
         bucket=bucket,
         **extra,
     )
     port = int(extra["PROM_PORT"])
     s3 = boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
     )
     agent = AgentProcess(env, root / "agent.log").start()
     recorder = Recorder(root / "watch" / "cam-1" / "take.mp4")

@@ -82,7 +82,7 @@ class Outage:
 
 
 @pytest.fixture(scope="module")
-def outage(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Outage]:
+def outage(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Iterator[Outage]:
     root = tmp_path_factory.mktemp("outage")
     redis = PasswordRedis(root, REDIS_PASSWORD)
     redis.start()
@@ -90,7 +90,7 @@ def outage(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterat
     env = agent_env(
         watch_dir=root / "watch",
         state_dir=root / "state",
-        s3_endpoint=s3_endpoint,
+        s3_endpoint=moto_endpoint,
         bucket=bucket,
         REDIS_URL=redis.url,
         S3_SECRET_ACCESS_KEY=S3_SECRET,
@@ -98,7 +98,7 @@ def outage(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterat
         SHUTDOWN_GRACE_SECONDS="5",
     )
     s3 = boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
+        "s3", endpoint_url=moto_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
     )
     agent = AgentProcess(env, root / "agent.log").start()
     recorder = Recorder(root / "watch" / "take.mp4")

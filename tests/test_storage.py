@@ -1,4 +1,5 @@
-"""The S3 client against moto's real HTTP server: S3's rules, error translation, retries."""
+"""The S3 client against real HTTP servers (moto, and Ceph RGW where marked): S3's rules, error
+translation, retries."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import base64
 import hashlib
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,27 +14,17 @@ from streamup.checksums import crc32c_of, multipart_etag
 from streamup.errors import NoSuchUpload, StorageError, StreamupError
 from streamup.retry import Backoff, retrying
 from streamup.s3.client import RemoteObject, S3Storage
+from tests.conftest import BOTH_SERVERS
 from tests.servers import free_port
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-async def storage(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Storage]:
-    client = S3Storage(
-        bucket=bucket, region="us-east-1", endpoint_url=s3_endpoint,
-        access_key_id="testing", secret_access_key="testing",
-    )  # fmt: skip
-    await client.open()
-    assert await client.ensure_bucket() is True
-    yield client
-    await client.close()
 
 
 async def send(storage: S3Storage, key: str, upload_id: str, number: int, body: bytes) -> str:
     return await storage.upload_part(key, upload_id, number, body, md5=hashlib.md5(body).digest())
 
 
+@BOTH_SERVERS
 async def test_bucket_is_created_once(storage: S3Storage) -> None:
     assert await storage.ensure_bucket() is False
 
@@ -54,6 +44,7 @@ async def test_list_parts_follows_pagination_past_1000_parts(storage: S3Storage)
     await storage.abort_upload("many", upload_id)
 
 
+@BOTH_SERVERS
 async def test_small_part_that_is_not_the_last_is_refused_at_completion(
     storage: S3Storage,
 ) -> None:
@@ -67,6 +58,7 @@ async def test_small_part_that_is_not_the_last_is_refused_at_completion(
     assert not caught.value.retryable
 
 
+@BOTH_SERVERS
 async def test_completed_object_etag_and_forgotten_upload(storage: S3Storage) -> None:
     upload_id = await storage.create_upload("done", "video/mp4")
     first, last = os.urandom(5 * MiB), b"tail"
@@ -97,6 +89,26 @@ async def test_composite_crc32c_upload_reports_the_checksum_of_the_part_checksum
     remote = await storage.head_object("crc")
     expected = base64.b64encode(crc32c_of(b"".join(crc32c_of(b) for b in bodies))).decode()
     assert remote == RemoteObject(5 * MiB + 8, remote.etag, expected, "COMPOSITE")
+
+
+@BOTH_SERVERS
+async def test_every_answer_about_an_aborted_upload_says_the_upload_is_gone(
+    storage: S3Storage,
+) -> None:
+    # RGW answers ListParts with 404 NoSuchKey and Complete with 500 InternalError here; both
+    # must read as NoSuchUpload (never retried as if the server were merely busy).
+    upload_id = await storage.create_upload("gone", "video/mp4")
+    body = os.urandom(5 * MiB)
+    etags = [(1, await send(storage, "gone", upload_id, 1, body), None)]
+    await storage.abort_upload("gone", upload_id)
+    with pytest.raises(NoSuchUpload):
+        await storage.list_parts("gone", upload_id)
+    with pytest.raises(NoSuchUpload):
+        await send(storage, "gone", upload_id, 2, b"tail")
+    with pytest.raises(NoSuchUpload):
+        await storage.complete_upload("gone", upload_id, etags)
+    await storage.abort_upload("gone", upload_id)  # aborting twice is not an error
+    assert await storage.head_object("gone") is None
 
 
 async def test_unreachable_endpoint_is_a_retryable_error() -> None:
@@ -162,3 +174,24 @@ def test_backoff_stays_capped_however_long_the_outage_lasts() -> None:
     # 2.0 ** 1024 overflows a float: attempt 1025 (8.5 hours at the 30 s cap) must not raise.
     backoff = Backoff(first_s=0.5, factor=2.0, cap_s=30.0)
     assert all(15.0 <= backoff.delay_s(n) <= 30.0 for n in (1024, 1025, 10**6))
+
+
+@BOTH_SERVERS
+async def test_completion_never_replaces_an_existing_object(storage: S3Storage) -> None:
+    # Ceph RGW ignores If-None-Match on CompleteMultipartUpload: without the client's own check,
+    # the second completion below silently replaces the object.
+    first = await storage.create_upload("once", "video/mp4")
+    kept = os.urandom(1000)
+    await storage.complete_upload(
+        "once", first, [(1, await send(storage, "once", first, 1, kept), None)]
+    )
+    before = await storage.head_object("once")
+    second = await storage.create_upload("once", "video/mp4")
+    etags = [(1, await send(storage, "once", second, 1, b"other bytes"), None)]
+    with pytest.raises(StorageError) as caught:
+        await storage.complete_upload("once", second, etags)
+    assert caught.value.code == "PreconditionFailed"
+    assert before is not None
+    assert (before.size_bytes, before.etag) == (1000, multipart_etag([hashlib.md5(kept).digest()]))
+    assert await storage.head_object("once") == before
+    await storage.abort_upload("once", second)

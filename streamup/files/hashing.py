@@ -27,7 +27,9 @@ class PrefixHash:
         self._before: dict[int, asyncio.Future[hashlib._Hash]] = {}  # state before each part
         self._last: asyncio.Future[None] | None = None
 
-    def feed(self, span: PartSpan, body: bytes, crc32c_hex: str) -> asyncio.Future[None] | None:
+    def feed(
+        self, span: PartSpan, body: bytes | bytearray, crc32c_hex: str
+    ) -> asyncio.Future[None] | None:
         """Take in a part's bytes (whose CRC32C is `crc32c_hex`) if they continue the prefix:
         the future of their update (done once hashed), or None when not taken."""
         if span.offset_bytes != self.end_bytes or len(body) != span.size_bytes:

@@ -46,7 +46,7 @@ class PartData:
     """A part's bytes as read, their checksums, and when the read began."""
 
     span: PartSpan
-    body: bytes
+    body: bytearray
     crc32c: bytes
     md5: bytes | None
     read_at: ReadMark
@@ -78,16 +78,25 @@ class SourceFile:
         """The file's last change (data or attributes): unlike mtime, no writer can set it."""
         return os.fstat(self._fd).st_ctime_ns
 
-    def _read(self, offset: int, size: int) -> bytes:
-        chunks = []
-        while size > 0:
-            chunk = os.pread(self._fd, min(size, READ_BLOCK_BYTES * 4), offset)
-            if not chunk:
-                break  # the file shrank under us; the caller compares sizes
-            chunks.append(chunk)
-            offset += len(chunk)
-            size -= len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    def _read(self, offset: int, size: int) -> bytearray:
+        """`size` bytes from `offset`, read straight into one buffer (fewer when the file
+        shrank under us; the caller compares sizes).
+
+        A bytearray, not bytes: botocore wraps a bytes body in a BytesIO, whose buffer aiohttp
+        then copies whole on the event loop; a bytearray goes to the socket as it is.
+        """
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = 0
+        while got < size:
+            count = os.preadv(self._fd, [view[got : got + READ_BLOCK_BYTES * 4]], offset + got)
+            if count == 0:
+                break
+            got += count
+        view.release()
+        if got < size:
+            del buffer[got:]
+        return buffer
 
     def _read_part(self, span: PartSpan, with_md5: bool) -> PartData | None:
         read_at = read_mark()

@@ -50,6 +50,14 @@ _RETRYABLE_CODES = frozenset(
         "OperationAborted",
     }
 )
+# Answers that mean "the multipart upload is gone" when they come from a request on an upload:
+# NoSuchUpload (AWS, moto; RGW for UploadPart and Abort) and NoSuchKey (RGW's ListParts).
+_UPLOAD_OPERATIONS = frozenset(
+    {"UploadPart", "ListParts", "CompleteMultipartUpload", "AbortMultipartUpload"}
+)
+# A server error about an upload may mean it is gone too (RGW's Complete and moto's UploadPart
+# answer 500 for an aborted upload): ListParts decides before it is retried as weather.
+_SERVER_ERROR_CODES = frozenset({"InternalError", "500"})
 _HINTS = {
     "AccessDenied": "check the credentials and the bucket policy",
     "403": "access denied: check S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY and the bucket policy",
@@ -111,11 +119,15 @@ def translate(exc: BaseException, what: str) -> StorageError:
             code in _RETRYABLE_CODES or code in DIGEST_REFUSED or status >= 500 or status == 429
         )
         hint = _HINTS.get(code)
-        message = f"{what}: {code or status} {error.get('Message', '')}".strip()
+        message = f"{what}: {code or status} {error.get('Message') or ''}".strip()
         if hint:
             message = f"{message} ({hint})"
-        cls = NoSuchUpload if code == "NoSuchUpload" else StorageError
-        return cls(message, code=code, retryable=retryable)
+        gone = code == "NoSuchUpload" or (
+            code == "NoSuchKey" and exc.operation_name in _UPLOAD_OPERATIONS
+        )
+        if gone:
+            return NoSuchUpload(message, code=code)
+        return StorageError(message, code=code, retryable=retryable)
     if isinstance(exc, NoCredentialsError):
         return StorageError(
             f"{what}: no S3 credentials found (set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY)",
@@ -181,6 +193,29 @@ class S3Storage:
         except (TimeoutError, ClientError, BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise translate(exc, what) from exc
 
+    async def _about_upload(self, key: str, upload_id: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A request on an upload; a server error is NoSuchUpload when ListParts says it is gone."""
+        try:
+            return await call()
+        except StorageError as exc:
+            if exc.code not in _SERVER_ERROR_CODES or not await self._upload_gone(key, upload_id):
+                raise
+            raise NoSuchUpload(f"{exc}; ListParts: the upload is gone", code=exc.code) from exc
+
+    async def _upload_gone(self, key: str, upload_id: str) -> bool:
+        try:
+            await self._call(
+                f"listing parts of {key!r}",
+                lambda: self._client.list_parts(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MaxParts=1
+                ),
+            )
+        except NoSuchUpload:
+            return True
+        except StorageError:
+            return False  # cannot tell: the first error stands (and is retried)
+        return False
+
     async def ensure_bucket(self) -> bool:
         """Create the bucket when it is missing. Returns True when it was created."""
         try:
@@ -235,7 +270,7 @@ class S3Storage:
         key: str,
         upload_id: str,
         number: int,
-        body: bytes,
+        body: bytes | bytearray,
         *,
         crc32c: bytes | None = None,
         md5: bytes | None = None,
@@ -246,13 +281,13 @@ class S3Storage:
             extra["ChecksumCRC32C"] = b64(crc32c)
         if md5 is not None:
             extra["ContentMD5"] = b64(md5)
-        response = await self._call(
+        response = await self._about_upload(key, upload_id, lambda: self._call(
             f"uploading part {number} of {key!r}",
             lambda: self._client.upload_part(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
                 **extra,
             ),
-        )  # fmt: skip
+        ))  # fmt: skip
         return str(response["ETag"])
 
     async def list_parts(self, key: str, upload_id: str) -> dict[int, RemotePart]:
@@ -281,13 +316,20 @@ class S3Storage:
         """Complete the upload from (number, ETag, CRC32C or None) of every part, never over an
         existing object (`If-None-Match: *` where the server supports it). An existing object
         raises StorageError code PreconditionFailed."""
+        # Some servers accept the header on completion and ignore it (Ceph RGW 16 overwrites):
+        # a HeadObject first, so that only a completion racing this very instant could.
+        if await self.head_object(key) is not None:
+            raise StorageError(
+                f"completing {key!r}: PreconditionFailed (an object is there already; it is "
+                "never replaced)", code="PreconditionFailed",
+            )  # fmt: skip
         parts = {"Parts": [_completed_part(*part) for part in etags]}
-        response = await self._exclusive(
+        response = await self._about_upload(key, upload_id, lambda: self._exclusive(
             f"completing {key!r}",
             lambda extra: self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=parts, **extra
             ),
-        )
+        ))  # fmt: skip
         return str(response.get("ETag", ""))
 
     async def _exclusive(self, what: str, call: Callable[[dict[str, str]], Awaitable[T]]) -> T:

@@ -99,6 +99,8 @@ async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
             await worker.persist(lambda: storage.abort_upload(key, upload_id), "abort")
             await worker.set_status(Status.S3_COMPLETED, completed_at=utc_now(), error=None)
             return True
+        if exc.code == "InvalidPart" and await _restarted_for_parts_left(worker, parts):
+            return False
         await worker.set_status(Status.FAILED_S3_COMPLETE, error=str(exc))
         await worker.pause_after(exc)
         return False
@@ -124,6 +126,24 @@ async def _object_is_parts(worker: StreamWorker, parts: list[PartRecord]) -> boo
     await worker.restart_upload(f"the completed object did not match: {reason}")
     await worker.set_status(Status.ACTIVE)
     return False
+
+
+async def _restarted_for_parts_left(worker: StreamWorker, parts: list[PartRecord]) -> bool:
+    """Ceph RGW completes an upload only with every part it holds (InvalidPart otherwise), and
+    S3 cannot drop a part: parts left past the end of a file that shrank mean a fresh upload,
+    sent again from the file. True when the stream went back to uploading for that reason."""
+    if worker.source is None:
+        return False  # the file is gone: what S3 holds is all there is, never thrown away
+    storage, key, upload_id = worker.ctx.storage, worker.record.key, worker.record.upload_id
+    assert upload_id is not None
+    held = await worker.persist(lambda: storage.list_parts(key, upload_id), "list parts")
+    left = sorted(held.keys() - {p.number for p in parts})
+    if not left:
+        return False
+    await worker.persist(lambda: storage.abort_upload(key, upload_id), "abort")
+    await worker.restart_upload(f"the server completes only every part; parts {left} are stale")
+    await worker.set_status(Status.ACTIVE)
+    return True
 
 
 async def already_completed(worker: StreamWorker, parts: list[PartRecord]) -> bool:
@@ -155,6 +175,9 @@ async def finish_lost(worker: StreamWorker) -> None:
     )
     if await complete(worker, parts):
         await write_metadata(worker)
+    elif worker.record.upload_id is None:
+        # The upload vanished as well (aborted, expired): nothing is left anywhere to keep.
+        await finish(worker, Status.ABORTED_NO_PARTS)
 
 
 async def write_metadata(worker: StreamWorker) -> None:

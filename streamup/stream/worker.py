@@ -26,7 +26,7 @@ from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
 from streamup.models import CompletedRecord, PartRecord, ReadMark, Status, StreamRecord, utc_now
-from streamup.retry import retrying
+from streamup.retry import Backoff, retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
 from streamup.s3.object_options import ObjectOptions
@@ -45,6 +45,8 @@ log = structlog.get_logger("streamup")
 # After a permanent error (access denied, say) the stream waits this long before trying again:
 # the operator may fix the cause, and the agent must not spin.
 PERMANENT_ERROR_PAUSE_S = 60.0
+# A failed step is tried again after about 2 s, 4 s, 8 s, ... up to the minute above.
+FAILURE_BACKOFF = Backoff(first_s=2.0, factor=2.0, cap_s=PERMANENT_ERROR_PAUSE_S)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class StreamWorker:
         self.completed_record: CompletedRecord | None = None
         self.writer_seen = False  # a process on this host was seen writing the file
         self.lease_lost = False  # another agent took the stream over
+        self.failures = 0  # attempts of a failed step since the stream last made progress
         self.log = log.bind(stream_id=record.stream_id, path=record.path)
 
     # ----------------------------------------------------------------- plumbing
@@ -264,6 +267,8 @@ class StreamWorker:
             lambda: self.ctx.store.record_part(stream_id, part, uploaded, part.uploaded_at),
             "checkpoint",
         )
+        if self.failures:
+            await self.recovered()
 
     async def _read_and_send(self, span: PartSpan) -> None:
         async with self.ctx.part_slots:
@@ -370,10 +375,42 @@ class StreamWorker:
             await self.nap(tick_s)
         return False
 
-    async def pause_after(self, exc: StreamupError) -> None:
-        """A permanent error: say so once, clearly, and wait before trying again."""
-        self.last_error = str(exc)
-        self.record = self.record.evolve(error=str(exc))
+    async def pause_after(self, exc: BaseException) -> None:
+        """A step failed with an error that retrying at once does not cure (access denied, a
+        bug): one log line for the whole episode (the traceback at DEBUG), the error in the
+        checkpoint for `status`, and a pause that grows with each attempt."""
+        self.failures += 1
+        delay_s = FAILURE_BACKOFF.delay_s(self.failures)
+        error = str(exc) if isinstance(exc, StreamupError) else f"{type(exc).__name__}: {exc}"
         metrics.FAILURES.labels(status=self.record.status.value).inc()
-        self.log.error("stream.error", error=str(exc), retry_in_s=PERMANENT_ERROR_PAUSE_S)
-        await self.nap(PERMANENT_ERROR_PAUSE_S)
+        if self.failures == 1:
+            self.log.error("stream.failed_step", error=error, retry_in_s=round(delay_s, 1))
+        else:
+            self.log.debug("stream.failed_again", error=error, attempt=self.failures,
+                           retry_in_s=round(delay_s, 1))  # fmt: skip
+        self.log.debug("stream.failure_traceback", exc_info=exc)
+        self.last_error = error
+        await self._keep_error(error)
+        await self.pause(delay_s)
+
+    async def pause(self, seconds: float) -> None:
+        """Wait `seconds` or until shutdown; unlike `nap`, a file event does not end it."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ctx.stopping.wait(), seconds)
+
+    async def recovered(self) -> None:
+        """The stream made progress again (S3 took a part): the failure episode is over."""
+        self.log.info("stream.recovered", attempts=self.failures)
+        self.failures = 0
+        self.last_error = None
+        await self._keep_error(None)
+
+    async def _keep_error(self, error: str | None) -> None:
+        # `streamup status` reads the checkpoint: the error goes there too. Best effort: the store
+        # may be what fails, and reporting must not add a failure of its own.
+        if self.record.error == error:
+            return
+        self.record = self.record.evolve(error=error)
+        record = self.record
+        with contextlib.suppress(StreamupError):
+            await self.persist(lambda: self.ctx.store.save_stream(record), "checkpoint")
