@@ -192,12 +192,12 @@ def _status(args: argparse.Namespace) -> int:
 
     async def read() -> dict[str, object]:
         if store_name == "sqlite" and not (settings.state_dir / DB_NAME).is_file():
-            return empty_document(store_name)
+            return empty_document(store_name, str(settings.watch_dir))
         # Not exclusive: a running agent holds the lock; WAL lets this read beside its writes.
         store = make_store(settings, exclusive=False)
         await store.open()
         try:
-            return await collect(store)
+            return await collect(store, watch_dir=str(settings.watch_dir))
         finally:
             await store.close()
 

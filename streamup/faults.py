@@ -17,6 +17,11 @@ POINTS = (
     "before_finish",  # the metadata is in S3, the stream is not finished (nor its event written)
     "before_event_delivery",  # an event is in the outbox, no sink has been tried
     "after_event_delivery",  # a sink took the event, the outbox does not know yet
+    # the local-file action: intent checkpointed, file not yet touched; a move's copy landed
+    "before_local_delete",
+    "before_local_move",
+    "after_local_copy",
+    "after_local_unlink",  # the file is gone from WATCH_DIR; its record and event not yet written
 )
 
 

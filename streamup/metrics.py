@@ -84,3 +84,44 @@ for _status in Status:
 for _sink in EVENT_SINKS:
     for _counter in (EVENTS_DELIVERED, EVENT_RETRIES, EVENTS_UNDELIVERABLE):
         _counter.labels(sink=_sink)
+
+# The local-file action and the free-space guard (after.local_action). `trigger` is
+# after_upload (AFTER_UPLOAD) or min_free (MIN_FREE_BYTES); `reason` is after.lifecycle.Keep.
+LOCAL_FILES_DELETED = Counter(
+    "streamup_local_files_deleted",
+    "Local files deleted once S3 provably held them",
+    ["trigger"],
+    registry=REGISTRY,
+)
+LOCAL_FILES_MOVED = Counter(
+    "streamup_local_files_moved",
+    "Local files moved to AFTER_UPLOAD_DIR once S3 provably held them",
+    registry=REGISTRY,
+)
+LOCAL_BYTES_FREED = Counter(
+    "streamup_local_bytes_freed",
+    "Bytes of WATCH_DIR's filesystem freed by deleting or moving uploaded files",
+    registry=REGISTRY,
+)
+LOCAL_FILES_KEPT = Counter(
+    "streamup_local_files_kept",
+    "Files the action left in place, counted once per file and reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+LOCAL_FILES_WAITING = Gauge(
+    "streamup_local_files_kept_now",
+    "Completed files the action is leaving in place right now, by reason",
+    ["reason"],
+    registry=REGISTRY,
+)
+DISK_FREE = Gauge(
+    "streamup_disk_free_bytes", "Free bytes on WATCH_DIR's filesystem", registry=REGISTRY
+)
+DISK_SHORT = Gauge(
+    "streamup_disk_short",
+    "1 while WATCH_DIR's filesystem is below MIN_FREE_BYTES and nothing more can be deleted",
+    registry=REGISTRY,
+)
+for _trigger in ("after_upload", "min_free"):
+    LOCAL_FILES_DELETED.labels(trigger=_trigger)

@@ -172,6 +172,18 @@ class CompletedRecord:
     mtime_ns: int
     completed_at: datetime
     end_reason: EndReason = EndReason.IDLE
+    # What the local-file action (after.lifecycle) proves before it touches the file, fixed when
+    # the stream finished; empty / 0 in records written before the action existed.
+    ctime_ns: int = 0  # the file's ctime when its record was written (0: unknown)
+    sha256_hex: str = ""  # of the verified file, which is the object
+    object_etag: str = ""  # the multipart ETag the parts give (empty: some MD5 unknown)
+    object_crc32c: str = ""  # the COMPOSITE CRC32C the parts give, base64 without `-N`
+    proof: str = ""  # s3.integrity.Proof of the object ("" : recorded before proofs were kept)
+    host: str = ""  # the host of the agent that finished the stream: only it acts on the file
+    # Checkpointed intent of the local-file action under way ("delete" or "move", and the move's
+    # target), written before the irreversible step; a crash is finished from it at the next start.
+    local_action: str = ""
+    local_target: str = ""
 
     def matches(self, state: FileState) -> bool:
         """True when `state` is the very file this record describes, unchanged."""
@@ -205,6 +217,7 @@ class AgentSnapshot:
     watch_dir: str
     streams: tuple[StreamView, ...]
     integrity: dict[str, object] | None = None  # what the S3 endpoint proves (s3.integrity)
+    disk: dict[str, object] | None = None  # WATCH_DIR's free space and the local files' state
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import os
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -13,6 +14,8 @@ import structlog
 
 from streamup import metrics
 from streamup.after.delivery import Dispatcher
+from streamup.after.lifecycle import Action
+from streamup.after.local_action import LocalFiles, Policy
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import ConfigError, LeaseLost, StorageError, StreamupError
 from streamup.files.source import SourceFile, stat_path
@@ -121,6 +124,7 @@ class Agent:
         self._unreadable: dict[str, FileState] = {}
         self._chores: set[asyncio.Task[None]] = set()  # fire-and-forget, kept referenced
         self.ready = asyncio.Event()
+        self.local = self._local_files()
 
     # ------------------------------------------------------------- start and stop
 
@@ -142,6 +146,7 @@ class Agent:
                 await self._adopt(record)
             await watcher.scan_once()
             background = [
+                asyncio.create_task(self.local.run()),
                 asyncio.create_task(watcher.run_events(self.stopping)),
                 asyncio.create_task(watcher.run_scans(self.stopping)),
                 asyncio.create_task(self._update_gauges()),
@@ -471,6 +476,7 @@ class Agent:
                 self.dispatcher.poke()  # its event is in the outbox
             if done is not None and done.end_reason is EndReason.IDLE:
                 self.completed[worker.record.path] = done
+                self.local.kick()
 
     async def _live(self, worker: StreamWorker, resumed: bool) -> None:
         if worker.record.status.object_completed:
@@ -514,8 +520,9 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 1.0)
 
-    async def healthy(self) -> bool:
+    async def healthy(self) -> bool | str:
         """/healthz: the agent is up (not starting, not stopping) and the checkpoint store answers.
+        Up but short of disk (MIN_FREE_BYTES, nothing deletable): the reason, answered 200.
 
         The HTTP server runs on this event loop, so being asked at all proves the loop is alive.
         """
@@ -525,7 +532,31 @@ class Agent:
             await asyncio.wait_for(self.store.ping(), 2.0)
         except (StreamupError, TimeoutError, OSError):
             return False
-        return True
+        return self.local.short or True
+
+    def _local_files(self) -> LocalFiles:
+        """The local-file action and the free-space guard (after.local_action)."""
+        s = self.settings
+        policy = Policy(
+            action=Action(s.after_upload),
+            watch_dir=os.path.abspath(s.watch_dir),
+            target_dir=None if s.after_upload_dir is None else os.path.abspath(s.after_upload_dir),
+            keep_local_s=s.keep_local_seconds,
+            accept_unproven=s.after_upload_unproven == "accept",
+            min_free=s.min_free_floor,
+            shared=s.redis_url is not None,
+            host=host_of(s.agent_id),
+            agent_id=s.agent_id,
+            lease_ttl_s=s.lease_ttl_seconds,
+        )
+        return LocalFiles(
+            policy, self.store, self.storage,
+            records=lambda: self.completed,
+            busy=lambda path: path in self.by_path or path in self._starting,
+            lag_bytes=lambda: sum(w.lag_bytes for w in self.workers.values()),
+            stopping=self.stopping,
+            event_written=self.dispatcher.poke,
+        )  # fmt: skip
 
     def snapshot(self) -> AgentSnapshot:
         """A copy of what the operator's faces show; taken on this loop, so it is consistent."""
@@ -534,6 +565,7 @@ class Agent:
             store_name=self.store.name,
             watch_dir=str(self.settings.watch_dir),
             integrity=self.ctx.integrity.describe(),
+            disk=self.local.view(),
             streams=tuple(
                 StreamView(w.record, len(w.parts), w.stalled, w.last_error)
                 for w in self.workers.values()

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     # With a shared Redis: an owner that stops renewing loses its streams after this long.
     lease_ttl_seconds: float = Field(15.0, ge=1)
 
+    # Once S3 provably holds a file (after.lifecycle): leave it, delete it, or move it below
+    # AFTER_UPLOAD_DIR, KEEP_LOCAL_SECONDS after completion. MIN_FREE_BYTES (bytes, or "5%" of
+    # WATCH_DIR's filesystem; 0 = off): below it, uploaded files are deleted oldest first.
+    after_upload: Literal["keep", "delete", "move"] = "keep"
+    after_upload_dir: Path | None = None
+    keep_local_seconds: float = Field(0.0, ge=0)
+    min_free_bytes: str = "0"
+    # Objects the server let nobody prove (S3_INTEGRITY_MODE none): their files stay unless this
+    # is `accept`.
+    after_upload_unproven: Literal["refuse", "accept"] = "refuse"
+
     ffprobe_path: str | None = None
     ffprobe_timeout_seconds: float = Field(30.0, gt=0)
 
@@ -122,6 +133,26 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_prefix(cls, value: str) -> str:
         return value.strip("/")
+
+    @field_validator("min_free_bytes", mode="before")
+    @classmethod
+    def _check_min_free(cls, value: Any) -> Any:
+        text = str(value).strip()
+        number = text.removesuffix("%")
+        try:
+            amount = float(number) if text.endswith("%") else int(number)
+        except ValueError:
+            raise ValueError(_MIN_FREE_HINT) from None
+        if amount < 0 or (text.endswith("%") and amount >= 100):
+            raise ValueError(_MIN_FREE_HINT)
+        return text
+
+    def min_free_floor(self, total_bytes: int) -> int:
+        """MIN_FREE_BYTES in bytes, for a filesystem of `total_bytes` (0: the guard is off)."""
+        text = self.min_free_bytes
+        if text.endswith("%"):
+            return int(total_bytes * float(text[:-1]) / 100)
+        return int(text)
 
     @field_validator("status_token")
     @classmethod
@@ -191,7 +222,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "s3_endpoint_url", "ffprobe_path", "s3_sse", "s3_sse_kms_key_id", "s3_storage_class",
-        "s3_object_tags", "s3_object_metadata", "status_token", mode="before",
+        "s3_object_tags", "s3_object_metadata", "status_token", "after_upload_dir",
+        mode="before",
     )  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -282,7 +314,13 @@ def redact_url(url: str) -> str:
 
 _SECRETS = {"s3_access_key_id", "s3_secret_access_key", "redis_url", "status_token"}
 
+_MIN_FREE_HINT = (
+    "must be a number of bytes (0 turns the guard off) or a percentage of WATCH_DIR's "
+    "filesystem below 100, such as 5%"
+)
 _RANGES = {
+    "after_upload": "must be keep, delete or move",
+    "after_upload_unproven": "must be refuse (the default) or accept",
     "s3_integrity_mode": (
         "must be auto (ask the server), checksum, content_md5, etag or none; leave it at auto "
         "unless the server is known"
@@ -313,6 +351,7 @@ def load_settings(
             value = "**********"
         hint = _RANGES.get(name, str(error["msg"]).removeprefix("Value error, "))
         raise ConfigError(f"{name.upper()}={value!r} is invalid: {hint}") from None
+    _check_after_upload(settings)
     if settings.webhook_secret is not None and settings.webhook_url is None:
         raise ConfigError(
             "WEBHOOK_SECRET is set but WEBHOOK_URL is not; set WEBHOOK_URL or unset WEBHOOK_SECRET"
@@ -320,7 +359,45 @@ def load_settings(
     if prepare_watch_dir:  # the agent itself, not a reader such as `streamup status`
         _check_hook_program(settings.on_complete_argv)
         _prepare_watch_dir(settings.watch_dir)
+        if settings.after_upload == "move" and settings.after_upload_dir is not None:
+            _prepare_after_dir(settings.after_upload_dir)
     return settings
+
+
+def _check_after_upload(settings: Settings) -> None:
+    """AFTER_UPLOAD=move needs a folder the watcher will never see as new recordings."""
+    target = settings.after_upload_dir
+    if settings.after_upload != "move":
+        return
+    if target is None:
+        raise ConfigError(
+            "AFTER_UPLOAD=move needs AFTER_UPLOAD_DIR; set it to the folder files are moved to"
+        )
+    watch = os.path.realpath(settings.watch_dir)
+    real = os.path.realpath(target)
+    if real != watch and not real.startswith(watch.rstrip(os.sep) + os.sep):
+        return
+    inner = os.path.relpath(real, watch).split(os.sep)
+    # The watcher ignores hidden folders and names starting with `~` (files.watcher).
+    if real == watch or not any(part.startswith((".", "~")) for part in inner):
+        raise ConfigError(
+            f"AFTER_UPLOAD_DIR={str(target)!r} lies inside WATCH_DIR, so moved files would be"
+            " found again; point it outside WATCH_DIR or at a hidden folder in it (.done)"
+        )
+
+
+def _prepare_after_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"AFTER_UPLOAD_DIR={str(path)!r} does not exist and cannot be created"
+            f" ({exc.strerror}); create it or point AFTER_UPLOAD_DIR at a writable folder"
+        ) from None
+    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"AFTER_UPLOAD_DIR={str(path)!r} is not a writable folder; fix its permissions"
+        )
 
 
 def _check_hook_program(argv: list[str] | None) -> None:

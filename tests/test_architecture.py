@@ -20,7 +20,7 @@ BASE = {
 # Pure modules every room may import too.
 PURE = {
     "s3.parts", "s3.keys", "s3.object_options", "stream.lifecycle", "after.metadata",
-    "after.events", "after.schedule",
+    "after.events", "after.schedule", "after.lifecycle",
 }  # fmt: skip
 
 # room -> the rooms it may import besides the base, itself and the pure modules.
@@ -29,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "files": set(),
     "checkpoint": set(),
     "s3": {"checkpoint"},
-    "after": {"files"},
+    "after": {"files", "s3", "checkpoint"},
     "stream": {"files", "s3", "checkpoint", "after"},
     "ops": {"files", "checkpoint"},
     "service": {"files", "s3", "checkpoint", "after", "stream", "ops"},

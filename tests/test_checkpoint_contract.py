@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamup.checkpoint.base import CheckpointStore
+from streamup.checkpoint.codec import completed_to_json
 from streamup.checkpoint.memory import MemoryStore
 from streamup.checkpoint.redis import RedisStore, parse_part_value
 from streamup.checkpoint.sqlite import SqliteStore
@@ -291,6 +293,57 @@ async def test_forget_completed_file_keeps_the_history(store: CheckpointStore) -
     await store.forget_completed_file("/never/there.mp4")
     assert await store.completed_files() == {}
     assert await store.recent_completions(10) == [record]
+
+
+PROVEN = {
+    "ctime_ns": 1_714_564_800_123_456_789,
+    "sha256_hex": "ab" * 32,
+    "object_etag": '"0123456789abcdef0123456789abcdef-2"',
+    "object_crc32c": "AAAAAA==",
+    "proof": "etag_compared",
+    "host": "edge-a",
+}
+
+
+async def test_the_local_action_fields_of_a_completed_record_round_trip(
+    store: CheckpointStore,
+) -> None:
+    stream = make_stream("p1")
+    await store.save_stream(stream)
+    record = dataclasses.replace(completed_of(stream), **PROVEN)  # type: ignore[arg-type]
+    await store.finish_stream(stream, record)
+    assert await store.completed_file(stream.path) == record
+    assert (await store.completed_files())[stream.path] == record
+    assert await store.recent_completions(1) == [record]
+    assert await store.completed_file("/watch/nothing.mp4") is None
+
+
+async def test_update_completed_file_writes_only_over_the_same_streams_record(
+    store: CheckpointStore,
+) -> None:
+    record = await finish(store, "u1")
+    intent = dataclasses.replace(record, local_action="move", local_target="/done/cam/u1.mp4")
+    assert await store.update_completed_file(intent)
+    assert await store.completed_file(record.path) == intent
+    other = dataclasses.replace(intent, stream_id="someone-else", local_action="delete")
+    assert not await store.update_completed_file(other)  # the path holds u1's record
+    assert await store.completed_file(record.path) == intent
+    missing = dataclasses.replace(intent, path="/watch/cam/none.mp4")
+    assert not await store.update_completed_file(missing)  # no record: nothing is created
+    assert await store.completed_file(missing.path) is None
+    cleared = dataclasses.replace(intent, local_action="", local_target="")
+    assert await store.update_completed_file(cleared)
+    assert await store.completed_file(record.path) == cleared
+
+
+async def test_forget_completed_file_of_a_stream_spares_another_streams_record(
+    store: CheckpointStore,
+) -> None:
+    record = await finish(store, "f1")
+    await store.forget_completed_file(record.path, "another-stream")
+    assert await store.completed_file(record.path) == record
+    await store.forget_completed_file(record.path, "f1")
+    assert await store.completed_file(record.path) is None
 
 
 async def test_finish_refuses_a_record_of_another_stream(store: CheckpointStore) -> None:
@@ -959,6 +1012,42 @@ async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path)
     conn.close()
 
 
+async def test_sqlite_completed_files_without_the_local_action_columns_are_migrated(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    record = await finish(store, "m1")
+    await store.close()
+    added = ("ctime_ns", "sha256", "object_etag", "object_crc32c", "integrity_proof", "host",
+             "local_action", "local_target")  # fmt: skip
+    with sqlite3.connect(tmp_path / "streamup.db") as conn:  # as an older streamup left it
+        for column in added:
+            conn.execute(f"ALTER TABLE completed_files DROP COLUMN {column}")
+    conn.close()
+    await store.open()
+    try:
+        assert await store.completed_file(record.path) == record  # defaults: proves nothing
+        proven = dataclasses.replace(record, **PROVEN)  # type: ignore[arg-type]
+        assert await store.update_completed_file(proven)
+        assert (await store.completed_files())[record.path] == proven
+    finally:
+        await store.close()
+
+
+async def test_redis_completed_record_from_before_the_local_action_loads_with_defaults(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    record = completed_of(make_stream("old"))
+    old = {k: v for k, v in json.loads(completed_to_json(record)).items() if k in SEED_FIELDS}
+    await raw.hset("streams:completed_files", record.path, json.dumps(old))
+    assert await redis_store.completed_file(record.path) == record
+
+
+SEED_FIELDS = {"stream_id", "path", "bucket", "key", "status", "device", "inode", "size_bytes",
+               "mtime_ns", "completed_at_utc", "end_reason"}  # fmt: skip
+
+
 async def test_sqlite_closed_store_refuses_calls(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     with pytest.raises(CheckpointError, match="not open"):
@@ -1165,6 +1254,87 @@ async def test_redis_corrupt_outbox_event_is_reported(
     await raw.hset("streams:outbox", make_event().event_id, '{"event_id": 5}')
     with pytest.raises(CheckpointCorrupt, match="streams:outbox field"):
         await redis_store.outbox()
+
+
+# The local-file action's events: written with the compare-and-set forget of the file's record.
+
+
+async def finish_then_intend(store: CheckpointStore, stream_id: str) -> CompletedRecord:
+    """A completed stream (its event in the outbox) whose record holds a delete intent."""
+    await finish_with(store, stream_id, make_event(stream_id))
+    record = await store.completed_file(make_stream(stream_id).path)
+    assert record is not None
+    intent = dataclasses.replace(record, local_action="delete")
+    assert await store.update_completed_file(intent)
+    return intent
+
+
+def file_event(stream_id: str) -> OutboxEvent:
+    return make_event(stream_id, event_type="file.deleted", body=f'{{"deleted":"{stream_id}"}}')
+
+
+async def test_forgetting_a_file_with_its_event_writes_both_in_one_step(
+    store: CheckpointStore,
+) -> None:
+    intent = await finish_then_intend(store, "d1")
+    await store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    assert await store.completed_file(intent.path) is None
+    entries = await store.outbox()
+    assert [e.event for e in entries] == [make_event("d1"), file_event("d1")]  # written order
+    assert entries[1].deliveries == {}
+    assert await store.recent_completions(1) == [completed_of(make_stream("d1"))]  # history kept
+
+
+async def test_a_forget_that_finds_another_streams_record_writes_no_event(
+    store: CheckpointStore,
+) -> None:
+    intent = await finish_then_intend(store, "d1")
+    await store.forget_completed_file(intent.path, "someone-else", make_event("someone-else"))
+    await store.forget_completed_file("/watch/cam/none.mp4", "d1", file_event("d1"))
+    assert await store.completed_file(intent.path) == intent
+    assert [e.event for e in await store.outbox()] == [make_event("d1")]
+
+
+async def test_a_retried_forget_never_writes_the_event_again_even_once_delivered(
+    store: CheckpointStore,
+) -> None:
+    intent = await finish_then_intend(store, "d1")
+    await store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    await store.forget_completed_file(intent.path, "d1", file_event("d1"))  # reply was lost
+    assert [e.event for e in await store.outbox()] == [make_event("d1"), file_event("d1")]
+    for entry in await store.outbox():
+        await store.remove_event(entry.event.event_id)  # delivered
+    await store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    assert await store.outbox() == []  # the record went with the event: nothing brings it back
+
+
+async def test_a_forget_refuses_an_event_of_another_stream_or_without_its_stream(
+    store: CheckpointStore,
+) -> None:
+    intent = await finish_then_intend(store, "d1")
+    with pytest.raises(CheckpointError, match="event of stream d2 given for d1"):
+        await store.forget_completed_file(intent.path, "d1", file_event("d2"))
+    with pytest.raises(CheckpointError, match="event of stream d1 given for None"):
+        await store.forget_completed_file(intent.path, None, file_event("d1"))
+    assert await store.completed_file(intent.path) == intent
+    assert [e.event for e in await store.outbox()] == [make_event("d1")]
+
+
+async def test_redis_forget_with_an_event_writes_the_outbox_keys_and_one_stream_entry(
+    redis_store: RedisStore, raw: aioredis.Redis
+) -> None:
+    intent = await finish_then_intend(redis_store, "d1")
+    await redis_store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    await redis_store.forget_completed_file(intent.path, "d1", file_event("d1"))
+    assert await raw.hexists("streams:completed_files", intent.path) == 0
+    ids = [make_event("d1").event_id, file_event("d1").event_id]
+    assert await raw.zrange("streams:outbox_queue", 0, -1) == ids
+    entries = [fields for _, fields in await raw.xrange("streams:events")]
+    assert [(f["id"], f["type"], f["stream_id"]) for f in entries] == [
+        (ids[0], "stream.completed", "d1"),
+        (ids[1], "file.deleted", "d1"),
+    ]
+    assert entries[1]["event"] == file_event("d1").body
 
 
 async def test_sqlite_database_without_the_outbox_tables_gets_them(tmp_path: Path) -> None:

@@ -141,3 +141,46 @@ def test_paused_owner_notices_it_lost_the_lease_and_backs_off(
     assert sorted(completed) == [0, 1]
     assert other.events_named("stream.completed")
     assert owner.stop() == 0 and other.stop() == 0
+
+
+@pytest.mark.parametrize("hosts", [("host-1", "host-2"), ("host-1", "host-1")])
+def test_in_a_fleet_each_uploaded_file_is_deleted_once_by_one_agent(
+    agent: Any,
+    redis_url: str,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+    hosts: tuple[str, str],
+) -> None:
+    """Different hosts: the host whose agent finished the stream acts, the other leaves it
+    (`other_host`). One host, two agents: the action's lease lets one of them act."""
+    agents = [
+        agent(REDIS_URL=redis_url, AGENT_ID=f"{host}:{n}", STATE_DIR=str(tmp_path / f"s{n}"),
+              LEASE_TTL_SECONDS=str(TTL_S), AFTER_UPLOAD="delete")
+        for n, host in enumerate(hosts)
+    ]  # fmt: skip
+    for process in agents:
+        wait_for(lambda p=process: p.events_named("agent.started"), deadline_s=30, what="start")
+    names = [f"cam-{i}.mp4" for i in range(4)]
+    writers = [grow(watch_dir / name, 6 * MiB + i, 3 * MiB) for i, name in enumerate(names)]
+    for writer in writers:
+        writer.join()
+    wait_for(lambda: not any((watch_dir / n).exists() for n in names), deadline_s=60,
+             what="every file deleted")  # fmt: skip
+
+    def deletions() -> list[tuple[int, dict[str, Any]]]:
+        return [(n, e) for n, p in enumerate(agents) for e in p.events_named("file.deleted")]
+
+    wait_for(lambda: len(deletions()) >= len(names), deadline_s=10, what="the log lines")
+    assert sorted(e["path"] for _, e in deletions()) == sorted(str(watch_dir / n) for n in names)
+    for n, event in deletions():
+        finished = {e["stream_id"] for e in agents[n].events_named("stream.completed")}
+        if hosts[0] != hosts[1]:
+            assert event["stream_id"] in finished  # the finishing host's agent deleted it
+    for process in agents:
+        assert not [e for e in process.events_named("file.kept")
+                    if e["reason"] in ("action_failed", "file_changed")]  # fmt: skip
+    assert len(metadata_docs(s3_client, bucket)) == len(names)
+    for process in agents:
+        assert process.stop() == 0

@@ -3,6 +3,7 @@ goes next, the signature, the hook's environment and the settings. Plain tables,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import uuid
@@ -17,6 +18,8 @@ from streamup.after.events import (
     completed_document,
     encode_event,
     event_id,
+    file_document,
+    file_event,
     stream_event,
 )
 from streamup.after.hooks import BASE_ENV, hook_env
@@ -31,7 +34,14 @@ from streamup.after.schedule import (
 )
 from streamup.after.webhook import request_headers, signature
 from streamup.errors import ConfigError
-from streamup.models import EndReason, FileIdentity, OutboxEvent, Status, StreamRecord
+from streamup.models import (
+    CompletedRecord,
+    EndReason,
+    FileIdentity,
+    OutboxEvent,
+    Status,
+    StreamRecord,
+)
 from streamup.settings import load_settings
 
 T0 = datetime(2026, 11, 24, 8, 30, 0, 250000, tzinfo=UTC)
@@ -121,6 +131,66 @@ def test_the_body_is_ascii_json_even_for_a_file_name_that_is_not_utf8() -> None:
     assert encode_event({"a": 1, "b": [1.5, None]}) == '{"a":1,"b":[1.5,null]}'
     with pytest.raises(ValueError):
         encode_event({"duration_seconds": float("nan")})  # not JSON
+
+
+def done_file(action: str, **changes: Any) -> CompletedRecord:
+    """A completed record holding the local-file action's intent, as `_done` gets it."""
+    record = CompletedRecord(
+        stream_id=stream().stream_id,
+        path="/data/watch/cam1/a.mp4",
+        bucket="video-streams",
+        key=stream().key,
+        status=Status.COMPLETED,
+        identity=FileIdentity(1, 2),
+        size_bytes=123,
+        mtime_ns=5,
+        completed_at=T0,
+        sha256_hex="ab" * 32,
+        local_action=action,
+        local_target="/data/done/cam1/a.mp4" if action == "move" else "",
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def test_file_deleted_event_has_the_fixed_shape_and_the_local_path() -> None:
+    event = file_event(done_file("delete"), host="edge-1", created_at=T0)
+    doc = json.loads(event.body)
+    assert list(doc) == [
+        "id", "type", "created_at", "stream_id", "bucket", "key", "metadata_key", "size_bytes",
+        "sha256", "duration_seconds", "metadata", "path",
+    ]  # fmt: skip
+    assert doc["type"] == event.event_type == "file.deleted"
+    assert doc["id"] == event.event_id == event_id(EventType.FILE_DELETED, stream().stream_id)
+    assert (event.stream_id, event.host, event.created_at) == (stream().stream_id, "edge-1", T0)
+    assert doc["metadata_key"] == stream().key + ".metadata.json"
+    assert (doc["size_bytes"], doc["sha256"], doc["path"]) == (
+        123,
+        "ab" * 32,
+        "/data/watch/cam1/a.mp4",
+    )
+    # The completed record holds no metadata: the metadata object (metadata_key) does.
+    assert (doc["duration_seconds"], doc["metadata"]) == (None, None)
+
+
+def test_file_moved_event_adds_moved_to_and_has_an_id_of_its_own() -> None:
+    doc = file_document(done_file("move"), created_at=T0)
+    assert doc["type"] == "file.moved"
+    assert (doc["path"], doc["moved_to"]) == ("/data/watch/cam1/a.mp4", "/data/done/cam1/a.mp4")
+    assert doc["id"] == event_id(EventType.FILE_MOVED, stream().stream_id)
+    ids = {doc["id"], event_id(EventType.FILE_DELETED, stream().stream_id),
+           event_id(EventType.STREAM_COMPLETED, stream().stream_id)}  # fmt: skip
+    assert len(ids) == 3  # one stream's events never share an id
+    # Built again (the crash-resumed action): the same id, whatever the clock says.
+    again = file_document(done_file("move"), created_at=datetime(2030, 1, 1, tzinfo=UTC))
+    assert again["id"] == doc["id"]
+
+
+def test_a_file_event_of_a_name_that_is_not_utf8_is_ascii_json() -> None:
+    odd = "/data/watch/caf\udce9 é.mp4"
+    event = file_event(done_file("delete", path=odd, sha256_hex=""), host="h", created_at=T0)
+    assert event.body.isascii()
+    doc = json.loads(event.body)
+    assert doc["path"] == odd and doc["sha256"] is None
 
 
 # -- what an answer means, when to try again ----------------------------------------------------

@@ -5,8 +5,9 @@ Rules every backend keeps:
 - Finishing a stream removes its working state and writes its compact record in one step.
 - What is kept of finished streams is bounded (`history_limit` recent completions), apart from
   the per-file records that live as long as their file does (pruned by `forget_completed_file`).
-- The event outbox: an event is written in the very step that finishes its stream, and leaves
-  only through `remove_event`, once every sink has it (at least once, across crashes).
+- The event outbox: an event is written in the very step that finishes its stream (or, for the
+  local-file action's events, that forgets the file's record), and leaves only through
+  `remove_event`, once every sink has it (at least once, across crashes).
 """
 
 from __future__ import annotations
@@ -71,8 +72,20 @@ class CheckpointStore(Protocol):
     async def completed_files(self) -> dict[str, CompletedRecord]:
         """The completed record of every path that still has one, keyed by path."""
 
-    async def forget_completed_file(self, path: str) -> None:
-        """The file is gone: drop its completed record (recent-completion history is kept)."""
+    async def forget_completed_file(
+        self, path: str, stream_id: str | None = None, event: OutboxEvent | None = None
+    ) -> None:
+        """The file is gone: drop its completed record (recent-completion history is kept).
+        With `stream_id`: only while the path's record is still that stream's, and then, in the
+        same atomic step, put `event` (that stream's) in the outbox. No record of that stream,
+        no event: a retried call writes nothing twice."""
+
+    async def completed_file(self, path: str) -> CompletedRecord | None:
+        """The path's completed record, or None."""
+
+    async def update_completed_file(self, record: CompletedRecord) -> bool:
+        """Replace the path's completed record by `record` (the local-file action's intent)
+        while it is still the record of the same stream; False, writing nothing, otherwise."""
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         """Newest first."""

@@ -79,7 +79,22 @@ def completed_to_dict(record: CompletedRecord) -> dict[str, str | int]:
         "mtime_ns": record.mtime_ns,
         "completed_at_utc": iso(record.completed_at),
         "end_reason": record.end_reason.value,
+        **{name: getattr(record, attr) for name, (attr, _) in _COMPLETED_ADDED.items()},
     }
+
+
+# Fields added to the completed record later, by JSON name: (attribute, type). Optional when
+# read, so records written before them still load (with the dataclass defaults).
+_COMPLETED_ADDED: dict[str, tuple[str, type]] = {
+    "ctime_ns": ("ctime_ns", int),
+    "sha256": ("sha256_hex", str),
+    "object_etag": ("object_etag", str),
+    "object_crc32c": ("object_crc32c", str),
+    "integrity_proof": ("proof", str),
+    "host": ("host", str),
+    "local_action": ("local_action", str),
+    "local_target": ("local_target", str),
+}
 
 
 def completed_from_dict(data: object, *, where: str) -> CompletedRecord:
@@ -98,6 +113,11 @@ def completed_from_dict(data: object, *, where: str) -> CompletedRecord:
             mtime_ns=_typed(data, "mtime_ns", int),
             completed_at=parse_iso(_typed(data, "completed_at_utc", str)),
             end_reason=EndReason(_typed(data, "end_reason", str)),
+            **{
+                attr: _typed(data, name, kind)
+                for name, (attr, kind) in _COMPLETED_ADDED.items()
+                if name in data
+            },
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointCorrupt(

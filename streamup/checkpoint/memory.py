@@ -27,6 +27,7 @@ from streamup.checkpoint.codec import (
 )
 from streamup.checkpoint.outbox_codec import (
     check_event,
+    check_forget_event,
     event_from_json,
     event_to_json,
     state_from_json,
@@ -145,9 +146,33 @@ class MemoryStore:
             for path, text in self._completed_files.items()
         }
 
-    async def forget_completed_file(self, path: str) -> None:
+    async def forget_completed_file(
+        self, path: str, stream_id: str | None = None, event: OutboxEvent | None = None
+    ) -> None:
         self._check()
-        self._completed_files.pop(path, None)
+        check_forget_event(stream_id, event)
+        if path not in self._completed_files:
+            return
+        if stream_id is None or self._completed_stream(path) == stream_id:
+            self._completed_files.pop(path)
+            if event is not None and event.event_id not in self._outbox:
+                self._outbox[event.event_id] = (next(self._outbox_seq), event_to_json(event))
+
+    async def completed_file(self, path: str) -> CompletedRecord | None:
+        self._check()
+        text = self._completed_files.get(path)
+        return None if text is None else completed_from_json(text, where=path)
+
+    async def update_completed_file(self, record: CompletedRecord) -> bool:
+        self._check()
+        if self._completed_stream(record.path) != record.stream_id:
+            return False
+        self._completed_files[record.path] = completed_to_json(record)
+        return True
+
+    def _completed_stream(self, path: str) -> str | None:
+        text = self._completed_files.get(path)
+        return None if text is None else completed_from_json(text, where=path).stream_id
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         self._check()

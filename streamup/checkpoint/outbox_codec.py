@@ -27,6 +27,14 @@ def check_event(stream: StreamRecord, event: OutboxEvent | None) -> None:
         )
 
 
+def check_forget_event(stream_id: str | None, event: OutboxEvent | None) -> None:
+    """An event goes with forgetting a file only under compare-and-set on its own stream."""
+    if event is not None and event.stream_id != stream_id:
+        raise CheckpointError(
+            f"forget_completed_file: event of stream {event.stream_id} given for {stream_id}"
+        )
+
+
 def event_to_dict(event: OutboxEvent) -> dict[str, str]:
     return {
         "event_id": event.event_id,

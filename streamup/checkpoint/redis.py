@@ -8,7 +8,8 @@ status set its status names: `streams:active`, `streams:pending_completion` (pen
 s3_completed), `streams:failed` (failed_*), `streams:completed`; aborted_no_parts in none.
 
 The event outbox (`streams:outbox`, `streams:outbox_queue`, `event:{id}:deliveries`,
-`streams:events`) is `redis_outbox.py`'s; the finish script writes each event.
+`streams:events`) is `redis_outbox.py`'s; the finish script writes each stream's event, the
+compare-and-set forget of a completed file the local-file action's.
 
 A finished stream leaves `streams:completed_files` (path -> record JSON, pruned when the file goes)
 and an entry in `streams:completed_log` (newest first, trimmed to the history limit; ids trimmed
@@ -43,7 +44,12 @@ from streamup.checkpoint.codec import (
     stream_from_meta,
     stream_to_meta,
 )
-from streamup.checkpoint.outbox_codec import check_event, event_to_json, state_to_json
+from streamup.checkpoint.outbox_codec import (
+    check_event,
+    check_forget_event,
+    event_to_json,
+    state_to_json,
+)
 from streamup.checkpoint.redis_connect import connect
 from streamup.checkpoint.redis_leases import (
     CLAIM_SCRIPT,
@@ -86,6 +92,40 @@ COMPLETED = "streams:completed"
 COMPLETED_FILES = "streams:completed_files"
 COMPLETED_LOG = "streams:completed_log"
 _STATUS_SETS = (ACTIVE, PENDING, FAILED, COMPLETED)
+
+# Compare-and-set on a path's completed record: only while it names the same stream (ARGV[2]).
+_OF_STREAM = """
+local function of_stream()
+  local current = redis.call('HGET', KEYS[1], ARGV[1])
+  if not current then return false end
+  local ok, record = pcall(cjson.decode, current)
+  return ok and type(record) == 'table' and record['stream_id'] == ARGV[2]
+end
+"""
+_UPDATE_OF_STREAM = (
+    _OF_STREAM
+    + """
+if not of_stream() then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+)
+# KEYS[2..5]: FINISH_KEYS (the outbox). ARGV[3..7]: the event's id ('' for none), record JSON,
+# type and body, and the events stream's MAXLEN. The event goes only with the record it ends;
+# HSETNX: one already in the outbox keeps its body, its place and its one stream entry.
+_FORGET_OF_STREAM = (
+    _OF_STREAM
+    + """
+if not of_stream() then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' and redis.call('HSETNX', KEYS[2], ARGV[3], ARGV[4]) == 1 then
+  redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[3])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*',
+    'id', ARGV[3], 'type', ARGV[5], 'stream_id', ARGV[2], 'event', ARGV[6])
+end
+return 1
+"""
+)
 
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
@@ -369,9 +409,28 @@ class RedisStore:
             for path, text in entries.items()
         }
 
-    async def forget_completed_file(self, path: str) -> None:
+    async def forget_completed_file(
+        self, path: str, stream_id: str | None = None, event: OutboxEvent | None = None
+    ) -> None:
+        check_forget_event(stream_id, event)
         with self._translate("forgetting a completed file"):
-            await self._redis().hdel(COMPLETED_FILES, path)
+            if stream_id is None:
+                await self._redis().hdel(COMPLETED_FILES, path)
+                return
+            args = [path, stream_id, "", "", "", "", str(self.history_limit)]
+            if event is not None:
+                args[2:6] = [event.event_id, event_to_json(event), event.event_type, event.body]
+            await self._script(_FORGET_OF_STREAM, [COMPLETED_FILES, *FINISH_KEYS], args)
+
+    async def completed_file(self, path: str) -> CompletedRecord | None:
+        with self._translate("loading a completed file"):
+            text = cast(str | None, await self._redis().hget(COMPLETED_FILES, path))
+        return None if text is None else completed_from_json(text, where=COMPLETED_FILES)
+
+    async def update_completed_file(self, record: CompletedRecord) -> bool:
+        args = [record.path, record.stream_id, completed_to_json(record)]
+        with self._translate("updating a completed file"):
+            return bool(await self._script(_UPDATE_OF_STREAM, [COMPLETED_FILES], args))
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         if limit <= 0:

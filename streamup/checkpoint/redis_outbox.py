@@ -8,7 +8,8 @@ Keys, next to the seed's (see `redis.py`):
 - `streams:events` (stream): every event once (id, type, stream_id, event = the JSON sent),
   trimmed to about the history limit, for consumers that read Redis with consumer groups.
 
-An event is written by `FINISH_SCRIPT` (redis_leases.py) in the script that finishes its stream.
+An event is written by `FINISH_SCRIPT` (redis_leases.py) in the script that finishes its stream,
+or (`file.deleted`, `file.moved`) by `redis.py`'s script that forgets the file's completed record.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ OUTBOX = "streams:outbox"
 OUTBOX_QUEUE = "streams:outbox_queue"
 OUTBOX_SEQ = "streams:outbox_seq"
 EVENTS = "streams:events"
-# KEYS[12..15] of FINISH_SCRIPT.
+# KEYS[12..15] of FINISH_SCRIPT, KEYS[2..5] of the forget script.
 FINISH_KEYS = (OUTBOX, OUTBOX_QUEUE, OUTBOX_SEQ, EVENTS)
 
 

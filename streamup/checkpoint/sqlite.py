@@ -39,7 +39,7 @@ from streamup.checkpoint.codec import (
     stream_to_row,
     to_i64,
 )
-from streamup.checkpoint.outbox_codec import check_event
+from streamup.checkpoint.outbox_codec import check_event, check_forget_event
 from streamup.checkpoint.sqlite_outbox import (
     delete_event,
     insert_event,
@@ -195,9 +195,7 @@ class SqliteStore:
     ) -> None:
         check_finish(stream, record)
         check_event(stream, event)
-        completed = completed_to_dict(record)
-        completed["device"] = to_i64(record.identity.device)
-        completed["inode"] = to_i64(record.identity.inode)
+        completed = _completed_row(record)
         entry = completed_to_json(record)
 
         self._lease_owners.pop(stream.stream_id, None)
@@ -229,17 +227,45 @@ class SqliteStore:
     async def completed_files(self) -> dict[str, CompletedRecord]:
         sql = f"SELECT {COMPLETED_COLUMNS} FROM completed_files"
         rows = await self._call(lambda conn: conn.execute(sql).fetchall())
-        records = {}
-        for row in rows:
-            data = dict(row)
-            data["device"], data["inode"] = from_i64(data["device"]), from_i64(data["inode"])
-            where = f"{self.db_path} completed_files[{data['path']!r}]"
-            records[data["path"]] = completed_from_dict(data, where=where)
-        return records
+        return {row["path"]: self._completed(row) for row in rows}
 
-    async def forget_completed_file(self, path: str) -> None:
-        sql = "DELETE FROM completed_files WHERE path = ?"
-        await self._write(lambda conn: conn.execute(sql, (path,)))
+    def _completed(self, row: sqlite3.Row) -> CompletedRecord:
+        data = dict(row)
+        data["device"], data["inode"] = from_i64(data["device"]), from_i64(data["inode"])
+        where = f"{self.db_path} completed_files[{data['path']!r}]"
+        return completed_from_dict(data, where=where)
+
+    async def forget_completed_file(
+        self, path: str, stream_id: str | None = None, event: OutboxEvent | None = None
+    ) -> None:
+        check_forget_event(stream_id, event)
+        sql = "DELETE FROM completed_files WHERE path = ? AND (? IS NULL OR stream_id = ?)"
+
+        def write(conn: sqlite3.Connection) -> None:
+            forgotten = conn.execute(sql, (path, stream_id, stream_id)).rowcount == 1
+            if forgotten and event is not None:
+                insert_event(conn, event)
+
+        await self._write(write)
+
+    async def completed_file(self, path: str) -> CompletedRecord | None:
+        sql = f"SELECT {COMPLETED_COLUMNS} FROM completed_files WHERE path = ?"
+        row = await self._call(lambda conn: conn.execute(sql, (path,)).fetchone())
+        return None if row is None else self._completed(row)
+
+    async def update_completed_file(self, record: CompletedRecord) -> bool:
+        values = _completed_row(record)
+        names = [n.strip().strip('"') for n in COMPLETED_COLUMNS.split(",")]
+        assignments = ", ".join(f'"{n}" = :{n}' for n in names if n not in ("path", "stream_id"))
+        sql = (
+            f"UPDATE completed_files SET {assignments} "
+            " WHERE path = :path AND stream_id = :stream_id"
+        )
+
+        def write(conn: sqlite3.Connection) -> bool:
+            return conn.execute(sql, values).rowcount == 1
+
+        return await self._call(lambda conn: transaction(conn, write))
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         sql = "SELECT seq, record FROM completions ORDER BY seq DESC LIMIT ?"
@@ -356,6 +382,13 @@ def _lock(lock_path: Path, state_dir: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _completed_row(record: CompletedRecord) -> dict[str, str | int]:
+    row = completed_to_dict(record)
+    row["device"] = to_i64(record.identity.device)
+    row["inode"] = to_i64(record.identity.inode)
+    return row
 
 
 def _update_progress(

@@ -20,6 +20,10 @@ from streamup.models import Status
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
+_COMPLETED_TEXT_ADDED = (
+    "sha256", "object_etag", "object_crc32c", "integrity_proof", "host", "local_action",
+    "local_target",
+)  # fmt: skip
 # Columns added since schema 1 (also in the CREATE TABLEs), per table, with their declaration.
 _ADDED_COLUMNS = {
     "streams": {
@@ -28,6 +32,10 @@ _ADDED_COLUMNS = {
         "key_collision_of": "TEXT NOT NULL DEFAULT ''",
     },
     "parts": {"crc32c_hex": "TEXT NOT NULL DEFAULT ''"},
+    "completed_files": {
+        "ctime_ns": "INTEGER NOT NULL DEFAULT 0",
+        **dict.fromkeys(_COMPLETED_TEXT_ADDED, "TEXT NOT NULL DEFAULT ''"),
+    },
 }
 FINAL = tuple(s.value for s in Status if s.is_final)
 
@@ -54,7 +62,11 @@ CREATE TABLE IF NOT EXISTS completed_files (
     path TEXT PRIMARY KEY, stream_id TEXT NOT NULL, bucket TEXT NOT NULL, "key" TEXT NOT NULL,
     status TEXT NOT NULL, device INTEGER NOT NULL, inode INTEGER NOT NULL,
     size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, completed_at_utc TEXT NOT NULL,
-    end_reason TEXT NOT NULL
+    end_reason TEXT NOT NULL, ctime_ns INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT NOT NULL DEFAULT '', object_etag TEXT NOT NULL DEFAULT '',
+    object_crc32c TEXT NOT NULL DEFAULT '', integrity_proof TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '', local_action TEXT NOT NULL DEFAULT '',
+    local_target TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS completions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, stream_id TEXT NOT NULL UNIQUE, record TEXT NOT NULL
@@ -79,7 +91,8 @@ STREAM_COLUMNS = (
 STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in STREAM_COLUMNS.split(","))
 COMPLETED_COLUMNS = (
     'path, stream_id, bucket, "key", status, device, inode, size_bytes, mtime_ns,'
-    " completed_at_utc, end_reason"
+    " completed_at_utc, end_reason, ctime_ns, sha256, object_etag, object_crc32c,"
+    " integrity_proof, host, local_action, local_target"
 )
 COMPLETED_VALUES = ", ".join(":" + n.strip().strip('"') for n in COMPLETED_COLUMNS.split(","))
 

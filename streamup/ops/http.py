@@ -32,7 +32,8 @@ from streamup.ops.throughput import Throughput, sample_while
 log = structlog.get_logger("streamup")
 
 StatusSource = Callable[[], Awaitable[dict[str, object]]]
-HealthSource = Callable[[], Awaitable[bool]]
+# True: healthy; a text: up, but degraded for that reason (answered 200, see `_health`).
+HealthSource = Callable[[], Awaitable[bool | str]]
 SnapshotSource = Callable[[], AgentSnapshot]
 ObjectReader = Callable[[str], Awaitable[bytes | None]]  # key -> body, None when missing
 
@@ -275,6 +276,10 @@ async def _health(healthy: HealthSource) -> Reply:
     except Exception:  # a probe that cannot decide says unhealthy; it never raises
         log.exception("http.health_failed")
         ok = False
+    if isinstance(ok, str):
+        # Degraded (the disk is short): 200, so liveness probes do not restart an agent whose
+        # uploads are what frees the disk; the body, /status and streamup_disk_short tell it.
+        return Reply("200 OK", _TEXT, f"degraded: {ok}\n".encode())
     if ok:
         return Reply("200 OK", _TEXT, b"ok\n")
     return Reply("503 Service Unavailable", _TEXT, b"unhealthy\n")

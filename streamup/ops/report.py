@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import StreamupError
+from streamup.files.disk import disk_usage
 from streamup.files.source import stat_path
 from streamup.models import (
     AgentSnapshot,
@@ -126,11 +127,15 @@ def document(
     agent_id: str | None = None,
     store_error: str | None = None,
     integrity: dict[str, object] | None = None,
+    disk: dict[str, object] | None = None,
     events: Iterable[OutboxEntry] = (),
 ) -> dict[str, object]:
     """The one status shape, whoever builds it. `integrity` (how the S3 endpoint proves each
-    part) is known only to a running agent: null offline."""
+    part) is known only to a running agent: null offline. `disk`: WATCH_DIR's free space, the
+    local bytes not yet in S3 and the files the local-file action keeps (offline: the first two)."""
     return {
+        "free_disk_bytes": None if disk is None else disk.get("free_bytes"),
+        "disk": disk,
         "source": source,  # "agent" (/status) or "checkpoint_store" (streamup status)
         "store": store,
         "agent_id": agent_id,
@@ -169,6 +174,7 @@ async def agent_document(snapshot: AgentSnapshot, store: CheckpointStore) -> dic
         store=snapshot.store_name,
         agent_id=snapshot.agent_id,
         integrity=snapshot.integrity,
+        disk=snapshot.disk,
         streams=streams,
         completions=completions,
         store_error=store_error,
@@ -185,8 +191,11 @@ def _size_on_disk(record: StreamRecord) -> int:
     return record.size_bytes
 
 
-async def collect(store: CheckpointStore, *, recent_limit: int = RECENT_LIMIT) -> dict[str, object]:
-    """`streamup status`: the document read straight from the checkpoint store."""
+async def collect(
+    store: CheckpointStore, *, recent_limit: int = RECENT_LIMIT, watch_dir: str | None = None
+) -> dict[str, object]:
+    """`streamup status`: the document read straight from the checkpoint store (and the free
+    space of `watch_dir`'s filesystem)."""
     rows = []
     for record in await store.unfinished_streams():
         parts = await store.load_parts(record.stream_id)
@@ -199,12 +208,24 @@ async def collect(store: CheckpointStore, *, recent_limit: int = RECENT_LIMIT) -
         streams=rows,
         completions=completions,
         events=await store.outbox(),
+        disk=None if watch_dir is None else offline_disk(watch_dir, rows),
     )
 
 
-def empty_document(store: str) -> dict[str, object]:
-    """No checkpoint store exists yet (no agent ever ran here): nothing to show."""
-    return document(source="checkpoint_store", store=store, streams=[], completions=[])
+def offline_disk(watch_dir: str, rows: list[dict[str, object]]) -> dict[str, object]:
+    usage = disk_usage(watch_dir)
+    lag = sum(int(r["lag_bytes"]) for r in rows if isinstance(r["lag_bytes"], int))
+    return {
+        "free_bytes": None if usage is None else usage.free_bytes,
+        "total_bytes": None if usage is None else usage.total_bytes,
+        "local_bytes_not_in_s3": lag,
+    }
+
+
+def empty_document(store: str, watch_dir: str | None = None) -> dict[str, object]:
+    """No checkpoint store exists yet (no agent ever ran here): nothing to show but the disk."""
+    disk = None if watch_dir is None else offline_disk(watch_dir, [])
+    return document(source="checkpoint_store", store=store, streams=[], completions=[], disk=disk)
 
 
 def human_size(n: object) -> str:
@@ -223,6 +244,13 @@ def render(doc: dict[str, object]) -> str:
     assert isinstance(streams, list)
     if doc.get("store_error"):
         lines.append(f"checkpoint store: {doc['store_error']}")
+    disk = doc.get("disk")
+    if isinstance(disk, dict) and disk.get("free_bytes") is not None:
+        lines.append(
+            f"disk: {human_size(disk['free_bytes'])} free, "
+            f"{human_size(disk.get('local_bytes_not_in_s3'))} local not yet in S3"
+            + (f" -- {disk['short']}" if disk.get("short") else "")
+        )
     if not streams:
         lines.append("no streams in progress")
     else:

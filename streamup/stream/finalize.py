@@ -8,6 +8,7 @@ then equals the file as it is now, byte for byte, and the SHA-256 of the whole c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from streamup import metrics
@@ -18,11 +19,19 @@ from streamup.after.metadata import (
     encode_metadata,
     metadata_key,
 )
+from streamup.checksums import multipart_etag
 from streamup.errors import NoSuchUpload, SourceChanged, StorageError
 from streamup.faults import crash_point
 from streamup.files.probe import ProbeResult, probe_media
 from streamup.files.source import stat_path
-from streamup.models import CompletedRecord, EndReason, PartRecord, Status, utc_now
+from streamup.models import (
+    CompletedRecord,
+    EndReason,
+    FileState,
+    PartRecord,
+    Status,
+    utc_now,
+)
 from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part_proof, weakest
 from streamup.s3.placement import ensure_tags
 from streamup.stream.check import EndCheck
@@ -285,17 +294,21 @@ async def finish(
     error = None if status is Status.COMPLETED else worker.record.error
     worker.record = worker.record.evolve(status=status, last_activity_at=utc_now(), error=error)
     record = worker.record
-    completed = CompletedRecord(
-        stream_id=record.stream_id,
-        path=record.path,
-        bucket=record.bucket,
-        key=record.key,
-        status=record.status,
-        identity=record.identity,
-        size_bytes=record.size_bytes,
-        mtime_ns=record.mtime_ns,
-        completed_at=record.completed_at or utc_now(),
-        end_reason=record.end_reason,
+    # The proof fields read the status just set on worker.record.
+    completed = _with_proof(
+        worker,
+        CompletedRecord(
+            stream_id=record.stream_id,
+            path=record.path,
+            bucket=record.bucket,
+            key=record.key,
+            status=record.status,
+            identity=record.identity,
+            size_bytes=record.size_bytes,
+            mtime_ns=record.mtime_ns,
+            completed_at=record.completed_at or utc_now(),
+            end_reason=record.end_reason,
+        ),
     )
     event = stream_event(record, metadata, host=worker.ctx.agent_host, created_at=utc_now())
     crash_point("before_finish")
@@ -303,3 +316,27 @@ async def finish(
         lambda: worker.ctx.store.finish_stream(record, completed, event), "checkpoint"
     )
     worker.completed_record = completed
+
+
+def _with_proof(worker: StreamWorker, completed: CompletedRecord) -> CompletedRecord:
+    """What the local-file action checks later (after.lifecycle), kept in the completed record
+    because the parts leave the checkpoint now: the digests the object must show, its proof, the
+    file's ctime, the finishing host."""
+    record, source = worker.record, worker.source
+    parts = [worker.parts[n] for n in sorted(worker.parts)]
+    if record.status is not Status.COMPLETED or not parts:
+        return dataclasses.replace(completed, host=worker.ctx.agent_host)
+    etag = ""
+    if all(p.md5_hex for p in parts):
+        etag = multipart_etag(bytes.fromhex(p.md5_hex) for p in parts)
+    verified = FileState(record.identity, record.size_bytes, record.mtime_ns)
+    ctime_ns = source.ctime_ns() if source is not None and source.fstat() == verified else 0
+    return dataclasses.replace(
+        completed,
+        ctime_ns=ctime_ns,
+        sha256_hex=record.sha256_hex or "",
+        object_etag=etag,
+        object_crc32c=composite_crc32c(parts) or "",
+        proof=object_proof(worker, parts).value,
+        host=worker.ctx.agent_host,
+    )

@@ -66,7 +66,9 @@ class StreamContext:
     clock: Callable[[], float] = time.monotonic
     # What this endpoint proves (s3.integrity.probe at start-up, or S3_INTEGRITY_MODE).
     integrity: Capabilities = field(default_factory=lambda: Capabilities.forced(ProofMode.NONE))
-    agent_host: str = ""  # the events this agent writes are delivered by this host's agent
+    # This agent's host: the events it writes are delivered by this host's agent, and it acts on
+    # the local files of the streams it ends.
+    agent_host: str = ""
     # What every object is stored with (S3_SSE, S3_STORAGE_CLASS, S3_OBJECT_TAGS, ...).
     object_options: ObjectOptions = field(default_factory=ObjectOptions)
 
