@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -115,3 +117,18 @@ class Receiver:
 
     def accepted(self) -> list[Request]:
         return [r for r in self.snapshot() if 200 <= r.status < 300]
+
+
+def status_json(env: dict[str, str]) -> dict[str, Any]:
+    """`streamup status --json`, read from the checkpoint store (agent running or not)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "streamup", "status", "--json"],
+        env=env, capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+def outbox_empty(env: dict[str, str]) -> bool:
+    events = status_json(env)["events"]
+    return bool(events["waiting"] == 0 and events["undeliverable"] == 0)

@@ -19,7 +19,7 @@ import redis as redis_sync
 
 from tests import servers
 from tests.agent import AgentProcess, doc_for, metadata_docs, sha256_file, wait_for
-from tests.receiver import Receiver, always, fail_first
+from tests.receiver import Receiver, always, fail_first, outbox_empty, status_json
 from tests.test_e2e_metadata import make_media
 
 SECRET = "whsec-7Qx2-never-in-a-log"
@@ -31,21 +31,6 @@ def receiver() -> Iterator[Receiver]:
     made = Receiver()
     yield made
     made.stop()
-
-
-def status_json(env: dict[str, str]) -> dict[str, Any]:
-    """`streamup status --json`, read from the checkpoint store (agent running or not)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "streamup", "status", "--json"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    doc: dict[str, Any] = json.loads(result.stdout)
-    return doc
-
-
-def outbox_empty(env: dict[str, str]) -> bool:
-    events = status_json(env)["events"]
-    return bool(events["waiting"] == 0 and events["undeliverable"] == 0)
 
 
 def s3_metadata(s3: Any, bucket: str, doc: dict[str, Any]) -> bytes:

@@ -6,12 +6,10 @@ and move is told once as a `file.deleted` / `file.moved` event, across a crash t
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -33,7 +31,7 @@ from tests.agent import (
     wait_metadata,
 )
 from tests.proxy import FaultProxy
-from tests.receiver import Receiver
+from tests.receiver import Receiver, outbox_empty, status_json
 
 
 @pytest.fixture
@@ -41,21 +39,6 @@ def receiver() -> Iterator[Receiver]:
     made = Receiver().start()
     yield made
     made.stop()
-
-
-def status_json(env: dict[str, str]) -> dict[str, Any]:
-    """`streamup status --json`, read from the checkpoint store (agent running or not)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "streamup", "status", "--json"],
-        env=env, capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    doc: dict[str, Any] = json.loads(result.stdout)
-    return doc
-
-
-def outbox_empty(env: dict[str, str]) -> bool:
-    events = status_json(env)["events"]
-    return bool(events["waiting"] == 0 and events["undeliverable"] == 0)
 
 
 def told(receiver: Receiver, event_type: str) -> list[Any]:
