@@ -53,7 +53,7 @@ _RETRYABLE_CODES = frozenset(
 # Answers that mean "the multipart upload is gone" when they come from a request on an upload:
 # NoSuchUpload (AWS, moto; RGW for UploadPart and Abort) and NoSuchKey (RGW's ListParts).
 _UPLOAD_OPERATIONS = frozenset(
-    {"UploadPart", "ListParts", "CompleteMultipartUpload", "AbortMultipartUpload"}
+    {"UploadPart", "UploadPartCopy", "ListParts", "CompleteMultipartUpload", "AbortMultipartUpload"}
 )
 # A server error about an upload may mean it is gone too (RGW's Complete and moto's UploadPart
 # answer 500 for an aborted upload): ListParts decides before it is retried as weather.
@@ -91,6 +91,14 @@ class RemoteObject:
     etag: str
     crc32c: str | None = None
     checksum_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CopiedPart:
+    """What UploadPartCopy answers: the new part's ETag, and its CRC32C (base64) if reported."""
+
+    etag: str
+    crc32c: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +297,24 @@ class S3Storage:
             ),
         ))  # fmt: skip
         return str(response["ETag"])
+
+    async def copy_part(
+        self, key: str, upload_id: str, number: int, source_key: str, first: int, last: int
+    ) -> CopiedPart:
+        """Part `number` of the upload made by the server from bytes `first`..`last` (inclusive)
+        of the completed object `source_key`: nothing is sent but the request. The answer's ETag
+        (and CRC32C, where the server reports one) is what the caller proves the part by."""
+        response = await self._about_upload(key, upload_id, lambda: self._call(
+            f"copying part {number} of {key!r} from {source_key!r}",
+            lambda: self._client.upload_part_copy(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": source_key},
+                CopySourceRange=f"bytes={first}-{last}",
+            ),
+        ))  # fmt: skip
+        result = response.get("CopyPartResult", {})
+        crc = result.get("ChecksumCRC32C")
+        return CopiedPart(str(result.get("ETag", "")), str(crc) if crc else None)
 
     async def list_parts(self, key: str, upload_id: str) -> dict[int, RemotePart]:
         """Every part S3 holds for the upload, following pagination past 1,000 parts."""
