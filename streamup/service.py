@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -17,8 +17,10 @@ from streamup.after.delivery import Dispatcher
 from streamup.after.lifecycle import Action
 from streamup.after.local_action import LocalFiles, Policy
 from streamup.checkpoint import CheckpointStore
+from streamup.checkpoint.redis_connect import REDIS_MAX_CONNECTIONS
 from streamup.errors import ConfigError, LeaseLost, StorageError, StreamupError
-from streamup.files.source import SourceFile, stat_path
+from streamup.files.budget import FileBudget, files_budget, open_files_limit, out_of_descriptors
+from streamup.files.source import readable, stat_path
 from streamup.files.watcher import Watcher, relative_key_path
 from streamup.models import (
     AgentSnapshot,
@@ -46,6 +48,8 @@ from streamup.stream.recovery import reconcile
 from streamup.stream.worker import PERMANENT_ERROR_PAUSE_S, StreamContext, StreamWorker
 
 log = structlog.get_logger("streamup")
+# Work put off by a passing condition is said once per this many seconds, not once per file.
+DEFERRED_REPEAT_S = 60.0
 
 
 def make_store(settings: Settings, *, exclusive: bool = True) -> CheckpointStore:
@@ -63,6 +67,16 @@ def make_store(settings: Settings, *, exclusive: bool = True) -> CheckpointStore
     )
 
 
+def s3_connections(settings: Settings) -> int:
+    return settings.upload_concurrency * 2 + 4
+
+
+def pooled_descriptors(settings: Settings) -> int:
+    """Descriptors the connection pools may hold: S3's, and Redis's (checkpoint.redis)."""
+    redis = REDIS_MAX_CONNECTIONS if settings.redis_url is not None else 0
+    return s3_connections(settings) + redis
+
+
 def make_storage(settings: Settings) -> S3Storage:
     def secret(value: Any) -> str | None:
         return value.get_secret_value() if value is not None else None
@@ -73,7 +87,7 @@ def make_storage(settings: Settings) -> S3Storage:
         endpoint_url=settings.s3_endpoint_url,
         access_key_id=secret(settings.s3_access_key_id),
         secret_access_key=secret(settings.s3_secret_access_key),
-        max_connections=settings.upload_concurrency * 2 + 4,
+        max_connections=s3_connections(settings),
     )
 
 
@@ -103,6 +117,7 @@ class Agent:
             lease_ttl_s=settings.lease_ttl_seconds,
             agent_host=host_of(settings.agent_id),
             object_options=settings.object_options,
+            files=FileBudget(files_budget(open_files_limit(), pooled_descriptors(settings))),
         )
         self.dispatcher = Dispatcher.for_agent(
             self.store, settings, self.stopping, host=host_of(settings.agent_id)
@@ -122,6 +137,7 @@ class Agent:
         self.completed: dict[str, CompletedRecord] = {}
         self._starting: set[str] = set()
         self._unreadable: dict[str, FileState] = {}
+        self._deferred_said_at = -DEFERRED_REPEAT_S  # "stream.deferred" is said once a minute
         self._chores: set[asyncio.Task[None]] = set()  # fire-and-forget, kept referenced
         self.ready = asyncio.Event()
         self.local = self._local_files()
@@ -286,7 +302,31 @@ class Agent:
     def _spawn(self, chore: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(chore)
         self._chores.add(task)
-        task.add_done_callback(self._chores.discard)
+        task.add_done_callback(self._chore_done)
+
+    def _chore_done(self, task: asyncio.Task[None]) -> None:
+        # Retrieved here, so a failed chore is one log line and never "Task exception was never
+        # retrieved"; what it did not do, the next scan or event asks for again.
+        self._chores.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if out_of_descriptors(exc) or (isinstance(exc, StreamupError) and exc.retryable):
+            self._note_deferred("", exc)
+            return
+        log.error("agent.chore_failed", error=f"{type(exc).__name__}: {exc}")
+        log.debug("agent.chore_traceback", exc_info=exc)
+
+    def _note_deferred(self, path: str, exc: BaseException) -> None:
+        """Work put off by a passing condition (out of descriptors): said once per episode."""
+        now = time.monotonic()
+        if now - self._deferred_said_at >= DEFERRED_REPEAT_S:
+            self._deferred_said_at = now
+            error = exc.strerror if isinstance(exc, OSError) else str(exc)
+            hint = "raise the open-files limit (ulimit -n); the next scan tries again"
+            log.error("stream.deferred", path=path, error=error, hint=hint)
 
     async def _forget(self, path: str) -> None:
         with contextlib.suppress(StreamupError):
@@ -320,13 +360,11 @@ class Agent:
 
     async def _start(self, path: str, state: FileState) -> None:
         try:
-            try:
-                source = SourceFile(path)
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
+            exc = readable(path)  # the file is opened when its turn comes (files.budget)
+            if exc is not None:
+                if out_of_descriptors(exc):
                     # Out of descriptors, not a bad file: the next scan tries again.
-                    log.error("stream.deferred", path=path, error=exc.strerror,
-                              hint="raise the open-files limit (ulimit -n)")  # fmt: skip
+                    self._note_deferred(path, exc)
                     return
                 self._unreadable[path] = state
                 log.error(
@@ -344,7 +382,6 @@ class Agent:
             fields = KeyFields(s.s3_key_prefix, stream_id, relative, self.ownership.host, now)
             placement = await self._place(fields, path, state)
             if placement is None:
-                source.close()
                 return
             record = StreamRecord(
                 stream_id=stream_id,
@@ -354,7 +391,7 @@ class Agent:
                 key=placement.key,
                 key_collision_of=placement.collision_of,
                 status=Status.ACTIVE,
-                identity=source.identity,
+                identity=state.identity,
                 part_size_bytes=s.chunk_size_bytes,
                 part_size_fixed=s.part_size_fixed,
                 started_at=now,
@@ -363,7 +400,7 @@ class Agent:
                 mtime_ns=state.mtime_ns,
                 host=self.ownership.host,
             )
-            worker = StreamWorker(self.ctx, record, {}, source)
+            worker = StreamWorker(self.ctx, record, {}, None)
             try:
                 claim, known_id = await worker.persist(
                     lambda: self.store.claim_stream(record), "checkpoint"
@@ -371,7 +408,6 @@ class Agent:
             finally:
                 self.keys.release(record.key)
             if claim is not Claim.NEW or not await self.ownership.acquire(known_id):
-                source.close()
                 self._settle_claim(claim, known_id, path, state)
                 return
             if placement.collision_of:
@@ -413,23 +449,15 @@ class Agent:
     async def _resume_owned(self, record: StreamRecord) -> None:
         """Resume a stream whose lease we hold, from its checkpoint (restart or takeover)."""
         parts = await self.store.load_parts(record.stream_id)
-        source: SourceFile | None = None
-        state = stat_path(record.path)
-        if state is not None and state.identity.inode == record.identity.inode:
-            with contextlib.suppress(OSError):
-                source = SourceFile(record.path)
-        if source is not None and source.identity != record.identity:
-            # The same file seen from another host (NFS numbers devices per client).
-            record = record.evolve(identity=source.identity)
-        worker = StreamWorker(self.ctx, record, parts, source)
+        # Its file is opened when its turn comes (`_hold`), like a new stream's.
+        worker = StreamWorker(self.ctx, record, parts, None)
         worker.log.info("stream.resuming", status=record.status.value, parts=len(parts))
         self._launch(worker, resumed=True)
 
     def _launch(self, worker: StreamWorker, *, resumed: bool = False) -> None:
         stream_id = worker.record.stream_id
         self.workers[stream_id] = worker
-        if worker.source is not None:
-            self.by_path[worker.record.path] = stream_id
+        self.by_path[worker.record.path] = stream_id
         self.tasks[stream_id] = asyncio.create_task(self._drive(worker, resumed))
         self.ownership.keep(stream_id, on_lost=lambda: self._lost(worker))
 
@@ -478,7 +506,21 @@ class Agent:
                 self.completed[worker.record.path] = done
                 self.local.kick()
 
+    async def _hold(self, worker: StreamWorker, resumed: bool) -> None:
+        """Open the stream's file once the descriptor budget has room (files.budget). A
+        resumed stream may have been found by another host: its inode must match, and the
+        device it has here is taken (NFS numbers devices per client)."""
+        if worker.source is not None:
+            return
+        record = worker.record
+        worker.source = await self.ctx.files.open(
+            record.path, record.identity, same_device=not resumed
+        )
+        if worker.source is not None and worker.source.identity != record.identity:
+            worker.record = record.evolve(identity=worker.source.identity)
+
     async def _live(self, worker: StreamWorker, resumed: bool) -> None:
+        await self._hold(worker, resumed)
         if worker.record.status.object_completed:
             await self._describe(worker)
             return

@@ -43,16 +43,18 @@ def sha256_file(path: Path) -> str:
 class AgentProcess:
     """One `python -m streamup run` process with its own environment and log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, prefix: tuple[str, ...] = ()) -> None:
         self.env = env
         self.log_path = log_path
+        self.prefix = prefix  # run under a wrapper, e.g. ("prlimit", "--nofile=256")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamup", "run"], env=self.env, stdout=log, stderr=log
-        )
+            [*self.prefix, sys.executable, "-m", "streamup", "run"],
+            env=self.env, stdout=log, stderr=log,
+        )  # fmt: skip
         log.close()
         return self
 

@@ -107,8 +107,9 @@ def agent(env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
     """Starts `streamup run` processes (`agent(**extra_env)`); kills leftovers at the end."""
     agents: list[AgentProcess] = []
 
-    def start(**extra: str) -> AgentProcess:
-        process = AgentProcess(dict(env, **extra), tmp_path / f"agent-{len(agents)}.log").start()
+    def start(prefix: tuple[str, ...] = (), **extra: str) -> AgentProcess:
+        log = tmp_path / f"agent-{len(agents)}.log"
+        process = AgentProcess(dict(env, **extra), log, prefix).start()
         agents.append(process)
         return process
 

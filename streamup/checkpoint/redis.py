@@ -526,6 +526,8 @@ class RedisStore:
             raise self._error(action, exc, "", retryable=True) from exc
         except rex.RedisError as exc:
             raise self._error(action, exc, "") from exc
+        except OSError as exc:  # out of descriptors while connecting, a socket error unwrapped
+            raise self._error(action, exc, "", retryable=True) from exc
 
     def _error(
         self, action: str, exc: Exception, hint: str, *, retryable: bool = False

@@ -14,13 +14,20 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 
 SENTINEL_SCHEME = "redis+sentinel"
+# Connections one agent opens to Redis at most. Beyond it a command waits for a free one instead
+# of opening a socket per concurrent command (a thousand files found at once would otherwise ask
+# for a thousand descriptors). A Sentinel pool cannot wait: past it, a retryable error.
+REDIS_MAX_CONNECTIONS = 16
 
 
 def connect(url: str, **options: Any) -> tuple[aioredis.Redis, list[aioredis.Redis]]:
     """A client for `url`, and the sentinel clients behind it (to close with it); `options`
     are connection settings (timeouts, decoding, retry). ValueError for an unreadable URL."""
     if not url.startswith(f"{SENTINEL_SCHEME}://"):
-        return aioredis.Redis.from_url(url, **options), []
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_MAX_CONNECTIONS, timeout=None, **options
+        )
+        return aioredis.Redis.from_pool(pool), []
     parts = urlsplit(url)
     hosts = []
     for item in parts.netloc.rpartition("@")[2].split(","):
@@ -39,6 +46,7 @@ def connect(url: str, **options: Any) -> tuple[aioredis.Redis, list[aioredis.Red
     )
     db = int(path[1]) if len(path) == 2 else 0
     client: aioredis.Redis = sentinel.master_for(
-        path[0], redis_class=aioredis.Redis, db=db, password=password, username=username
-    )
+        path[0], redis_class=aioredis.Redis, db=db, password=password, username=username,
+        max_connections=REDIS_MAX_CONNECTIONS,
+    )  # fmt: skip
     return client, list(sentinel.sentinels)

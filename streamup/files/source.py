@@ -1,8 +1,10 @@
 """A recording on disk, held open by descriptor.
 
-The agent keeps each stream's file open: if the recorder deletes or replaces the path, the
-descriptor still reads the very bytes the stream started with, so the object can still be
-finished byte-exact instead of being lost. Reads happen off the event loop, and so do the part
+The agent keeps the file of each stream it works on open: if the recorder deletes or replaces
+the path, the descriptor still reads the very bytes the stream started with, so the object can
+still be finished byte-exact instead of being lost. A stream that only waits for its turn holds
+no descriptor (files.budget); it opens its file when its turn comes, through `reopen`, which
+checks that the path still names the same file. Reads happen off the event loop, and so do the part
 checksums, computed from the buffer just read (CRC32C always, MD5 when the proof needs it).
 """
 
@@ -12,6 +14,7 @@ import asyncio
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from streamup.checksums import crc32c_of, md5_of
@@ -37,6 +40,16 @@ def stat_path(path: str) -> FileState | None:
     return state_of(result)
 
 
+def readable(path: str) -> OSError | None:
+    """Whether `path` can be opened for reading now: None, or why not. Holds no descriptor
+    past the call (a stream opens its file when its turn comes)."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)))
+    except OSError as exc:
+        return exc
+    return None
+
+
 def read_mark() -> ReadMark:
     return ReadMark(time.time_ns(), time.monotonic_ns())
 
@@ -57,9 +70,29 @@ class SourceFile:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.on_close: Callable[[], None] | None = None  # the descriptor budget's release
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.identity = state_of(os.fstat(self._fd)).identity
-        self.local = is_local(path, self.identity.device)
+        try:
+            self.identity = state_of(os.fstat(self._fd)).identity
+            self.local = is_local(path, self.identity.device)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @classmethod
+    def reopen(cls, path: str, identity: FileIdentity, *, same_device: bool) -> SourceFile | None:
+        """Open `path` if it still names the file `identity` names (inode, and device when
+        `same_device`: NFS clients number devices differently); None when it is gone or another
+        file took the path. OSError for anything else (permissions, out of descriptors)."""
+        try:
+            source = cls(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        found = source.identity
+        if found.inode != identity.inode or (same_device and found.device != identity.device):
+            source.close()
+            return None
+        return source
 
     @property
     def proc_path(self) -> str:
@@ -70,6 +103,8 @@ class SourceFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+            if self.on_close is not None:
+                self.on_close()
 
     def fstat(self) -> FileState:
         return state_of(os.fstat(self._fd))

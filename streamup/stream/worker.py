@@ -22,6 +22,7 @@ from streamup.checkpoint import CheckpointStore
 from streamup.checksums import etag_hex, md5_of
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
+from streamup.files.budget import MAX_OPEN_FILES, FileBudget
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
@@ -71,6 +72,8 @@ class StreamContext:
     agent_host: str = ""
     # What every object is stored with (S3_SSE, S3_STORAGE_CLASS, S3_OBJECT_TAGS, ...).
     object_options: ObjectOptions = field(default_factory=ObjectOptions)
+    # Places for open recordings: a stream that waits for one holds no descriptor.
+    files: FileBudget = field(default_factory=lambda: FileBudget(MAX_OPEN_FILES))
 
 
 class StreamWorker:
