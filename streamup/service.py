@@ -20,6 +20,7 @@ from streamup.checkpoint import CheckpointStore
 from streamup.checkpoint.redis_connect import REDIS_MAX_CONNECTIONS
 from streamup.errors import ConfigError, LeaseLost, StorageError, StreamupError
 from streamup.files.budget import FileBudget, files_budget, open_files_limit, out_of_descriptors
+from streamup.files.liveness import AgentMarks
 from streamup.files.source import readable, stat_path
 from streamup.files.watcher import Watcher, relative_key_path
 from streamup.models import (
@@ -122,6 +123,7 @@ class Agent:
         self.dispatcher = Dispatcher.for_agent(
             self.store, settings, self.stopping, host=host_of(settings.agent_id)
         )
+        self.marks = AgentMarks(settings.state_dir / "agents", settings.agent_id)
         self.keys = KeyPlanner(self.storage, self.store, settings.key_template)
         self.ownership = Ownership(
             self.store,
@@ -130,6 +132,7 @@ class Agent:
             stopping=self.stopping,
             take_over=self._resume_owned,
             shared=settings.redis_url is not None,
+            marks=self.marks,
         )
         self.workers: dict[str, StreamWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -202,9 +205,12 @@ class Agent:
             await asyncio.gather(*background, return_exceptions=True)
             await self.storage.close()
             await self.store.close()
+            self.marks.release()
             log.info("agent.stopped")
 
     async def _open(self) -> None:
+        if self.settings.redis_url is not None:
+            self.marks.hold()  # agents sharing a store: tell a restarted agent we are gone
         await self.store.open()
         await self.storage.open()
         endpoint = self.settings.s3_endpoint_url or "AWS S3"
@@ -463,6 +469,8 @@ class Agent:
 
     def _lost(self, worker: StreamWorker) -> None:
         """Another agent holds the lease now: stop at once; it resumes from the checkpoint."""
+        if worker.record.status.is_final:
+            return  # finished meanwhile: the finish removed the lease the renewal looked for
         worker.lease_lost = True
         worker.log.warning("stream.lease_lost", action="backing off")
         task = self.tasks.get(worker.record.stream_id)

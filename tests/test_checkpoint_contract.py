@@ -798,6 +798,24 @@ async def test_redis_a_held_lease_is_refused_to_another_agent(
     assert await agent_b.lease_owner("s2") is None
 
 
+async def test_redis_a_dead_agents_lease_is_taken_at_once_and_only_from_it(
+    redis_store: RedisStore, agent_b: RedisStore, raw: aioredis.Redis
+) -> None:
+    await redis_store.save_stream(make_stream())
+    dead = await redis_store.acquire_lease("s1", "agent-a", 30.0)
+    assert dead is not None
+    # Only from the agent named dead: a live holder keeps its lease.
+    assert await agent_b.take_lease("s1", "agent-b", 30.0, from_owner="agent-c") is None
+    token = await agent_b.take_lease("s1", "agent-b", 30.0, from_owner="agent-a")
+    assert token is not None and token > dead
+    assert await raw.get("stream:s1:lease") == f"agent-b|{token}"
+    await agent_b.record_part("s1", make_part(1), 8 * MiB, T0)  # fenced with the new lease
+    with pytest.raises(LeaseLost):
+        await redis_store.record_part("s1", make_part(2), 16 * MiB, T0)
+    # A second taker racing for the same dead agent's lease loses: the holder is agent-b now.
+    assert await redis_store.take_lease("s1", "agent-c", 30.0, from_owner="agent-a") is None
+
+
 async def test_redis_an_agent_whose_lease_lapsed_is_fenced_out(
     redis_store: RedisStore, agent_b: RedisStore, raw: aioredis.Redis
 ) -> None:

@@ -117,6 +117,13 @@ class CheckpointStore(Protocol):
         that grows with every acquisition, or None when another owner holds the lease. From then
         on this store instance fences its writes for the stream with that lease."""
 
+    async def take_lease(
+        self, stream_id: str, owner: str, ttl_s: float, *, from_owner: str
+    ) -> int | None:
+        """Take the lease from `from_owner`, an agent known to be dead (files.liveness), while
+        it still holds it (or nobody does): the fencing token, or None when someone else holds
+        the lease now. One atomic step, so two agents cannot both win it."""
+
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         """Extend our lease; False when it is not ours any more (then writes raise LeaseLost)."""
 

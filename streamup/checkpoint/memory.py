@@ -234,6 +234,11 @@ class MemoryStore:
         self._lease_owners[stream_id] = owner
         return next(self._lease_tokens)
 
+    async def take_lease(
+        self, stream_id: str, owner: str, ttl_s: float, *, from_owner: str
+    ) -> int | None:
+        return await self.acquire_lease(stream_id, owner, ttl_s)
+
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         self._check()
         return True

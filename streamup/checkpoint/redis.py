@@ -484,6 +484,12 @@ class RedisStore:
         with self._translate(f"taking the lease of stream {stream_id}"):
             return await self._leases.acquire(stream_id, owner, ttl_s)
 
+    async def take_lease(
+        self, stream_id: str, owner: str, ttl_s: float, *, from_owner: str
+    ) -> int | None:
+        with self._translate(f"taking the lease of stream {stream_id} from {from_owner}"):
+            return await self._leases.take(stream_id, owner, ttl_s, from_owner)
+
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         with self._translate(f"renewing the lease of stream {stream_id}"):
             return await self._leases.renew(stream_id, meta_key(stream_id), ttl_s)

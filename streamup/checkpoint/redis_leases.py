@@ -224,6 +224,19 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token
 """
 
+# KEYS: lease, lease token counter. ARGV: owner, ttl in ms, the dead owner. Returns the token,
+# or nil when a live agent holds the lease.
+_TAKE_SCRIPT = """
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  local owner = string.match(holder, '^(.*)|%d+$')
+  if owner ~= ARGV[3] and owner ~= ARGV[1] then return nil end
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+
 # KEYS: lease, meta. ARGV: our lease value, ttl in ms.
 _RENEW_SCRIPT = """
 local holder = redis.call('GET', KEYS[1])
@@ -302,6 +315,14 @@ class Leases:
     async def acquire(self, stream_id: str, owner: str, ttl_s: float) -> int | None:
         keys = [lease_key(stream_id), LEASE_TOKEN]
         token = await self._run(_ACQUIRE_SCRIPT, keys, [owner, _ttl_ms(ttl_s)])
+        if token is None:
+            return None
+        self._held[stream_id] = f"{owner}|{token}"
+        return int(token)
+
+    async def take(self, stream_id: str, owner: str, ttl_s: float, from_owner: str) -> int | None:
+        keys = [lease_key(stream_id), LEASE_TOKEN]
+        token = await self._run(_TAKE_SCRIPT, keys, [owner, _ttl_ms(ttl_s), from_owner])
         if token is None:
             return None
         self._held[stream_id] = f"{owner}|{token}"

@@ -122,4 +122,3 @@ def descriptors_in_use(pid: int | None = None) -> int:
         return len(os.listdir(f"/proc/{pid or os.getpid()}/fd"))
     except OSError:
         return -1
-

@@ -3,7 +3,10 @@
 Only the owner of a stream's lease uploads its parts, completes it and writes its metadata.
 The owner renews the lease a few times per TTL; if it dies, its lease lapses and another agent
 that can see the file takes the stream over and resumes it from the checkpoint, exactly as after
-a restart. An owner that was paused past its lease (SIGSTOP, a VM freeze) finds out at its next
+a restart. An agent of the same host whose process is gone (files.liveness: the kernel dropped
+its lock) is not waited for: its leases are taken over at once.
+
+An owner that was paused past its lease (SIGSTOP, a VM freeze) finds out at its next
 renewal or its next checkpoint write (the store fences those writes) and backs off.
 
 With the embedded SQLite store there is one agent per store, and every lease is granted.
@@ -19,6 +22,7 @@ import structlog
 
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import StreamupError
+from streamup.files.liveness import AgentMarks
 from streamup.files.source import stat_path
 from streamup.models import StreamRecord
 
@@ -42,6 +46,7 @@ class Ownership:
         stopping: asyncio.Event,
         take_over: Callable[[StreamRecord], Awaitable[None]],
         shared: bool = True,
+        marks: AgentMarks | None = None,
     ) -> None:
         self.store = store
         self.shared = shared  # False: one agent per store (SQLite), every stream is ours
@@ -55,9 +60,27 @@ class Ownership:
         self._standby: dict[str, asyncio.Task[None]] = {}
         # path -> inode of each file whose stream another agent owns: discovery leaves it alone.
         self.foreign: dict[str, int] = {}
+        # Which agents of this host are alive (files.liveness); None: every holder counts as.
+        self.marks = marks
 
     async def acquire(self, stream_id: str) -> bool:
-        return await self.store.acquire_lease(stream_id, self.agent_id, self.ttl_s) is not None
+        """Take the stream's lease: free, lapsed, ours already, or held by a dead agent of
+        this host (a restart does not wait for its own predecessor's lease to lapse)."""
+        if await self.store.acquire_lease(stream_id, self.agent_id, self.ttl_s) is not None:
+            return True
+        return await self._take_from_dead(stream_id)
+
+    async def _take_from_dead(self, stream_id: str) -> bool:
+        if self.marks is None:
+            return False
+        holder = await self.store.lease_owner(stream_id)
+        if holder is None or host_of(holder) != self.host or not self.marks.is_dead(holder):
+            return False
+        taken = await self.store.take_lease(stream_id, self.agent_id, self.ttl_s, from_owner=holder)
+        if taken is None:
+            return False
+        log.info("lease.taken_from_dead_agent", stream_id=stream_id, previous_owner=holder)
+        return True
 
     def may_take(self, record: StreamRecord) -> bool:
         """Take a stream only when this agent sees its file (same inode: device numbers differ
