@@ -44,6 +44,7 @@ from streamup.s3.orphans import reap_orphans
 from streamup.s3.placement import KeyPlanner, Placement, refused_option
 from streamup.settings import Settings
 from streamup.stream.finalize import finalize, finish_lost, write_metadata
+from streamup.stream.forgotten import restore_forgotten
 from streamup.stream.ownership import Ownership, host_of
 from streamup.stream.recovery import reconcile
 from streamup.stream.worker import PERMANENT_ERROR_PAUSE_S, StreamContext, StreamWorker
@@ -133,6 +134,9 @@ class Agent:
             take_over=self._resume_owned,
             shared=settings.redis_url is not None,
             marks=self.marks,
+        )
+        self.ctx.restore = lambda worker: restore_forgotten(
+            worker, lambda: self.ownership.acquire(worker.record.stream_id)
         )
         self.workers: dict[str, StreamWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -471,6 +475,16 @@ class Agent:
         """Another agent holds the lease now: stop at once; it resumes from the checkpoint."""
         if worker.record.status.is_final:
             return  # finished meanwhile: the finish removed the lease the renewal looked for
+        self._spawn(self._lost_or_forgotten(worker))
+
+    async def _lost_or_forgotten(self, worker: StreamWorker) -> None:
+        if await worker.restored():  # the store only lost it: renew again and go on
+            stream_id = worker.record.stream_id
+            if self.tasks.get(stream_id) is not None:
+                self.ownership.keep(stream_id, on_lost=lambda: self._lost(worker))
+            return
+        if worker.record.status.is_final:
+            return
         worker.lease_lost = True
         worker.log.warning("stream.lease_lost", action="backing off")
         task = self.tasks.get(worker.record.stream_id)

@@ -12,15 +12,20 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import redis as redis_sync
+
 from streamup.files.budget import descriptors_in_use
 from tests.agent import (
     AgentProcess,
     MiB,
     assert_exact,
+    grow,
     kill_after_first_part,
+    object_keys,
     wait_for,
     wait_metadata,
 )
+from tests.proxy import FaultProxy
 
 # The suite's size; the figure (1,000 files under 256) is the same test with
 # STREAMUP_TEST_SMALL_FILES=1000 STREAMUP_TEST_OPEN_FILES=256. Either way there are more files
@@ -143,3 +148,32 @@ def test_a_restart_on_the_same_host_takes_its_dead_predecessors_lease_at_once(
     doc = wait_metadata(s3_client, bucket, "restart.mp4", deadline_s=30)
     assert_exact(s3_client, bucket, doc, target, tmp_path)
     assert second.stop() == 0
+
+
+def test_a_flushed_redis_is_written_back_and_the_same_upload_goes_on(
+    agent: Any,
+    redis_url: str,
+    proxy: FaultProxy,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+) -> None:
+    target = watch_dir / "flushed.mp4"
+    process: AgentProcess = agent(REDIS_URL=redis_url, S3_ENDPOINT_URL=proxy.url)
+    wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="start")
+    writer = grow(target, 16 * MiB, 3 * MiB)
+    wait_for(lambda: process.events_named("part.uploaded"), deadline_s=20, what="a part")
+    redis_sync.Redis.from_url(redis_url).flushall()
+    writer.join()
+    doc = wait_metadata(s3_client, bucket, "flushed.mp4", deadline_s=60)
+    assert_exact(s3_client, bucket, doc, target, tmp_path)
+    size = target.stat().st_size
+    print(f"sent/size after FLUSHALL: {proxy.bytes_up / size:.3f}")
+    assert proxy.bytes_up / size <= 1.1
+    assert len(object_keys(s3_client, bucket)) == 2  # one object and its metadata
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert len(process.events_named("checkpoint.stream_restored")) == 1
+    assert not process.events_named("stream.lease_lost")
+    assert not process.events_named("stream.discovered")[1:]  # no second stream of the file
+    assert process.stop() == 0

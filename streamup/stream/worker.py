@@ -74,6 +74,8 @@ class StreamContext:
     object_options: ObjectOptions = field(default_factory=ObjectOptions)
     # Places for open recordings: a stream that waits for one holds no descriptor.
     files: FileBudget = field(default_factory=lambda: FileBudget(MAX_OPEN_FILES))
+    # Asked when a write is fenced out: did the store only lose the stream? (stream.forgotten)
+    restore: Callable[[StreamWorker], Awaitable[bool]] | None = None
 
 
 class StreamWorker:
@@ -106,6 +108,8 @@ class StreamWorker:
         self.writer_seen = False  # a process on this host was seen writing the file
         self.lease_lost = False  # another agent took the stream over
         self.failures = 0  # attempts of a failed step since the stream last made progress
+        self._restore_lock = asyncio.Lock()
+        self._restores = 0  # times the store had lost the stream and it was written back
         self.log = log.bind(stream_id=record.stream_id, path=record.path)
 
     # ----------------------------------------------------------------- plumbing
@@ -124,10 +128,29 @@ class StreamWorker:
         self._wake.clear()
 
     async def persist(self, call: Callable[[], Awaitable[T]], what: str) -> T:
-        """Run an I/O step with retries; shielded so a shutdown cannot tear a checkpoint."""
-        return await asyncio.shield(
-            retrying(call, on_retry=self._on_retry(what), on_recovered=self._on_recovered)
-        )
+        """Run an I/O step with retries; shielded so a shutdown cannot tear a checkpoint. A
+        fenced-out write is tried once more if the store had only lost the stream (`restored`)."""
+        step = retrying(call, on_retry=self._on_retry(what), on_recovered=self._on_recovered)
+        try:
+            return await asyncio.shield(step)
+        except LeaseLost:
+            if not await self.restored():
+                raise
+        return await asyncio.shield(retrying(call, on_retry=self._on_retry(what)))
+
+    async def restored(self) -> bool:
+        """The lease looked lost: True when it was only the store forgetting the stream and the
+        stream is written back (ctx.restore; once for concurrent parts that all noticed)."""
+        if self.ctx.restore is None:
+            return False
+        seen = self._restores
+        async with self._restore_lock:
+            if self._restores != seen:
+                return True
+            if not await self.ctx.restore(self):
+                return False
+            self._restores += 1
+            return True
 
     def _on_retry(self, what: str) -> Callable[[StreamupError, int, float], None]:
         def note(exc: StreamupError, attempt: int, delay_s: float) -> None:
@@ -316,16 +339,21 @@ class StreamWorker:
     async def forget_parts(self, numbers: list[int]) -> None:
         """Drop part records (they will be sent again, or are not wanted), in memory and in the
         checkpoint, with the stream's progress, in one store write."""
+        uploaded = self.drop_from_memory(numbers)
+        stream_id = self.record.stream_id
+        await self.persist(
+            lambda: self.ctx.store.remove_parts(stream_id, numbers, uploaded), "checkpoint"
+        )
+
+    def drop_from_memory(self, numbers: list[int]) -> int:
+        """Forget part records in memory only; the stream's progress in bytes after that."""
         for number in numbers:
             del self.parts[number]
             self.read_marks.pop(number, None)
         self._done_below = min(self._done_below, min(numbers, default=self._done_below + 1) - 1)
         uploaded = sum(p.size_bytes for p in self.parts.values())
         self.record = self.record.evolve(uploaded_bytes=uploaded)
-        stream_id = self.record.stream_id
-        await self.persist(
-            lambda: self.ctx.store.remove_parts(stream_id, numbers, uploaded), "checkpoint"
-        )
+        return uploaded
 
     async def drop_parts_past_end(self, size_bytes: int) -> None:
         gone = parts_past_end(self.parts.values(), size_bytes)
