@@ -25,9 +25,13 @@ class ConfigError(StreamupError):
 class StorageError(StreamupError):
     """An S3 request failed. `code` is S3's error code when there was one."""
 
-    def __init__(self, message: str, *, code: str = "", retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, code: str = "", retryable: bool = False, happened: str = ""
+    ) -> None:
         super().__init__(message, retryable=retryable)
         self.code = code
+        # What the server did, in words: "answered 503 SlowDown", "refused the connection".
+        self.happened = happened
 
 
 class NoSuchUpload(StorageError):

@@ -18,7 +18,7 @@ from streamup.after.lifecycle import Action
 from streamup.after.local_action import LocalFiles, Policy
 from streamup.checkpoint import CheckpointStore
 from streamup.checkpoint.redis_connect import REDIS_MAX_CONNECTIONS
-from streamup.errors import ConfigError, LeaseLost, StorageError, StreamupError
+from streamup.errors import CheckpointError, ConfigError, LeaseLost, StorageError, StreamupError
 from streamup.files.budget import FileBudget, files_budget, open_files_limit, out_of_descriptors
 from streamup.files.liveness import AgentMarks
 from streamup.files.source import readable, stat_path
@@ -34,9 +34,10 @@ from streamup.models import (
     StreamView,
     utc_now,
 )
-from streamup.ops.http import serve_http
+from streamup.ops.http import STARTING, serve_http
 from streamup.ops.report import agent_document
-from streamup.retry import retrying
+from streamup.ops.startup import StartupWait
+from streamup.retry import Backoff, retrying
 from streamup.s3.client import S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode, probe
 from streamup.s3.keys import KeyFields
@@ -52,6 +53,8 @@ from streamup.stream.worker import PERMANENT_ERROR_PAUSE_S, StreamContext, Strea
 log = structlog.get_logger("streamup")
 # Work put off by a passing condition is said once per this many seconds, not once per file.
 DEFERRED_REPEAT_S = 60.0
+# Start-up against a busy or absent server: soon at first, then every 15 s at most.
+STARTUP_BACKOFF = Backoff(first_s=0.5, factor=2.0, cap_s=15.0)
 
 
 def make_store(settings: Settings, *, exclusive: bool = True) -> CheckpointStore:
@@ -147,13 +150,25 @@ class Agent:
         self._deferred_said_at = -DEFERRED_REPEAT_S  # "stream.deferred" is said once a minute
         self._chores: set[asyncio.Task[None]] = set()  # fire-and-forget, kept referenced
         self.ready = asyncio.Event()
+        endpoint = settings.s3_endpoint_url
+        self.waiting = StartupWait(
+            f"S3_ENDPOINT_URL={endpoint}" if endpoint else "AWS (S3_ENDPOINT_URL unset)",
+            self.store.name,
+        )
         self.local = self._local_files()
 
     # ------------------------------------------------------------- start and stop
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down cleanly."""
-        await self._open()
+        server = await self._serve_http()  # /healthz says "starting" while _open waits
+        try:
+            opened = await self._open_unless(stop)
+        finally:
+            if server is not None and not self.waiting.opened:
+                server.close()
+        if not opened:
+            return
         watcher = Watcher(
             self.settings.watch_dir,
             self.settings.watch_extensions,
@@ -162,7 +177,6 @@ class Agent:
             on_scan=self._on_scan,
         )
         background: list[asyncio.Task[Any]] = []
-        server = None
         try:
             self.completed = await self.store.completed_files()
             for record in await self.store.unfinished_streams():
@@ -182,13 +196,6 @@ class Agent:
                     live_upload_ids=lambda: {w.record.upload_id for w in self.workers.values()},
                     stopping=self.stopping,
                 )))  # fmt: skip
-            if self.settings.prom_port:
-                token = self.settings.status_token
-                server = await serve_http(
-                    self.settings.prom_host, self.settings.prom_port, self.status, self.healthy,
-                    snapshot=self.snapshot, read_object=self.storage.get_bytes,
-                    token=token.get_secret_value() if token is not None else None,
-                )  # fmt: skip
             log.info(
                 "agent.started",
                 watch_dir=str(self.settings.watch_dir),
@@ -212,43 +219,87 @@ class Agent:
             self.marks.release()
             log.info("agent.stopped")
 
+    async def _serve_http(self) -> asyncio.Server | None:
+        if not self.settings.prom_port:
+            return None
+        token = self.settings.status_token
+        return await serve_http(
+            self.settings.prom_host, self.settings.prom_port, self.status, self.healthy,
+            snapshot=self.snapshot, read_object=self.storage.get_bytes,
+            token=token.get_secret_value() if token is not None else None,
+        )  # fmt: skip
+
+    async def _open_unless(self, stop: asyncio.Event) -> bool:
+        """`_open`, given up (False) when asked to stop while it waits for a server."""
+        opening = asyncio.create_task(self._open())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait((opening, stopped), return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if opening.done():
+            opening.result()
+            return True
+        opening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await opening
+        log.info("agent.stopped", during="start-up")
+        return False
+
     async def _open(self) -> None:
+        """Open the store and S3, patiently: a server that answers 5xx or 429, refuses the
+        connection or times out is waited for up to STARTUP_TIMEOUT_SECONDS (0: forever), one
+        log line per episode, /healthz answering "starting"; a permanent error (403, a bad
+        bucket name, bad credentials) ends the start at once."""
         if self.settings.redis_url is not None:
             self.marks.hold()  # agents sharing a store: tell a restarted agent we are gone
-        await self.store.open()
-        await self.storage.open()
-        endpoint = self.settings.s3_endpoint_url or "AWS S3"
-        last: StorageError | None = None
-        for _attempt in range(3):
-            try:
-                if await self.storage.ensure_bucket():
-                    log.info("bucket.created", bucket=self.settings.s3_bucket_name)
-                self.ctx.integrity = await self._integrity()
-                await self._check_object_options()
-                return
-            except StorageError as exc:
-                last = exc
-                if not exc.retryable:
-                    break
-                await asyncio.sleep(0.5)
-        assert last is not None
-        await self.storage.close()
-        await self.store.close()
-        if last.retryable:
+        timeout_s = self.settings.startup_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout_s or None):
+                await self._open_patiently()
+        except TimeoutError:
+            await self._close_seams()
             raise ConfigError(
-                f"S3_ENDPOINT_URL={endpoint} is unreachable ({last}); check the address "
-                "or start the server"
+                f"gave up starting after STARTUP_TIMEOUT_SECONDS={timeout_s:g}:"
+                f" {self.waiting.last}; fix the server or raise STARTUP_TIMEOUT_SECONDS"
+                " (0 waits forever)"
             ) from None
-        raise ConfigError(
-            f"S3_BUCKET_NAME={self.settings.s3_bucket_name} cannot be used: {last}"
-        ) from None
+        except BaseException as exc:
+            await self._close_seams()
+            if isinstance(exc, StorageError):
+                raise ConfigError(
+                    f"S3_BUCKET_NAME={self.settings.s3_bucket_name} cannot be used: {exc}"
+                ) from None
+            if isinstance(exc, CheckpointError):
+                raise ConfigError(str(exc)) from None
+            raise
+        self.waiting.over()
+
+    async def _open_patiently(self) -> None:
+        note = self.waiting.note
+        await retrying(self.store.open, backoff=STARTUP_BACKOFF, on_retry=note("checkpoint store"))
+        await self.storage.open()
+        created = await retrying(
+            self.storage.ensure_bucket, backoff=STARTUP_BACKOFF, on_retry=note("bucket")
+        )
+        if created:
+            log.info("bucket.created", bucket=self.settings.s3_bucket_name)
+        self.ctx.integrity = await self._integrity()
+        await self._check_object_options()
+
+    async def _close_seams(self) -> None:
+        with contextlib.suppress(StreamupError, OSError):
+            await self.storage.close()
+        with contextlib.suppress(StreamupError, OSError):
+            await self.store.close()
 
     async def _integrity(self) -> Capabilities:
         """What this endpoint proves of each part: asked once at start-up, or as configured."""
         mode = self.settings.s3_integrity_mode
         if mode == "auto":
             try:
-                caps = await retrying(lambda: probe(self.storage, self.settings.s3_key_prefix))
+                caps = await retrying(
+                    lambda: probe(self.storage, self.settings.s3_key_prefix),
+                    backoff=STARTUP_BACKOFF, on_retry=self.waiting.note("integrity probe"),
+                )  # fmt: skip
             except StorageError as exc:
                 raise ConfigError(
                     f"S3_INTEGRITY_MODE=auto could not ask the server what it checks ({exc}); "
@@ -276,8 +327,9 @@ class Agent:
         HTTP, classes other than STANDARD) would fail every stream; say which setting, once."""
         s = self.settings
         refused = await retrying(
-            lambda: refused_option(self.storage, s.s3_key_prefix, self.ctx.object_options)
-        )
+            lambda: refused_option(self.storage, s.s3_key_prefix, self.ctx.object_options),
+            backoff=STARTUP_BACKOFF, on_retry=self.waiting.note("object options check"),
+        )  # fmt: skip
         if refused is not None:
             setting, exc = refused
             value = getattr(s, setting.lower(), None) if "," not in setting else None
@@ -590,6 +642,8 @@ class Agent:
 
         The HTTP server runs on this event loop, so being asked at all proves the loop is alive.
         """
+        if not self.ready.is_set() and not self.stopping.is_set():
+            return STARTING
         if not self.ready.is_set() or self.stopping.is_set():
             return False
         try:

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     scan_interval_seconds: float = Field(5.0, gt=0)
     upload_concurrency: int = Field(4, ge=1, le=64)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # How long start-up waits out a busy or unreachable S3 / checkpoint store; 0 = forever.
+    startup_timeout_seconds: float = Field(300.0, ge=0)
 
     s3_endpoint_url: str | None = None
     s3_access_key_id: SecretStr | None = None
@@ -319,6 +321,9 @@ _MIN_FREE_HINT = (
     "filesystem below 100, such as 5%"
 )
 _RANGES = {
+    "startup_timeout_seconds": (
+        "must be a number of seconds, 0 or more (0 waits forever for S3 and the checkpoint store)"
+    ),
     "after_upload": "must be keep, delete or move",
     "after_upload_unproven": "must be refuse (the default) or accept",
     "s3_integrity_mode": (

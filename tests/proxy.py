@@ -6,11 +6,14 @@ connect gets ECONNREFUSED); `restore()` listens again on the same port. `flip_by
 flips one byte in the body of the next UploadPart of part `n` (the HTTP requests going up are
 framed by their Content-Length, so keep-alive connections work too). `before_forward`, when
 set, sees every block the agent sends before S3 does (to act on S3 at a precise request).
+`fail_ratio` answers that fraction of requests itself, 500 InternalError or 503 SlowDown in turn,
+without forwarding them (S3 under load); `failed` counts them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
 from collections.abc import Callable
@@ -32,6 +35,9 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._flip_part: int | None = None  # part number whose next upload gets a byte flipped
         self.flipped: list[int] = []  # parts damaged so far
+        self.fail_ratio = 0.0
+        self.failed = 0  # requests answered 5xx by the proxy itself
+        self._rng = random.Random(15)
 
     @property
     def url(self) -> str:
@@ -68,6 +74,28 @@ class FaultProxy:
         with self._lock:
             self._flip_part = number
 
+    def answer_instead(self, head: bytes) -> bytes | None:
+        """A 5xx answer for this request, or None to forward it (see `fail_ratio`)."""
+        with self._lock:
+            if self.fail_ratio <= 0 or self._rng.random() >= self.fail_ratio:
+                return None
+            self.failed += 1
+            code, status = (
+                ("InternalError", "500 Internal Server Error")
+                if self.failed % 2
+                else ("SlowDown", "503 Slow Down")
+            )
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            "<Message>injected by the test proxy</Message></Error>"
+        ).encode()
+        if head.startswith(b"HEAD "):
+            body = b""
+        return (
+            f"HTTP/1.1 {status}\r\nContent-Type: application/xml\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode() + body
+
     def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
         framer = _RequestFramer(self) if upward else None
         try:
@@ -79,6 +107,10 @@ class FaultProxy:
                     if self.before_forward is not None:
                         self.before_forward(data)
                     data = framer.feed(data)
+                    if framer.answer is not None:
+                        dst.sendall(data)
+                        _answer_and_drain(src, framer.answer)
+                        return
                 dst.sendall(data)
         except OSError:
             pass
@@ -112,6 +144,15 @@ class FaultProxy:
         self.cut()
 
 
+def _answer_and_drain(client: socket.socket, answer: bytes) -> None:
+    """Answer the client ourselves; read what it still sends (a body) until it closes, so that
+    closing does not reset the connection before it has read the answer."""
+    client.sendall(answer)
+    client.shutdown(socket.SHUT_WR)
+    while client.recv(256 * 1024):
+        pass
+
+
 class _RequestFramer:
     """Follows the HTTP requests on one connection; flips a byte of the chosen part's body."""
 
@@ -123,6 +164,7 @@ class _RequestFramer:
         self.body_left = 0
         self.body_seen = 0
         self.damage = False
+        self.answer: bytes | None = None  # the proxy answers this request itself
 
     def feed(self, data: bytes) -> bytes:
         out = bytearray()
@@ -146,6 +188,9 @@ class _RequestFramer:
                 break
             head, data = self.head[: end + 4], self.head[end + 4 :]
             self.head = b""
+            self.answer = self.proxy.answer_instead(head)
+            if self.answer is not None:
+                return bytes(out)  # neither this request nor anything after it goes up
             out += head
             self._start(head)
         return bytes(out)

@@ -8,6 +8,8 @@ import hashlib
 import os
 import threading
 import time
+import urllib.error
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from tests.agent import (
     wait_metadata,
 )
 from tests.proxy import FaultProxy
+from tests.servers import free_port
 
 # The suite's size; the figure (1,000 files under 256) is the same test with
 # STREAMUP_TEST_SMALL_FILES=1000 STREAMUP_TEST_OPEN_FILES=256. Either way there are more files
@@ -176,4 +179,56 @@ def test_a_flushed_redis_is_written_back_and_the_same_upload_goes_on(
     assert len(process.events_named("checkpoint.stream_restored")) == 1
     assert not process.events_named("stream.lease_lost")
     assert not process.events_named("stream.discovered")[1:]  # no second stream of the file
+    assert process.stop() == 0
+
+
+def _health(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_start_up_waits_for_an_s3_that_refuses_and_says_so(
+    agent: Any, proxy: FaultProxy, s3_client: Any, bucket: str
+) -> None:
+    proxy.cut()  # nothing listens: every connection is refused
+    port = free_port()
+    process: AgentProcess = agent(S3_ENDPOINT_URL=proxy.url, PROM_PORT=str(port))
+    waiting = wait_for(
+        lambda: process.events_named("agent.waiting"), deadline_s=30, what="agent.waiting"
+    )[0]
+    assert waiting["happened"] == f"S3 at S3_ENDPOINT_URL={proxy.url} refused the connection"
+    assert wait_for(lambda: _health(port)[0] == 503 and _health(port), deadline_s=10,
+                    what="/healthz") == (503, "starting\n")  # fmt: skip
+    proxy.restore()
+    wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="the start")
+    assert _health(port) == (200, "ok\n")
+    assert len(process.events_named("agent.waiting")) == 1  # one line for the episode
+    assert process.events_named("agent.done_waiting")
+    assert process.stop() == 0
+
+
+def test_thirty_percent_5xx_from_the_first_request_on_every_object_exact(
+    agent: Any, proxy: FaultProxy, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    proxy.fail_ratio = 0.3
+    names = [f"busy-{i}.mp4" for i in range(3)]
+    past = time.time() - 3600
+    for i, name in enumerate(names):
+        (watch_dir / name).write_bytes(os.urandom(6 * MiB + i * 1000))  # two parts each
+        os.utime(watch_dir / name, (past, past))
+    process: AgentProcess = agent(S3_ENDPOINT_URL=proxy.url)
+    docs = [wait_metadata(s3_client, bucket, name, deadline_s=90) for name in names]
+    for name, doc in zip(names, docs, strict=True):
+        assert_exact(s3_client, bucket, doc, watch_dir / name, tmp_path)
+    waited = process.events_named("agent.waiting")
+    print(f"{proxy.failed} requests answered 5xx; start-up waited {len(waited)} episode(s)")
+    assert proxy.failed > 0
+    assert all(e["happened"].split(" answered ")[1] in ("500 InternalError", "503 SlowDown")
+               for e in waited)  # fmt: skip
+    assert "Traceback" not in process.log_text()
     assert process.stop() == 0

@@ -32,6 +32,8 @@ from streamup.ops.throughput import Throughput, sample_while
 log = structlog.get_logger("streamup")
 
 StatusSource = Callable[[], Awaitable[dict[str, object]]]
+# `healthy` while start-up waits for S3 or the checkpoint store: answered 503 "starting".
+STARTING = "starting"
 # True: healthy; a text: up, but degraded for that reason (answered 200, see `_health`).
 HealthSource = Callable[[], Awaitable[bool | str]]
 SnapshotSource = Callable[[], AgentSnapshot]
@@ -276,6 +278,8 @@ async def _health(healthy: HealthSource) -> Reply:
     except Exception:  # a probe that cannot decide says unhealthy; it never raises
         log.exception("http.health_failed")
         ok = False
+    if ok == STARTING:
+        return Reply("503 Service Unavailable", _TEXT, b"starting\n")
     if isinstance(ok, str):
         # Degraded (the disk is short): 200, so liveness probes do not restart an agent whose
         # uploads are what frees the disk; the body, /status and streamup_disk_short tell it.

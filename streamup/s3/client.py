@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +23,13 @@ from typing import Any, TypeVar
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 
 from streamup.checksums import b64
 from streamup.errors import NoSuchUpload, StorageError
@@ -135,7 +143,8 @@ def translate(exc: BaseException, what: str) -> StorageError:
         )
         if gone:
             return NoSuchUpload(message, code=code)
-        return StorageError(message, code=code, retryable=retryable)
+        happened = f"answered {status} {code}" if code != str(status) else f"answered {status}"
+        return StorageError(message, code=code, retryable=retryable, happened=happened)
     if isinstance(exc, NoCredentialsError):
         return StorageError(
             f"{what}: no S3 credentials found (set S3_ACCESS_KEY_ID and S3_SECRET_ACCESS_KEY)",
@@ -143,8 +152,34 @@ def translate(exc: BaseException, what: str) -> StorageError:
         )
     if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | asyncio.TimeoutError):
         # Connection refused/reset, DNS, timeouts, a truncated response: the network, not us.
-        return StorageError(f"{what}: {type(exc).__name__}: {exc}", code="Network", retryable=True)
+        return StorageError(
+            f"{what}: {type(exc).__name__}: {exc}", code="Network", retryable=True,
+            happened=network_happening(exc),
+        )  # fmt: skip
     raise exc
+
+
+def network_happening(exc: BaseException) -> str:
+    """What a network error was, in words, from the deepest cause that says so."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        number = seen.errno if isinstance(seen, OSError) else None
+        if isinstance(seen, ConnectionRefusedError) or number == errno.ECONNREFUSED:
+            return "refused the connection"
+        if isinstance(seen, ConnectionResetError) or number == errno.ECONNRESET:
+            return "reset the connection"
+        if isinstance(seen, socket.gaierror):
+            return "has a name that does not resolve"
+        if isinstance(seen, TimeoutError | ReadTimeoutError | ConnectTimeoutError):
+            return "did not answer in time"
+        if number in (errno.EMFILE, errno.ENFILE):
+            return "could not be reached: this process is out of file descriptors"
+        kwargs = getattr(seen, "kwargs", None)  # botocore keeps the aiohttp error there
+        inner = kwargs.get("error") if isinstance(kwargs, dict) else None
+        seen = inner if isinstance(inner, BaseException) else (seen.__cause__ or seen.__context__)
+    return f"could not be reached ({type(exc).__name__})"
 
 
 class S3Storage:

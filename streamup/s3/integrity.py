@@ -18,16 +18,25 @@ agent computes from its parts. The decisions here are pure; `probe` alone does I
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 from streamup import checksums
 from streamup.checksums import crc32c_of, etag_hex, md5_of, multipart_etag
 from streamup.errors import StorageError
 from streamup.models import PartRecord
+from streamup.retry import Backoff
 from streamup.s3.client import DIGEST_REFUSED, RemoteObject, S3Storage
+
+T = TypeVar("T")
+# Each probe request is tried this many times over a few seconds before the probe gives up (and
+# start-up, patient for longer, runs it again).
+PROBE_ATTEMPTS = 6
+PROBE_BACKOFF = Backoff(first_s=0.2, factor=2.0, cap_s=2.0)
 
 
 class ProofMode(StrEnum):
@@ -160,26 +169,30 @@ async def probe(storage: S3Storage, key_prefix: str) -> Capabilities:
     body, good_crc, good_md5 = PROBE_BODY, crc32c_of(PROBE_BODY), md5_of(PROBE_BODY)
     bad_crc, bad_md5 = crc32c_of(PROBE_BODY + b"!"), md5_of(PROBE_BODY + b"!")
     try:
-        upload_id = await storage.create_upload(key, "application/octet-stream", crc32c=True)
+        upload_id = await _patient(
+            lambda: storage.create_upload(key, "application/octet-stream", crc32c=True)
+        )
         accepted = True
     except StorageError as exc:
         if exc.retryable:
             raise
-        upload_id = await storage.create_upload(key, "application/octet-stream")
+        upload_id = await _patient(lambda: storage.create_upload(key, "application/octet-stream"))
         accepted = False
     crc = good_crc if accepted else None
     try:
         checksum_verified = accepted and await _refused(
-            storage.upload_part(key, upload_id, 1, body, crc32c=bad_crc)
+            lambda: storage.upload_part(key, upload_id, 1, body, crc32c=bad_crc)
         )
         if checksum_verified:
-            await storage.upload_part(key, upload_id, 1, body, crc32c=good_crc)
+            await _patient(lambda: storage.upload_part(key, upload_id, 1, body, crc32c=good_crc))
         md5_refused = await _refused(
-            storage.upload_part(key, upload_id, 2, body, crc32c=crc, md5=bad_md5)
+            lambda: storage.upload_part(key, upload_id, 2, body, crc32c=crc, md5=bad_md5)
         )
-        etag = await storage.upload_part(key, upload_id, 2, body, crc32c=crc, md5=good_md5)
+        etag = await _patient(
+            lambda: storage.upload_part(key, upload_id, 2, body, crc32c=crc, md5=good_md5)
+        )
     finally:
-        await storage.abort_upload(key, upload_id)
+        await _patient(lambda: storage.abort_upload(key, upload_id))
     return Capabilities(
         checksums_accepted=accepted,
         checksum_verified=checksum_verified,
@@ -188,12 +201,26 @@ async def probe(storage: S3Storage, key_prefix: str) -> Capabilities:
     )
 
 
-async def _refused(request: object) -> bool:
+async def _refused(request: Callable[[], Awaitable[object]]) -> bool:
     """True when the server answered the request with a (non-transient) refusal."""
     try:
-        await request  # type: ignore[misc]
+        await _patient(request)
     except StorageError as exc:
         if exc.retryable and exc.code not in DIGEST_REFUSED:
             raise
         return True
     return False
+
+
+async def _patient(request: Callable[[], Awaitable[T]]) -> T:
+    """One probe request, tried again a few times while the server answers transiently (5xx,
+    429, the network): one busy answer must not cost the whole probe. A digest refusal is an
+    answer, not weather: it comes back at once. What stays transient goes to the caller."""
+    for attempt in range(1, PROBE_ATTEMPTS):
+        try:
+            return await request()
+        except StorageError as exc:
+            if not exc.retryable or exc.code in DIGEST_REFUSED:
+                raise
+            await asyncio.sleep(PROBE_BACKOFF.delay_s(attempt))
+    return await request()

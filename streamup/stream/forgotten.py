@@ -80,6 +80,4 @@ async def _write_back(worker: StreamWorker, remote: dict[int, RemotePart]) -> in
 
 async def _record(worker: StreamWorker, part: PartRecord, uploaded_bytes: int) -> None:
     store, stream_id = worker.ctx.store, worker.record.stream_id
-    await retrying(
-        lambda: store.record_part(stream_id, part, uploaded_bytes, part.uploaded_at)
-    )
+    await retrying(lambda: store.record_part(stream_id, part, uploaded_bytes, part.uploaded_at))

@@ -1,0 +1,74 @@
+"""What the operator sees while the agent waits at start-up for S3 or its checkpoint store.
+
+A server that answered 503 is busy, not unreachable; one that refused the connection is not
+up yet. Each is said once, in those words, when it starts (an episode: the step and what
+happened), not once per attempt; the end of the wait is said too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import structlog
+
+from streamup import metrics
+from streamup.errors import StorageError, StreamupError
+
+log = structlog.get_logger("streamup")
+
+Note = Callable[[StreamupError, int, float], None]
+
+
+def happened(exc: StreamupError, endpoint: str, store: str) -> str:
+    """What the server did, in words: "S3 at X answered 503 SlowDown"."""
+    if isinstance(exc, StorageError):
+        return f"S3 at {endpoint} {exc.happened or 'failed'}"
+    return f"the {store} checkpoint store is not available ({exc})"
+
+
+class StartupWait:
+    """The start-up's waiting episodes: one log line each, and the last error for the exit."""
+
+    def __init__(self, endpoint: str, store: str) -> None:
+        self.endpoint = endpoint
+        self.store = store
+        self.last = ""  # what happened last, for the message if start-up gives up
+        self._episode: tuple[str, str] | None = None
+        self._since: float | None = None
+        self.attempts = 0
+        self.opened = False  # start-up went through
+
+    @property
+    def waiting(self) -> bool:
+        return self._since is not None
+
+    def note(self, step: str) -> Note:
+        """An `on_retry` for `retrying`: a transient failure of `step`."""
+
+        def noted(exc: StreamupError, attempt: int, delay_s: float) -> None:
+            metrics.RETRIES.labels(kind=type(exc).__name__).inc()
+            what = happened(exc, self.endpoint, self.store)
+            self.last = f"{step}: {what} ({exc})"
+            self.attempts += 1
+            if self._since is None:
+                self._since = time.monotonic()
+            # A busy server alternating 500 and 503 is one episode; refusing, then answering is two.
+            episode = (step, "answered" if isinstance(exc, StorageError) and " answered " in
+                       f" {exc.happened}" else what)  # fmt: skip
+            if self._episode != episode:
+                self._episode = episode
+                log.warning(
+                    "agent.waiting", step=step, happened=what, error=str(exc),
+                    retry_in_s=round(delay_s, 1),
+                )  # fmt: skip
+
+        return noted
+
+    def over(self) -> None:
+        """Start-up went through: say so if it had to wait."""
+        self.opened = True
+        if self._since is not None:
+            waited_s = time.monotonic() - self._since
+            log.info("agent.done_waiting", waited_s=round(waited_s, 1), attempts=self.attempts)
+            self._since = None
