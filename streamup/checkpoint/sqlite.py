@@ -17,6 +17,7 @@ owners are kept in memory, per store object; `finish_stream` and `release_lease`
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import itertools
 import os
@@ -342,10 +343,7 @@ class SqliteStore:
                 raise
         except (OSError, sqlite3.Error) as exc:
             self._unlock()
-            raise CheckpointError(
-                f"cannot use STATE_DIR={self.state_dir} ({exc}); point STATE_DIR at a directory"
-                " this user can create and write"
-            ) from exc
+            raise CheckpointError(unusable_state_dir(self.state_dir, exc)) from exc
         except BaseException:
             self._unlock()
             raise
@@ -370,6 +368,30 @@ class SqliteStore:
 
     async def _write(self, work: Callable[[sqlite3.Connection], object]) -> None:
         await self._call(lambda conn: transaction(conn, work))
+
+
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+
+
+def unusable_state_dir(state_dir: Path, exc: OSError | sqlite3.Error) -> str:
+    """Why STATE_DIR cannot hold the store, and the fix: a full disk is not a permission."""
+    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", 0) == _SQLITE_FULL
+    )
+    if full:
+        return (
+            f"the disk holding STATE_DIR={state_dir} is full ({exc}); free space on it or"
+            " point STATE_DIR at another disk"
+        )
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return (
+            f"STATE_DIR={state_dir} is on a read-only filesystem ({exc}); point STATE_DIR at a"
+            " writable one"
+        )
+    return (
+        f"cannot use STATE_DIR={state_dir} ({exc}); point STATE_DIR at a directory"
+        " this user can create and write"
+    )
 
 
 def _lock(lock_path: Path, state_dir: Path) -> int:
