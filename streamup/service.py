@@ -18,6 +18,7 @@ from streamup.after.lifecycle import Action
 from streamup.after.local_action import LocalFiles, Policy
 from streamup.checkpoint import CheckpointStore
 from streamup.checkpoint.redis_connect import REDIS_MAX_CONNECTIONS
+from streamup.checkpoint.sqlite import SqliteStore
 from streamup.errors import CheckpointError, ConfigError, LeaseLost, StorageError, StreamupError
 from streamup.files.budget import FileBudget, files_budget, open_files_limit, out_of_descriptors
 from streamup.files.liveness import AgentMarks
@@ -45,7 +46,7 @@ from streamup.s3.orphans import reap_orphans
 from streamup.s3.placement import KeyPlanner, Placement, refused_option
 from streamup.settings import Settings
 from streamup.stream.finalize import finalize, finish_lost, write_metadata
-from streamup.stream.forgotten import restore_forgotten
+from streamup.stream.forgotten import rebuild_lost_sqlite, restore_forgotten
 from streamup.stream.ownership import Ownership, host_of
 from streamup.stream.recovery import reconcile
 from streamup.stream.worker import PERMANENT_ERROR_PAUSE_S, StreamContext, StreamWorker
@@ -53,6 +54,8 @@ from streamup.stream.worker import PERMANENT_ERROR_PAUSE_S, StreamContext, Strea
 log = structlog.get_logger("streamup")
 # Work put off by a passing condition is said once per this many seconds, not once per file.
 DEFERRED_REPEAT_S = 60.0
+# How often the agent looks whether its SQLite file is still there.
+SQLITE_CHECK_S = 2.0
 # Start-up against a busy or absent server: soon at first, then every 15 s at most.
 STARTUP_BACKOFF = Backoff(first_s=0.5, factor=2.0, cap_s=15.0)
 
@@ -188,6 +191,7 @@ class Agent:
                 asyncio.create_task(watcher.run_scans(self.stopping)),
                 asyncio.create_task(self._update_gauges()),
                 asyncio.create_task(self.dispatcher.run()),
+                asyncio.create_task(self._guard_sqlite()),
             ]
             if self.settings.orphan_upload_age_seconds > 0:
                 background.append(asyncio.create_task(reap_orphans(
@@ -464,8 +468,12 @@ class Agent:
             )
             worker = StreamWorker(self.ctx, record, {}, None)
             try:
+                # The lease is taken in the claim's own step: no agent can take the stream
+                # over between the two (the fleet race of two agents finding one file).
+                owner, ttl_s = self.ownership.agent_id, self.ownership.ttl_s
                 claim, known_id = await worker.persist(
-                    lambda: self.store.claim_stream(record), "checkpoint"
+                    lambda: self.store.claim_stream(record, owner=owner, ttl_s=ttl_s),
+                    "checkpoint",
                 )
             finally:
                 self.keys.release(record.key)
@@ -635,6 +643,19 @@ class Agent:
             metrics.UPLOAD_LAG.set(sum(w.lag_bytes for w in workers))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 1.0)
+
+    async def _guard_sqlite(self) -> None:
+        """A SQLite file deleted under the running agent is noticed within seconds and
+        rebuilt from what the agent knows (stream.forgotten)."""
+        store = self.store
+        while isinstance(store, SqliteStore) and not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), SQLITE_CHECK_S)
+            if store.file_lost() and not self.stopping.is_set():
+                try:
+                    await rebuild_lost_sqlite(store, list(self.workers.values()))
+                except StreamupError as exc:
+                    log.error("checkpoint.rebuild_failed", error=str(exc))
 
     async def healthy(self) -> bool | str:
         """/healthz: the agent is up (not starting, not stopping) and the checkpoint store answers.

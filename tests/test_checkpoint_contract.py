@@ -416,6 +416,18 @@ async def test_a_retried_claim_is_new_again_without_a_second_stream(
     assert await store.unfinished_streams() == [stream]
 
 
+async def test_a_claim_with_an_owner_takes_the_lease_in_the_same_step(
+    store: CheckpointStore,
+) -> None:
+    stream = make_stream("s1", path="/watch/cam.mp4")
+    assert await store.claim_stream(stream, owner="agent-a", ttl_s=30.0) == (Claim.NEW, "s1")
+    assert await store.lease_owner("s1") == "agent-a"
+    # Retried (its reply was lost): the same stream, the lease still the finder's.
+    assert await store.claim_stream(stream, owner="agent-a", ttl_s=30.0) == (Claim.NEW, "s1")
+    assert await store.lease_owner("s1") == "agent-a"
+    await store.record_part("s1", make_part(1), 8 * MiB, T0)
+
+
 async def test_claim_of_a_new_inode_at_a_busy_path_is_a_new_stream(
     store: CheckpointStore,
 ) -> None:
@@ -796,6 +808,22 @@ async def test_redis_a_held_lease_is_refused_to_another_agent(
     assert await redis_store.acquire_lease("s1", "agent-a", 30.0) == token  # same owner: kept
     assert not await agent_b.renew_lease("s1", 30.0)  # B never held it
     assert await agent_b.lease_owner("s2") is None
+
+
+async def test_redis_a_claimed_stream_cannot_be_taken_before_its_finder_holds_it(
+    redis_store: RedisStore, agent_b: RedisStore, raw: aioredis.Redis
+) -> None:
+    stream = make_stream("s1", path="/watch/cam.mp4")
+    claimed = await redis_store.claim_stream(stream, owner="agent-a", ttl_s=30.0)
+    assert claimed == (Claim.NEW, "s1")
+    # Agent B finds the same file at once: the stream exists, and its lease is A's already.
+    again = make_stream("s2", path="/watch/cam.mp4")
+    assert await agent_b.claim_stream(again, owner="agent-b", ttl_s=30.0) == (Claim.EXISTING, "s1")
+    assert await agent_b.acquire_lease("s1", "agent-b", 30.0) is None
+    assert (await raw.get("stream:s1:lease")).startswith("agent-a|")
+    assert await agent_b.take_lease("s1", "agent-b", 30.0, from_owner="agent-c") is None
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)  # fenced with A's lease
+    assert await redis_store.renew_lease("s1", 30.0)
 
 
 async def test_redis_a_dead_agents_lease_is_taken_at_once_and_only_from_it(

@@ -4,6 +4,7 @@ answers 5xx from the first request on."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -14,8 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis as redis_sync
 
+from streamup.checkpoint.sqlite import SqliteStore
 from streamup.files.budget import descriptors_in_use
 from tests.agent import (
     AgentProcess,
@@ -153,33 +156,54 @@ def test_a_restart_on_the_same_host_takes_its_dead_predecessors_lease_at_once(
     assert second.stop() == 0
 
 
-def test_a_flushed_redis_is_written_back_and_the_same_upload_goes_on(
+@pytest.mark.parametrize("store", ["redis", "sqlite"])
+def test_a_store_that_lost_the_stream_is_written_back_and_the_same_upload_goes_on(
+    store: str,
+    request: pytest.FixtureRequest,
     agent: Any,
-    redis_url: str,
     proxy: FaultProxy,
     watch_dir: Path,
     tmp_path: Path,
     s3_client: Any,
     bucket: str,
 ) -> None:
-    target = watch_dir / "flushed.mp4"
-    process: AgentProcess = agent(REDIS_URL=redis_url, S3_ENDPOINT_URL=proxy.url)
+    target = watch_dir / "lost.mp4"
+    extra = {"REDIS_URL": request.getfixturevalue("redis_url")} if store == "redis" else {}
+    process: AgentProcess = agent(S3_ENDPOINT_URL=proxy.url, **extra)
     wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="start")
     writer = grow(target, 16 * MiB, 3 * MiB)
     wait_for(lambda: process.events_named("part.uploaded"), deadline_s=20, what="a part")
-    redis_sync.Redis.from_url(redis_url).flushall()
+    if store == "redis":
+        redis_sync.Redis.from_url(extra["REDIS_URL"]).flushall()
+        said = "checkpoint.stream_restored"
+    else:
+        for name in ("streamup.db", "streamup.db-wal", "streamup.db-shm"):
+            (tmp_path / "state" / name).unlink(missing_ok=True)
+        said = "checkpoint.store_rebuilt"
     writer.join()
-    doc = wait_metadata(s3_client, bucket, "flushed.mp4", deadline_s=60)
+    doc = wait_metadata(s3_client, bucket, "lost.mp4", deadline_s=60)
     assert_exact(s3_client, bucket, doc, target, tmp_path)
     size = target.stat().st_size
-    print(f"sent/size after FLUSHALL: {proxy.bytes_up / size:.3f}")
+    print(f"{store}: sent/size after the loss: {proxy.bytes_up / size:.3f}")
     assert proxy.bytes_up / size <= 1.1
     assert len(object_keys(s3_client, bucket)) == 2  # one object and its metadata
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
-    assert len(process.events_named("checkpoint.stream_restored")) == 1
+    assert len(process.events_named(said)) == 1
     assert not process.events_named("stream.lease_lost")
-    assert not process.events_named("stream.discovered")[1:]  # no second stream of the file
+    assert not process.events_named("stream.failed_step")
+    assert len(process.events_named("stream.discovered")) == 1  # no second stream of the file
     assert process.stop() == 0
+    if store == "sqlite":  # the new file holds the completion: a restart would not send again
+        assert str(target) in asyncio.run(_completed_paths(tmp_path / "state"))
+
+
+async def _completed_paths(state_dir: Path) -> set[str]:
+    store = SqliteStore(state_dir, exclusive=False)
+    await store.open()
+    try:
+        return set(await store.completed_files())
+    finally:
+        await store.close()
 
 
 def _health(port: int) -> tuple[int, str]:

@@ -103,8 +103,12 @@ class CheckpointStore(Protocol):
 
     # ---- many agents, one store: claims and leases (single-agent stores grant everything)
 
-    async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
-        """Atomically register a file an agent has just found, as `stream` (status active).
+    async def claim_stream(
+        self, stream: StreamRecord, *, owner: str | None = None, ttl_s: float = 0.0
+    ) -> tuple[Claim, str]:
+        """Atomically register a file an agent has just found, as `stream` (status active),
+        and with `owner`, in the same step, take the new stream's lease for `ttl_s` (then
+        nobody can take over the claimed stream before its finder holds the lease).
 
         - (NEW, stream.stream_id): nothing covered the file; `stream` is saved, like save_stream.
         - (EXISTING, other_id): an unfinished stream has the same path and inode.

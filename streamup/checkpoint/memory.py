@@ -203,7 +203,15 @@ class MemoryStore:
         self._outbox.pop(event_id, None)
         self._deliveries.pop(event_id, None)
 
-    async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
+    async def claim_stream(
+        self, stream: StreamRecord, *, owner: str | None = None, ttl_s: float = 0.0
+    ) -> tuple[Claim, str]:
+        claim, stream_id = await self._claim(stream)
+        if claim is Claim.NEW and owner is not None:
+            self._lease_owners[stream_id] = owner  # one agent per store: always granted
+        return claim, stream_id
+
+    async def _claim(self, stream: StreamRecord) -> tuple[Claim, str]:
         self._check()
         streams = [stream_from_meta(sid, meta, where=sid) for sid, meta in self._streams.items()]
         covering = sorted(

@@ -54,11 +54,13 @@ from streamup.checkpoint.redis_connect import connect
 from streamup.checkpoint.redis_leases import (
     CLAIM_SCRIPT,
     FINISH_SCRIPT,
+    LEASE_TOKEN,
     PATHS,
     RECORD_PART_SCRIPT,
     REMOVE_PARTS_SCRIPT,
     SAVE_SCRIPT,
     Leases,
+    claim_lease_arg,
     claim_result,
     lease_key,
     owner_of,
@@ -474,11 +476,17 @@ class RedisStore:
 
     # -- many agents: claims and leases (see redis_leases.py) -------------------------------------
 
-    async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
-        keys, args = save_call(stream, "")  # a new stream: nobody holds a lease on it yet
+    async def claim_stream(
+        self, stream: StreamRecord, *, owner: str | None = None, ttl_s: float = 0.0
+    ) -> tuple[Claim, str]:
+        # ARGV[1] names who takes the new stream's lease in the same step ('' for nobody).
+        keys, args = save_call(stream, claim_lease_arg(owner, ttl_s))
         with self._translate(f"claiming {stream.path!r} as stream {stream.stream_id}"):
-            reply = await self._script(CLAIM_SCRIPT, [*keys, COMPLETED_FILES], args)
-        return claim_result(reply)
+            reply = await self._script(CLAIM_SCRIPT, [*keys, COMPLETED_FILES, LEASE_TOKEN], args)
+        claim, stream_id, token = claim_result(reply)
+        if token is not None and owner is not None:
+            self._leases.hold(stream_id, f"{owner}|{token}")
+        return claim, stream_id
 
     async def acquire_lease(self, stream_id: str, owner: str, ttl_s: float) -> int | None:
         with self._translate(f"taking the lease of stream {stream_id}"):

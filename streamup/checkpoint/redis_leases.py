@@ -173,11 +173,32 @@ return 1
 """
 )
 
-# KEYS: as SAVE_SCRIPT's, then completed_files. ARGV: as SAVE_SCRIPT's (lease value '').
-# Returns {claim, stream id}.
+# KEYS: as SAVE_SCRIPT's, then completed_files, the lease token counter. ARGV: as SAVE_SCRIPT's,
+# but ARGV[1] is '{ttl ms}|{owner}' of the agent that takes a new stream's lease with the claim
+# ('' for none). Returns {claim, stream id[, lease token]}.
 CLAIM_SCRIPT = (
     _PRELUDE
     + """
+local function claimed_lease(id)
+  if ARGV[1] == '' then return nil end
+  local ttl, owner = string.match(ARGV[1], '^(%d+)|(.*)$')
+  local lease = 'stream:' .. id .. ':lease'
+  local holder = redis.call('GET', lease)
+  if holder then
+    local held_by, token = string.match(holder, '^(.*)|(%d+)$')
+    if held_by ~= owner then return nil end
+    redis.call('PEXPIRE', lease, ttl)
+    return token
+  end
+  local token = redis.call('INCR', KEYS[9])
+  redis.call('SET', lease, owner .. '|' .. token, 'PX', ttl)
+  return tostring(token)
+end
+local function new(id)
+  local token = claimed_lease(id)
+  if token then return {'new', id, token} end
+  return {'new', id}
+end
 local fields = {}
 for i = 6, #ARGV, 2 do fields[ARGV[i]] = ARGV[i + 1] end
 local indexed = redis.call('HGET', KEYS[3], ARGV[3])
@@ -186,7 +207,7 @@ if indexed then
   local found = redis.call('HMGET', meta, 'status', 'original_path', 'inode')
   if found[1] and not FINAL[found[1]] and found[2] == ARGV[3] and found[3] == fields['inode'] then
     -- A retried claim (its reply was lost) finds the stream it registered: still the finder's.
-    if indexed == ARGV[2] then return {'new', indexed} end
+    if indexed == ARGV[2] then return new(indexed) end
     return {'existing', indexed}
   end
 end
@@ -206,7 +227,7 @@ if done and json_int(done, 'inode') == fields['inode']
   end
 end
 save(true)
-return {'new', ARGV[2]}
+return new(ARGV[2])
 """
 )
 
@@ -268,11 +289,16 @@ def owner_of(value: str) -> str:
     return value.rpartition("|")[0]
 
 
-def claim_result(reply: Any) -> tuple[Claim, str]:
-    """CLAIM_SCRIPT's `{claim, stream id}` reply."""
+def claim_lease_arg(owner: str | None, ttl_s: float) -> str:
+    """CLAIM_SCRIPT's ARGV[1]: who takes the claimed stream's lease, for how long."""
+    return "" if owner is None else f"{_ttl_ms(ttl_s)}|{owner}"
+
+
+def claim_result(reply: Any) -> tuple[Claim, str, str | None]:
+    """CLAIM_SCRIPT's `{claim, stream id[, lease token]}` reply."""
     try:
-        claim, stream_id = reply
-        return Claim(claim), str(stream_id)
+        claim, stream_id, *token = reply
+        return Claim(claim), str(stream_id), str(token[0]) if token else None
     except (TypeError, ValueError) as exc:
         raise CheckpointCorrupt(f"claim_stream: unexpected reply from Redis: {reply!r}") from exc
 
@@ -308,6 +334,10 @@ class Leases:
             f"stream {stream_id} was finished by another agent while {ours}'s lease had lapsed;"
             " nothing was written"
         )
+
+    def hold(self, stream_id: str, value: str) -> None:
+        """A lease taken by another script (a claim): our writes are fenced with it now."""
+        self._held[stream_id] = value
 
     def forget(self, stream_id: str) -> None:
         self._held.pop(stream_id, None)

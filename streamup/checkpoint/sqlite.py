@@ -96,6 +96,7 @@ class SqliteStore:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._db_identity: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._lease_tokens = itertools.count(1)
         self._lease_owners: dict[str, str] = {}
 
@@ -132,6 +133,39 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._call(lambda conn: conn.execute("SELECT 1").fetchone())
 
+    def file_lost(self) -> bool:
+        """The database file left db_path (deleted, or another file there): every write since
+        goes to a file nobody will read again."""
+        if self._conn is None or self._db_identity is None:
+            return False
+        try:
+            found = os.stat(self.db_path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return (found.st_dev, found.st_ino) != self._db_identity
+
+    async def replace_lost(self, streams: list[tuple[StreamRecord, list[PartRecord]]]) -> None:
+        """A fresh database at db_path holding `streams` (what the agent knows), swapped in as
+        one call: no other call runs between the new file's creation and its write-back."""
+
+        def swap(old: sqlite3.Connection) -> None:
+            self._unlock()  # the lock may be gone with the folder; a new one is taken
+            self._open_sync()
+            assert self._conn is not None
+
+            def write_back(conn: sqlite3.Connection) -> None:
+                for stream, parts in streams:
+                    conn.execute(INSERT_STREAM, stream_to_row(stream))
+                    for part in parts:
+                        _insert_part(conn, stream.stream_id, part)
+
+            transaction(self._conn, write_back)
+            old.close()
+
+        await self._call(swap)
+
     async def save_stream(self, stream: StreamRecord) -> None:
         row = stream_to_row(stream)
         await self._write(lambda conn: conn.execute(INSERT_STREAM, row))
@@ -141,20 +175,7 @@ class SqliteStore:
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
             _update_progress(conn, stream_id, uploaded_bytes, iso(last_activity_at))
-            conn.execute(
-                "INSERT OR REPLACE INTO parts (stream_id, number, offset_bytes, size_bytes, etag,"
-                " md5_hex, uploaded_at, crc32c_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    stream_id,
-                    part.number,
-                    part.offset_bytes,
-                    part.size_bytes,
-                    part.etag,
-                    part.md5_hex,
-                    iso(part.uploaded_at),
-                    part.crc32c_hex,
-                ),
-            )
+            _insert_part(conn, stream_id, part)
 
         await self._write(write)
 
@@ -283,7 +304,15 @@ class SqliteStore:
     async def remove_event(self, event_id: str) -> None:
         await self._write(lambda conn: delete_event(conn, event_id))
 
-    async def claim_stream(self, stream: StreamRecord) -> tuple[Claim, str]:
+    async def claim_stream(
+        self, stream: StreamRecord, *, owner: str | None = None, ttl_s: float = 0.0
+    ) -> tuple[Claim, str]:
+        claim, stream_id = await self._claim(stream)
+        if claim is Claim.NEW and owner is not None:
+            self._lease_owners[stream_id] = owner  # one agent per store: always granted
+        return claim, stream_id
+
+    async def _claim(self, stream: StreamRecord) -> tuple[Claim, str]:
         row = stream_to_row(stream)
         file = (stream.path, row["inode"])
 
@@ -348,6 +377,8 @@ class SqliteStore:
             self._unlock()
             raise
         self._conn = conn
+        found = os.stat(self.db_path)
+        self._db_identity = (found.st_dev, found.st_ino)
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -416,6 +447,17 @@ def _completed_row(record: CompletedRecord) -> dict[str, str | int]:
     row["device"] = to_i64(record.identity.device)
     row["inode"] = to_i64(record.identity.inode)
     return row
+
+
+def _insert_part(conn: sqlite3.Connection, stream_id: str, part: PartRecord) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO parts (stream_id, number, offset_bytes, size_bytes, etag,"
+        " md5_hex, uploaded_at, crc32c_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            stream_id, part.number, part.offset_bytes, part.size_bytes, part.etag,
+            part.md5_hex, iso(part.uploaded_at), part.crc32c_hex,
+        ),
+    )  # fmt: skip
 
 
 def _update_progress(

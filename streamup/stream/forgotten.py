@@ -8,18 +8,25 @@ lease on it, and S3 still holds the stream's multipart upload (a finished stream
 completed or aborted: ListParts says NoSuchUpload). Then the lease is taken again, and the
 record and every part S3 holds with the ETag the agent recorded are written back; parts S3
 lacks are dropped from memory and go up again. Nothing is sent again that S3 has.
+
+A deleted SQLite file raises nothing (the connection writes on into the unlinked file): the
+agent looks for it every few seconds and rebuilds the file the same way (`rebuild_lost_sqlite`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import structlog
+
+from streamup.checkpoint.sqlite import SqliteStore
 from streamup.errors import NoSuchUpload, StreamupError
-from streamup.models import PartRecord
+from streamup.models import PartRecord, StreamRecord
 from streamup.retry import retrying
 from streamup.s3.client import RemotePart
 from streamup.stream.worker import StreamWorker
 
+log = structlog.get_logger("streamup")
 Acquire = Callable[[], Awaitable[bool]]
 
 
@@ -81,3 +88,28 @@ async def _write_back(worker: StreamWorker, remote: dict[int, RemotePart]) -> in
 async def _record(worker: StreamWorker, part: PartRecord, uploaded_bytes: int) -> None:
     store, stream_id = worker.ctx.store, worker.record.stream_id
     await retrying(lambda: store.record_part(stream_id, part, uploaded_bytes, part.uploaded_at))
+
+
+async def rebuild_lost_sqlite(store: SqliteStore, workers: list[StreamWorker]) -> None:
+    """The SQLite file was deleted under the running agent (nothing it writes would survive a
+    restart): a new file, holding every stream the agent works on with the parts S3 holds as
+    recorded, swapped in as one step; one log line."""
+    snapshot: list[tuple[StreamRecord, list[PartRecord]]] = []
+    for worker in workers:
+        remote = await _remote_parts(worker)
+        if remote is None:
+            continue  # its upload is gone: its own next step finds that out, as before
+        known = [
+            p for n, p in sorted(worker.parts.items()) if n in remote and remote[n].etag == p.etag
+        ]
+        worker.drop_from_memory([n for n in worker.parts if n not in {p.number for p in known}])
+        snapshot.append((worker.record, known))
+    await retrying(lambda: store.replace_lost(snapshot))
+    log.warning(
+        "checkpoint.store_rebuilt",
+        path=str(store.db_path),
+        streams=len(snapshot),
+        parts=sum(len(parts) for _, parts in snapshot),
+        detail="the SQLite file was deleted; a new one holds what this agent knows (completed"
+        " files' records are in memory only until they are seen again)",
+    )
