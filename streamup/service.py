@@ -263,7 +263,7 @@ class Agent:
             await self._close_seams()
             raise ConfigError(
                 f"gave up starting after STARTUP_TIMEOUT_SECONDS={timeout_s:g}:"
-                f" {self.waiting.last}; fix the server or raise STARTUP_TIMEOUT_SECONDS"
+                f" {self.waiting.given_up()}; fix the server or raise STARTUP_TIMEOUT_SECONDS"
                 " (0 waits forever)"
             ) from None
         except BaseException as exc:

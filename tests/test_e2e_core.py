@@ -185,7 +185,7 @@ def test_bad_setting_exits_nonzero_with_one_line_naming_it(
     env: dict[str, str], setting: str, value: str, named: str
 ) -> None:
     # An endpoint that refuses is waited for up to STARTUP_TIMEOUT_SECONDS, then named.
-    result = run_cli(dict(env, STARTUP_TIMEOUT_SECONDS="1", **{setting: value}), "run")
+    result = run_cli(dict(env, STARTUP_TIMEOUT_SECONDS="3", **{setting: value}), "run")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("streamup: error:")]

@@ -38,13 +38,27 @@ class StartupWait:
         self._since: float | None = None
         self.attempts = 0
         self.opened = False  # start-up went through
+        self.step = ""  # the step being tried now
+
+    def begin(self, step: str) -> str:
+        """Start-up tries `step` now (for the message if it gives up before any answer)."""
+        self.step = step
+        return step
+
+    def given_up(self) -> str:
+        """What start-up was waiting for when its time ran out."""
+        if self.last:
+            return self.last
+        where = self.endpoint if self.step != "checkpoint store" else f"the {self.store} store"
+        return f"{self.step}: no answer yet from {where}"
 
     @property
     def waiting(self) -> bool:
         return self._since is not None
 
     def note(self, step: str) -> Note:
-        """An `on_retry` for `retrying`: a transient failure of `step`."""
+        """An `on_retry` for `retrying`: a transient failure of `step` (which begins now)."""
+        self.begin(step)
 
         def noted(exc: StreamupError, attempt: int, delay_s: float) -> None:
             metrics.RETRIES.labels(kind=type(exc).__name__).inc()
