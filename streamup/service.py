@@ -20,7 +20,13 @@ from streamup.checkpoint import CheckpointStore
 from streamup.checkpoint.redis_connect import REDIS_MAX_CONNECTIONS
 from streamup.checkpoint.sqlite import SqliteStore
 from streamup.errors import CheckpointError, ConfigError, LeaseLost, StorageError, StreamupError
-from streamup.files.budget import FileBudget, files_budget, open_files_limit, out_of_descriptors
+from streamup.files.budget import (
+    FileBudget,
+    FileGone,
+    files_budget,
+    open_files_limit,
+    out_of_descriptors,
+)
 from streamup.files.liveness import AgentMarks
 from streamup.files.source import readable, stat_path
 from streamup.files.watcher import Watcher, relative_key_path
@@ -206,6 +212,7 @@ class Agent:
                 store=self.store.name,
                 bucket=self.settings.s3_bucket_name,
                 resumed=len(self.workers),
+                files_open_max=self.ctx.files.size,
             )
             self.ready.set()
             await stop.wait()
@@ -615,10 +622,14 @@ class Agent:
             return
         if worker.record.status != Status.ACTIVE:
             await worker.set_status(Status.ACTIVE)
-        while await worker.grow():
-            if await finalize(worker):
-                await self._describe(worker)
-                return
+        try:
+            while await worker.grow():
+                if await finalize(worker):
+                    await self._describe(worker)
+                    return
+        except FileGone:
+            await finish_lost(worker)  # it gave its place up and its file went meanwhile
+            await self._describe(worker)
 
     async def _describe(self, worker: StreamWorker) -> None:
         """Retry a failed metadata step until it succeeds or the agent stops."""

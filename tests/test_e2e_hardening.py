@@ -256,3 +256,27 @@ def test_thirty_percent_5xx_from_the_first_request_on_every_object_exact(
                for e in waited)  # fmt: skip
     assert "Traceback" not in process.log_text()
     assert process.stop() == 0
+
+
+def test_an_idle_recording_gives_its_descriptor_to_a_waiting_file(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    # 64 descriptors leave room for one open recording (files.budget): without giving way,
+    # the finished file would wait for as long as the idle recording's writer keeps it open.
+    process: AgentProcess = agent(("prlimit", "--nofile=64"), FFPROBE_PATH="/bin/true")
+    wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="start")
+    idle = watch_dir / "idle.mp4"
+    with idle.open("wb") as writer:
+        writer.write(os.urandom(100_000))
+        writer.flush()
+        wait_for(lambda: process.events_named("stream.discovered"), deadline_s=20, what="idle")
+        finished = watch_dir / "finished.mp4"
+        finished.write_bytes(os.urandom(200_000))
+        doc = wait_metadata(s3_client, bucket, "finished.mp4", deadline_s=30)
+        assert_exact(s3_client, bucket, doc, finished, tmp_path)
+        assert not _keys(s3_client, bucket, "idle.mp4.metadata.json")  # still being written
+        writer.write(os.urandom(50_000))
+    doc = wait_metadata(s3_client, bucket, "idle.mp4", deadline_s=30)
+    assert_exact(s3_client, bucket, doc, idle, tmp_path)
+    assert "Traceback" not in process.log_text()
+    assert process.stop() == 0

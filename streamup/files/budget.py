@@ -7,6 +7,12 @@ then, and checks that the path still names the file it found (same device and in
 deleted or replaced before its turn is reported as lost, as the core does for a file that
 vanished while the agent was down; a replacement is a new stream, as always.
 
+A stream whose file has stopped growing gives its place up while other streams wait for one
+(`contended`), and queues for it again: an idle recording does not keep a finished one from
+being uploaded. The price: a file deleted while its stream holds no descriptor cannot be
+finished from the descriptor; it is kept as far as S3 holds it (files.FileGone), flagged lost.
+With no one waiting, nothing is given up and the guarantee is whole.
+
 However many files the folder holds, the agent then needs at most the budget plus a fixed
 reserve of descriptors (the S3 and Redis connection pools, inotify, SQLite, the HTTP port).
 Running out anyway (another process of the same user, a tiny limit) is weather, not a bad file:
@@ -39,6 +45,11 @@ OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 _RETRY = Backoff(first_s=0.5, factor=2.0, cap_s=10.0)
 
 
+class FileGone(Exception):
+    """The file of a stream that gave its place up left its path before the stream's turn
+    came again (deleted, or replaced): what S3 holds is kept, as for a file lost while down."""
+
+
 def files_budget(open_files_limit: int, pooled: int) -> int:
     """How many recordings may be open at once under `open_files_limit` descriptors, `pooled`
     of them kept for connection pools. At least one: a tiny limit is slow, not stuck."""
@@ -63,6 +74,7 @@ class FileBudget:
         self.size = size
         self._places = asyncio.Semaphore(size)
         self.open_now = 0
+        self.waiting = 0  # streams waiting for a place now
         self._short = False  # an out-of-descriptors episode is going on (said once)
 
     async def open(
@@ -70,7 +82,11 @@ class FileBudget:
     ) -> SourceFile | None:
         """Wait for a place, then open `path` if it is still the file `identity` names (the
         device too when `same_device`: a file seen on this host). None: gone or replaced."""
-        await self._places.acquire()
+        self.waiting += 1
+        try:
+            await self._places.acquire()
+        finally:
+            self.waiting -= 1
         attempt = 0
         while True:
             try:
@@ -110,6 +126,11 @@ class FileBudget:
         except BaseException:
             self._places.release()
             raise
+
+    @property
+    def contended(self) -> bool:
+        """Streams wait for a place: an idle stream should give its place up."""
+        return self.waiting > 0
 
     def _closed(self) -> None:
         self.open_now -= 1

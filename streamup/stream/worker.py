@@ -22,7 +22,7 @@ from streamup.checkpoint import CheckpointStore
 from streamup.checksums import etag_hex, md5_of
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
-from streamup.files.budget import MAX_OPEN_FILES, FileBudget
+from streamup.files.budget import MAX_OPEN_FILES, FileBudget, FileGone
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
@@ -46,6 +46,8 @@ log = structlog.get_logger("streamup")
 # After a permanent error (access denied, say) the stream waits this long before trying again:
 # the operator may fix the cause, and the agent must not spin.
 PERMANENT_ERROR_PAUSE_S = 60.0
+# A stream whose file has not grown for this long gives its descriptor up to waiting streams.
+GIVE_WAY_IDLE_S = 1.0
 # A failed step is tried again after about 2 s, 4 s, 8 s, ... up to the minute above.
 FAILURE_BACKOFF = Backoff(first_s=2.0, factor=2.0, cap_s=PERMANENT_ERROR_PAUSE_S)
 
@@ -403,8 +405,21 @@ class StreamWorker:
                 idle_s, self.ctx.timeout_s, writer_seen=self.writer_seen, writer_now=writer_now
             ):
                 return True
+            if idle_s >= GIVE_WAY_IDLE_S and self.ctx.files.contended:
+                await self.give_way()
             await self.nap(tick_s)
         return False
+
+    async def give_way(self) -> None:
+        """Idle while other streams wait for a descriptor: close the file, queue for a place
+        again, reopen it if the path still names it (FileGone if not)."""
+        assert self.source is not None
+        self.source.close()
+        self.source = None
+        record = self.record
+        self.source = await self.ctx.files.open(record.path, record.identity, same_device=True)
+        if self.source is None:
+            raise FileGone(f"{record.path} left its path while its stream waited for its turn")
 
     async def pause_after(self, exc: BaseException) -> None:
         """A step failed with an error that retrying at once does not cure (access denied, a
