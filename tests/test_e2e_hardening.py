@@ -36,7 +36,7 @@ from tests.servers import free_port
 # The suite's size; the figure (1,000 files under 256) is the same test with
 # STREAMUP_TEST_SMALL_FILES=1000 STREAMUP_TEST_OPEN_FILES=256. Either way there are more files
 # than descriptors.
-SMALL_FILES = int(os.environ.get("STREAMUP_TEST_SMALL_FILES", "200"))
+SMALL_FILES = int(os.environ.get("STREAMUP_TEST_SMALL_FILES", "150"))
 OPEN_FILES_LIMIT = int(os.environ.get("STREAMUP_TEST_OPEN_FILES", "128"))
 
 
@@ -171,7 +171,7 @@ def test_a_store_that_lost_the_stream_is_written_back_and_the_same_upload_goes_o
     extra = {"REDIS_URL": request.getfixturevalue("redis_url")} if store == "redis" else {}
     process: AgentProcess = agent(S3_ENDPOINT_URL=proxy.url, **extra)
     wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="start")
-    writer = grow(target, 16 * MiB, 3 * MiB)
+    writer = grow(target, 11 * MiB, 4 * MiB)
     wait_for(lambda: process.events_named("part.uploaded"), deadline_s=20, what="a part")
     if store == "redis":
         redis_sync.Redis.from_url(extra["REDIS_URL"]).flushall()
