@@ -13,6 +13,7 @@ POINTS = (
     "after_part_upload",
     "before_complete",
     "after_complete",
+    "after_mismatch_delete",  # a completed object unlike its parts is deleted; no restart yet
     "before_metadata",
     "before_finish",  # the metadata is in S3, the stream is not finished (nor its event written)
     "before_event_delivery",  # an event is in the outbox, no sink has been tried

@@ -130,6 +130,7 @@ async def _object_is_parts(worker: StreamWorker, parts: list[PartRecord]) -> boo
         return True
     worker.log.error("stream.object_mismatch", key=key, reason=reason)
     await worker.persist(lambda: worker.ctx.storage.delete_object(key), "delete object")
+    crash_point("after_mismatch_delete")
     await worker.restart_upload(f"the completed object did not match: {reason}")
     await worker.set_status(Status.ACTIVE)
     return False
