@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from urllib.parse import unquote
 from collections.abc import Callable
 
 from tests.servers import free_port
@@ -25,6 +26,7 @@ class FaultProxy:
         self.target = (host, int(port))
         self.port = free_port()
         self.bytes_up = 0  # agent -> S3: what the agent sent
+        self.bytes_up_by_path: dict[str, int] = {}  # the same per request path (/bucket/key)
         self.content_md5_headers = 0  # requests that carried an integrity header
         self.before_forward: Callable[[bytes], None] | None = None
         self._lock = threading.Lock()
@@ -123,6 +125,7 @@ class _RequestFramer:
         self.body_left = 0
         self.body_seen = 0
         self.damage = False
+        self.path = ""  # of the request being forwarded, without its query
 
     def feed(self, data: bytes) -> bytes:
         out = bytearray()
@@ -137,6 +140,7 @@ class _RequestFramer:
                     self.damage = False
                 self.body_seen += len(take)
                 self.body_left -= len(take)
+                self._count(len(take))
                 out += chunk
                 continue
             self.head += data
@@ -148,7 +152,13 @@ class _RequestFramer:
             self.head = b""
             out += head
             self._start(head)
+            self._count(len(head))
         return bytes(out)
+
+    def _count(self, size: int) -> None:
+        with self.proxy._lock:
+            by_path = self.proxy.bytes_up_by_path
+            by_path[self.path] = by_path.get(self.path, 0) + size
 
     def _start(self, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")
@@ -159,6 +169,7 @@ class _RequestFramer:
                 length = int(value.strip())
         self.body_left, self.body_seen = length, 0
         target = lines[0].split(" ")[1] if " " in lines[0] else ""
+        self.path = unquote(target.split("?", 1)[0])
         with self.proxy._lock:
             number = self.proxy._flip_part
             wanted = (
