@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from urllib.parse import unquote
 from collections.abc import Callable
+from urllib.parse import unquote
 
 from tests.servers import free_port
 

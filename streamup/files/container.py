@@ -38,7 +38,7 @@ def top_level_boxes(head: bytes) -> Iterator[tuple[bytes, int, int]]:
             return
         elif size < 8:
             return
-        if not kind.isascii() or not kind.isalnum() and kind != b"free":
+        if not kind.isascii() or (not kind.isalnum() and kind != b"free"):
             return
         yield kind, offset, size
         offset += size

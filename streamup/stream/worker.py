@@ -288,6 +288,8 @@ class StreamWorker:
         the window full instead of stalling at batch boundaries.
         """
         assert self.source is not None
+        if self.record.rebuild:
+            return  # its parts follow the rebuild's plan, not the schedule (stream.rebuild)
         pending: dict[asyncio.Task[None], int] = {}
         try:
             while True:
