@@ -34,6 +34,8 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._flip_part: int | None = None  # part number whose next upload gets a byte flipped
         self.flipped: list[int] = []  # parts damaged so far
+        self.refuse_copies = False  # answer every UploadPartCopy 501 NotImplemented, as some do
+        self.copies_refused = 0
 
     @property
     def url(self) -> str:
@@ -71,7 +73,7 @@ class FaultProxy:
             self._flip_part = number
 
     def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
-        framer = _RequestFramer(self) if upward else None
+        framer = _RequestFramer(self, src) if upward else None
         try:
             while data := src.recv(256 * 1024):
                 if framer is not None:
@@ -119,8 +121,9 @@ class _RequestFramer:
 
     FLIP_AT = 1000  # body offset of the damaged byte
 
-    def __init__(self, proxy: FaultProxy) -> None:
+    def __init__(self, proxy: FaultProxy, client: socket.socket) -> None:
         self.proxy = proxy
+        self.client = client  # where a refusal is answered, the request never forwarded
         self.head = b""
         self.body_left = 0
         self.body_seen = 0
@@ -150,10 +153,21 @@ class _RequestFramer:
                 break
             head, data = self.head[: end + 4], self.head[end + 4 :]
             self.head = b""
-            out += head
             self._start(head)
             self._count(len(head))
+            if self._refused(head):
+                continue
+            out += head
         return bytes(out)
+
+    def _refused(self, head: bytes) -> bool:
+        """An UploadPartCopy while copies are refused: answered here (it has no body)."""
+        if not self.proxy.refuse_copies or b"\r\nx-amz-copy-source:" not in head.lower():
+            return False
+        with self.proxy._lock:
+            self.proxy.copies_refused += 1
+        self.client.sendall(_REFUSAL)
+        return True
 
     def _count(self, size: int) -> None:
         with self.proxy._lock:
@@ -184,3 +198,14 @@ class _RequestFramer:
                 self.proxy._flip_part = None
                 self.proxy.flipped.append(number)
         self.damage = wanted
+
+
+_REFUSAL_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code>'
+    b"<Message>UploadPartCopy is not implemented here (test proxy)</Message></Error>"
+)
+_REFUSAL = (
+    b"HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\n"
+    + f"Content-Length: {len(_REFUSAL_BODY)}\r\n\r\n".encode()
+    + _REFUSAL_BODY
+)

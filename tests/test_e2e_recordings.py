@@ -45,6 +45,10 @@ RECORDINGS: dict[str, list[str]] = {
 }
 
 
+# A recording that ends before its first part is whole (3 s at 8 Mbit/s: about 3 MiB).
+SHORT_SECONDS = 3
+
+
 @dataclass
 class Scenario:
     """What one writer did, for its test to check afterwards."""
@@ -153,7 +157,9 @@ def session(
         (name, lambda n=name, x=extra: record(watch_dir / "cams" / n, x))
         for name, extra in RECORDINGS.items()
     ]
+    short = ["-t", str(SHORT_SECONDS)]  # the last -t given wins
     jobs += [
+        ("short.mp4", lambda: record(watch_dir / "cams" / "short.mp4", short)),
         (
             "truncated.mp4",
             lambda: truncate_and_rewrite(watch_dir / "truncated.mp4", scenarios["truncated.mp4"]),
@@ -169,7 +175,7 @@ def session(
         threads.append(thread)
     for thread in threads:
         thread.join()
-    wanted = [f"cams/{n}" for n in RECORDINGS] + ["truncated.mp4", "deleted.mp4"]
+    wanted = [f"cams/{n}" for n in RECORDINGS] + ["cams/short.mp4", "truncated.mp4", "deleted.mp4"]
 
     def all_described() -> dict[str, dict[str, Any]] | None:
         docs = metadata_docs(s3, bucket)
@@ -252,6 +258,20 @@ def test_patched_header_part_goes_up_once_after_the_recording(session: Session, 
         if e.get("event") == "part.uploaded" and e.get("path") == str(local) and e["part"] == 1
     ]
     assert len(firsts) == 1 and firsts[0] > session.scenarios[name].ended_at
+
+
+def test_recording_shorter_than_a_part_is_one_exact_part(session: Session) -> None:
+    scenario = session.scenarios["short.mp4"]
+    assert scenario.error is None, scenario.error
+    local = session.watch_dir / "cams" / "short.mp4"
+    doc = doc_for(session.docs, "cams/short.mp4")
+    assert doc is not None
+    assert local.stat().st_size < 5 * MiB
+    assert len(doc["chunks"]) == 1
+    assert doc["bytes_sent"] == doc["total_size_bytes"] == local.stat().st_size
+    copy = download(session.s3, session.bucket, doc["s3_key_prefix"], session.work_dir / "s")
+    assert sha256_file(copy) == sha256_file(local) == doc["sha256"]
+    assert abs(ffprobe_duration(copy) - SHORT_SECONDS) < 0.5
 
 
 def test_faststart_rewrite_is_copied_server_side(session: Session) -> None:

@@ -128,8 +128,10 @@ def translate(exc: BaseException, what: str) -> StorageError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        # 501 NotImplemented (a server without UploadPartCopy, say) never cures itself.
+        server_trouble = status >= 500 and code != "NotImplemented"
         retryable = (
-            code in _RETRYABLE_CODES or code in DIGEST_REFUSED or status >= 500 or status == 429
+            code in _RETRYABLE_CODES or code in DIGEST_REFUSED or server_trouble or status == 429
         )
         hint = _HINTS.get(code)
         message = f"{what}: {code or status} {error.get('Message') or ''}".strip()
