@@ -6,6 +6,8 @@ connect gets ECONNREFUSED); `restore()` listens again on the same port. `flip_by
 flips one byte in the body of the next UploadPart of part `n` (the HTTP requests going up are
 framed by their Content-Length, so keep-alive connections work too). `before_forward`, when
 set, sees every block the agent sends before S3 does (to act on S3 at a precise request).
+`bytes_up_by_path` counts what went up per request path (`/bucket/key`: one object's parts), and
+`refuse_copies` answers every UploadPartCopy 501 NotImplemented, as a server without it would.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from streamup.s3.placement import ensure_tags
 from streamup.stream.check import EndCheck
 from streamup.stream.lifecycle import check_transition, contiguous_prefix, end_reason
 from streamup.stream.rebuild import rebuild
+from streamup.stream.rebuild import when_lost as rebuild_when_lost
 from streamup.stream.worker import StreamWorker
 
 
@@ -188,6 +189,7 @@ async def already_completed(worker: StreamWorker, parts: list[PartRecord]) -> bo
 
 async def finish_lost(worker: StreamWorker) -> None:
     """The file vanished while the agent was down: keep what S3 holds, flagged partial."""
+    replacing = await rebuild_when_lost(worker)
     parts = contiguous_prefix(worker.parts)
     worker.log.warning("stream.file_lost", parts=len(parts))
     await worker.set_status(Status.PENDING_COMPLETION, end_reason=EndReason.FILE_LOST)
@@ -201,7 +203,7 @@ async def finish_lost(worker: StreamWorker) -> None:
     worker.record = worker.record.evolve(
         size_bytes=sum(p.size_bytes for p in parts), sha256_hex=None
     )
-    if await complete(worker, parts):
+    if await complete(worker, parts, replacing=replacing):
         await write_metadata(worker)
     elif worker.record.upload_id is None:
         # The upload vanished as well (aborted, expired): nothing is left anywhere to keep.

@@ -228,6 +228,8 @@ async def _copy(worker: StreamWorker, source_offset: int, data: PartData) -> boo
     )  # fmt: skip
     worker.record = worker.record.evolve(bytes_copied=worker.record.bytes_copied + span.size_bytes)
     await worker.keep_part(part)
+    record = worker.record  # with the count: a resumed rebuild skips this piece
+    await worker.persist(lambda: worker.ctx.store.save_stream(record), "checkpoint")
     worker.log.debug("part.copied", part=span.number, size_bytes=span.size_bytes)
     return True
 
@@ -259,3 +261,20 @@ async def _abandon(worker: StreamWorker, plan: Rebuild, reason: str) -> None:
         await worker.persist(lambda: storage.abort_upload(key, upload_id), "abort")
     await worker.restart_upload(reason)
     await _save(worker, None)
+
+
+async def when_lost(worker: StreamWorker) -> str | None:
+    """The file vanished (while the agent was down) during a rebuild. Every piece in the fresh
+    upload: its object is the final file after all; the ETag of the temporary object it
+    replaces. Otherwise the temporary object and the fresh upload go (the stale parts lack the
+    file's first part: no use as a partial object) and nothing is left to complete."""
+    if not worker.record.rebuild:
+        return None
+    plan = Rebuild.from_json(worker.record.rebuild)
+    if not plan.stale_completed:
+        await _save(worker, None)  # the stale upload is the stream's upload still
+        return None
+    if all(p.number in worker.parts for p in plan.pieces):
+        return plan.stale_etag
+    await _abandon(worker, plan, "the file vanished before its object was rebuilt")
+    return None
