@@ -26,13 +26,20 @@ def box(kind: bytes, payload: bytes = b"") -> bytes:
     return struct.pack(">I4s", 8 + len(payload), kind) + payload
 
 
-def record_faststart(path: Path, uploaded: Any) -> bytes:
+def record_faststart(path: Path, uploaded: Any, midway: Any = None) -> bytes:
     """Grow a plain MP4 until parts 2 and 3 are in S3 (`uploaded()` says so), then move a
-    `moov` to its front as faststart does; the final bytes."""
+    `moov` to its front as faststart does; the final bytes. `midway()`, if given, runs once
+    part 2 is whole and part 3 is not, and returns the `uploaded` to wait on from there."""
     ftyp = box(b"ftyp", b"isom\0\0\2\0isomiso2avc1mp41")
     media = os.urandom(3 * PART + 2 * MiB)
     with path.open("wb") as handle:
-        handle.write(ftyp + box(b"free") + b"\0\0\0\x08mdat" + media)
+        start = ftyp + box(b"free") + b"\0\0\0\x08mdat" + media
+        if midway is not None:
+            handle.write(start[: 2 * PART + MiB])
+            handle.flush()
+            uploaded = midway()
+            start = start[2 * PART + MiB :]
+        handle.write(start)
         handle.flush()
         wait_for(uploaded, deadline_s=30, what="parts 2 and 3 while the file grows")
         moov = box(b"moov", os.urandom(4000))
@@ -60,18 +67,29 @@ def test_a_kill_at_each_rebuild_step_in_turn_ends_in_one_exact_object(
 ) -> None:
     # One agent per crash point, each killed at its point, each resuming where the one before
     # died (a fresh file per point would cost two agent start-ups each): every step of the
-    # rebuild is interrupted once, and its resumption is what meets the next point.
+    # rebuild is interrupted once, and its resumption is what meets the next point. Before
+    # them, a SIGKILL while the file grows with its part 1 held back: the next agent reads
+    # part 1 from the file.
     target = watch_dir / "fast.mp4"
     via = {"S3_ENDPOINT_URL": proxy.url, "UPLOAD_CONCURRENCY": "1"}
-    first = agent(STREAMUP_CRASH_AT=POINTS[0], **via)
-    final = record_faststart(target, lambda: {2, 3} <= parts_sent(first, target))
-    crashed = [first]
+    growing = agent(**via)
+    crashed: list[Any] = []
+
+    def kill_midway() -> Any:
+        wait_for(lambda: 2 in parts_sent(growing, target), deadline_s=30, what="part 2")
+        growing.kill()
+        crashed.append(agent(STREAMUP_CRASH_AT=POINTS[0], **via))
+        return lambda: 3 in parts_sent(crashed[0], target)
+
+    final = record_faststart(target, None, kill_midway)
+    assert parts_sent(growing, target) == {2}  # part 1 held back
     for point in POINTS[1:]:
         wait_crash(crashed[-1])
         crashed.append(agent(STREAMUP_CRASH_AT=point, **via))
     wait_crash(crashed[-1])
     assert [e["point"] for a in crashed for e in a.events_named("test.crash")] == POINTS
     assert crashed[0].events_named("stream.rebuild_planned")
+    assert 2 not in parts_sent(crashed[0], target)  # adopted, or known: never sent twice
     last = agent(**via)
     doc = wait_metadata(s3_client, bucket, "fast.mp4", deadline_s=30)
     assert target.read_bytes() == final
