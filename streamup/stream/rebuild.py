@@ -63,7 +63,9 @@ async def rebuild(worker: StreamWorker) -> Rebuilt | Literal[False] | None:
         await _save(worker, plan)
     plan = Rebuild.from_json(worker.record.rebuild)
     if not plan.stale_completed:
-        done = await _complete_stale(worker, plan)
+        # Nothing is done yet: a file that changed since the plan (a restart found it grown)
+        # is verified and resent as before, and the stale upload stays the stream's upload.
+        done = await _complete_stale(worker, plan) if _as_planned(worker, plan) else None
         if done is None:
             await _save(worker, None)
             return None
@@ -71,13 +73,17 @@ async def rebuild(worker: StreamWorker) -> Rebuilt | Literal[False] | None:
     for piece in plan.pieces:
         if piece.number not in worker.parts:
             await _make(worker, piece)
-    assert worker.source is not None
-    state = worker.source.fstat()
-    if (state.size_bytes, state.mtime_ns) != (plan.file_size_bytes, plan.file_mtime_ns):
+    if not _as_planned(worker, plan):
         await _abandon(worker, plan, "the file changed while its object was rebuilt")
         return False
     sha256_hex = await _sha256(worker, plan.file_size_bytes)
     return [worker.parts[p.number] for p in plan.pieces], sha256_hex, plan.stale_etag
+
+
+def _as_planned(worker: StreamWorker, plan: Rebuild) -> bool:
+    assert worker.source is not None
+    state = worker.source.fstat()
+    return (state.size_bytes, state.mtime_ns) == (plan.file_size_bytes, plan.file_mtime_ns)
 
 
 async def _save(worker: StreamWorker, plan: Rebuild | None) -> None:
