@@ -12,6 +12,11 @@ import sys
 POINTS = (
     "after_part_upload",
     "before_complete",
+    # a faststart rebuild (stream.rebuild): its intent is checkpointed, the stale upload not yet
+    # completed; completed as the temporary object; a part copied, not yet checkpointed
+    "before_stale_complete",
+    "after_stale_complete",
+    "after_part_copy",
     "after_complete",
     "after_mismatch_delete",  # a completed object unlike its parts is deleted; no restart yet
     "before_metadata",

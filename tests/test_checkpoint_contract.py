@@ -149,6 +149,9 @@ async def test_every_stream_field_round_trips(store: CheckpointStore) -> None:
         error="metadata upload failed: AccessDenied: no",
         host="edge-07.example",
         key_collision_of="recordings/cam/s1.mp4",
+        bytes_sent=41 * MiB + 3,
+        bytes_copied=96 * MiB,
+        rebuild='{"stale_upload_id":"u0","shift_bytes":902}',
     )
     await store.save_stream(stream)
     loaded = await store.load_stream("s1")
@@ -531,6 +534,9 @@ async def test_redis_writes_the_seed_key_schema(
         "host": "",
         "checksum_algorithm": "",
         "key_collision_of": "",
+        "bytes_sent": "0",
+        "bytes_copied": "0",
+        "rebuild": "",
     }
     assert await raw.hgetall("stream:s1:parts") == {
         "1": f'"{1:032x}":{8 * MiB}:2024-05-01T12:00:01.123457+00:00'
@@ -994,6 +1000,8 @@ async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path)
         conn.execute("ALTER TABLE streams DROP COLUMN host")
         conn.execute("ALTER TABLE streams DROP COLUMN checksum_algorithm")
         conn.execute("ALTER TABLE streams DROP COLUMN key_collision_of")
+        for column in ("bytes_sent", "bytes_copied", "rebuild"):
+            conn.execute(f"ALTER TABLE streams DROP COLUMN {column}")
         conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
     conn.close()
     await store.open()

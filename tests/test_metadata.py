@@ -43,6 +43,8 @@ EXTRA_FIELDS = [
     "audio_codec",
     "bit_rate",
     "parts_reuploaded",
+    "bytes_sent",
+    "bytes_copied",
     "end_reason",
     "partial",
     "probe_error",

@@ -113,6 +113,8 @@ def build_metadata(
         "audio_codec": probe.audio_codec,
         "bit_rate": probe.bit_rate,
         "parts_reuploaded": stream.reuploaded_parts,
+        "bytes_sent": stream.bytes_sent,
+        "bytes_copied": stream.bytes_copied,
         "end_reason": stream.end_reason.value,
         # The file vanished while the agent was down: the object holds what was uploaded
         # before, and nothing could check it against the final file.

@@ -161,6 +161,9 @@ _META_DEFAULTS = {
     "host": "",
     "checksum_algorithm": "",
     "key_collision_of": "",
+    "bytes_sent": "0",
+    "bytes_copied": "0",
+    "rebuild": "",
 }
 
 
@@ -190,6 +193,9 @@ def stream_to_meta(stream: StreamRecord) -> dict[str, str]:
         "host": stream.host,
         "checksum_algorithm": stream.checksum_algorithm,
         "key_collision_of": stream.key_collision_of,
+        "bytes_sent": str(stream.bytes_sent),
+        "bytes_copied": str(stream.bytes_copied),
+        "rebuild": stream.rebuild,
     }
 
 
@@ -221,6 +227,9 @@ def stream_from_meta(stream_id: str, fields: dict[str, str], *, where: str) -> S
         host=meta.text("host"),
         checksum_algorithm=meta.text("checksum_algorithm"),
         key_collision_of=meta.text("key_collision_of"),
+        bytes_sent=meta.count("bytes_sent"),
+        bytes_copied=meta.count("bytes_copied"),
+        rebuild=meta.text("rebuild"),
     )
 
 
@@ -297,6 +306,9 @@ def stream_to_row(stream: StreamRecord) -> dict[str, object]:
         "host": stream.host,
         "checksum_algorithm": stream.checksum_algorithm,
         "key_collision_of": stream.key_collision_of,
+        "bytes_sent": stream.bytes_sent,
+        "bytes_copied": stream.bytes_copied,
+        "rebuild": stream.rebuild,
     }
 
 
@@ -336,4 +348,7 @@ _PLAIN_COLUMNS = (
     "host",
     "checksum_algorithm",
     "key_collision_of",
+    "bytes_sent",
+    "bytes_copied",
+    "rebuild",
 )

@@ -94,6 +94,10 @@ class RemoteObject:
     checksum_type: str | None = None
 
 
+def _same_etag(there: RemoteObject | None, etag: str) -> bool:
+    return there is not None and there.etag.strip('"') == etag.strip('"')
+
+
 @dataclass(frozen=True, slots=True)
 class CopiedPart:
     """What UploadPartCopy answers: the new part's ETag, and its CRC32C (base64) if reported."""
@@ -124,8 +128,10 @@ def translate(exc: BaseException, what: str) -> StorageError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        # 501 NotImplemented (a server without UploadPartCopy, say) never cures itself.
+        server_trouble = status >= 500 and code != "NotImplemented"
         retryable = (
-            code in _RETRYABLE_CODES or code in DIGEST_REFUSED or status >= 500 or status == 429
+            code in _RETRYABLE_CODES or code in DIGEST_REFUSED or server_trouble or status == 429
         )
         hint = _HINTS.get(code)
         message = f"{what}: {code or status} {error.get('Message') or ''}".strip()
@@ -339,19 +345,34 @@ class S3Storage:
             marker = int(page["NextPartNumberMarker"])
 
     async def complete_upload(
-        self, key: str, upload_id: str, etags: list[tuple[int, str, bytes | None]]
+        self,
+        key: str,
+        upload_id: str,
+        etags: list[tuple[int, str, bytes | None]],
+        *,
+        replacing: str | None = None,
     ) -> str:
         """Complete the upload from (number, ETag, CRC32C or None) of every part, never over an
         existing object (`If-None-Match: *` where the server supports it). An existing object
-        raises StorageError code PreconditionFailed."""
+        raises StorageError code PreconditionFailed. `replacing`: the ETag of the one object
+        this completion may replace (the agent's own temporary object at the key), and only it."""
         # Some servers accept the header on completion and ignore it (Ceph RGW 16 overwrites):
         # a HeadObject first, so that only a completion racing this very instant could.
-        if await self.head_object(key) is not None:
+        there = await self.head_object(key)
+        if there is not None if replacing is None else not _same_etag(there, replacing):
             raise StorageError(
-                f"completing {key!r}: PreconditionFailed (an object is there already; it is "
-                "never replaced)", code="PreconditionFailed",
+                f"completing {key!r}: PreconditionFailed (an object is there already, or not the"
+                " one to replace; another is never replaced)", code="PreconditionFailed",
             )  # fmt: skip
         parts = {"Parts": [_completed_part(*part) for part in etags]}
+        if replacing is not None:
+            response = await self._about_upload(key, upload_id, lambda: self._call(
+                f"completing {key!r} over its temporary object",
+                lambda: self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=parts
+                ),
+            ))  # fmt: skip
+            return str(response.get("ETag", ""))
         response = await self._about_upload(key, upload_id, lambda: self._exclusive(
             f"completing {key!r}",
             lambda extra: self._client.complete_multipart_upload(

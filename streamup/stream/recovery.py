@@ -20,8 +20,8 @@ async def reconcile(worker: StreamWorker) -> bool:
     already (a crash between CompleteMultipartUpload and its checkpoint)."""
     record = worker.record
     upload_id = record.upload_id
-    if upload_id is None:
-        return False
+    if upload_id is None or record.rebuild:
+        return False  # a rebuild under way resumes from its own intent (stream.rebuild)
     storage = worker.ctx.storage
     try:
         remote = await worker.persist(

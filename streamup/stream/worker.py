@@ -22,6 +22,7 @@ from streamup.checkpoint import CheckpointStore
 from streamup.checksums import etag_hex, md5_of
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
+from streamup.files.container import HEAD_BYTES, header_patched
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
@@ -103,6 +104,9 @@ class StreamWorker:
         self.writer_seen = False  # a process on this host was seen writing the file
         self.lease_lost = False  # another agent took the stream over
         self.failures = 0  # attempts of a failed step since the stream last made progress
+        # Part 1 waits for the end when the writer patches the file's header then (MP4, MKV):
+        # None until the file's first bytes were seen (files.container.header_patched).
+        self.hold_first: bool | None = None
         self.log = log.bind(stream_id=record.stream_id, path=record.path)
 
     # ----------------------------------------------------------------- plumbing
@@ -185,6 +189,7 @@ class StreamWorker:
             lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
         )
         crash_point("after_part_upload")
+        self.record = self.record.evolve(bytes_sent=self.record.bytes_sent + span.size_bytes)
         part = PartRecord(
             span.number, span.offset_bytes, span.size_bytes, etag,
             data.md5.hex() if data.md5 is not None else "", utc_now(),
@@ -283,14 +288,17 @@ class StreamWorker:
         the window full instead of stalling at batch boundaries.
         """
         assert self.source is not None
+        if self.record.rebuild:
+            return  # its parts follow the rebuild's plan, not the schedule (stream.rebuild)
         pending: dict[asyncio.Task[None], int] = {}
         try:
             while True:
                 size = self.source.fstat().size_bytes
-                busy = self.parts.keys() | self._in_flight
+                done_or_held = self.parts.keys() | await self.held_parts(size)
+                busy = done_or_held | self._in_flight
                 room = self.ctx.window - len(pending)
                 if room > 0 and not self.ctx.stopping.is_set():
-                    while self._done_below + 1 in self.parts:
+                    while self._done_below + 1 in done_or_held:
                         self._done_below += 1
                     ready = whole_parts_ready(
                         self.schedule, size, busy, limit=room, first=self._done_below + 1
@@ -309,6 +317,18 @@ class StreamWorker:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
                 self._in_flight.difference_update(pending.values())
+
+    async def held_parts(self, size_bytes: int) -> set[int]:
+        """The parts kept back while the file grows: part 1 when the writer will patch it at
+        the end (sent once, by the end-of-stream check). Its bytes stay safe in the file, and a
+        restart reads them from there."""
+        if self.hold_first is None and size_bytes >= self.schedule.size_of(1):
+            assert self.source is not None
+            head = await self.source.read_part(PartSpan(1, 0, HEAD_BYTES), with_md5=False)
+            self.hold_first = head is not None and header_patched(head.body)
+            if self.hold_first:
+                self.log.info("stream.header_held", part=1)
+        return {1} if self.hold_first and 1 not in self.parts else set()
 
     async def forget_parts(self, numbers: list[int]) -> None:
         """Drop part records (they will be sent again, or are not wanted), in memory and in the
