@@ -22,6 +22,11 @@ POINTS = (
     "before_local_move",
     "after_local_copy",
     "after_local_unlink",  # the file is gone from WATCH_DIR; its record and event not yet written
+    # an extension (a completed file that grew): a part copied, not checkpointed; the completed
+    # object about to be replaced by its longer self; replaced, not checkpointed
+    "after_part_copy",
+    "before_replace",
+    "after_replace",
 )
 
 

@@ -100,6 +100,7 @@ def build_metadata(
                 "etag": part.etag,
                 "uploaded_at_utc": iso(part.uploaded_at),
                 **_part_checksum(part),
+                **({"copied": True} if part.copied else {}),
             }
             for part in ordered
         ],
@@ -121,7 +122,26 @@ def build_metadata(
         # The key S3_KEY_TEMPLATE gave, when another object held it and this one got a
         # numbered key instead; null otherwise.
         "key_collision_of": stream.key_collision_of or None,
+        # Bytes of the object the server copied from an object it held (UploadPartCopy), and
+        # bytes sent from the file (each counted once, as the object's parts hold them).
+        "bytes_copied": sum(part.size_bytes for part in ordered if part.copied),
+        "bytes_sent": sum(part.size_bytes for part in ordered if not part.copied),
+        # The file grew after its stream completed: the object at this key was replaced by its
+        # longer self, built from it (stream.extension); null for an object made afresh.
+        "extended_from": _extended_from(stream),
         "streamup_version": streamup.__version__,
+    }
+
+
+def _extended_from(stream: StreamRecord) -> dict[str, object] | None:
+    extends = stream.extends
+    if extends is None:
+        return None
+    return {
+        "stream_id": extends.stream_id,
+        "size_bytes": extends.size_bytes,
+        "etag": extends.etag,
+        "extensions": extends.count,
     }
 
 

@@ -82,11 +82,15 @@ async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
     assert upload_id is not None
     with_crc = bool(worker.record.checksum_algorithm)
     etags = [(p.number, p.etag, bytes.fromhex(p.crc32c_hex) if with_crc else None) for p in parts]
-    crash_point("before_complete")
+    # An extension replaces the object it was built from, and only that one (stream.extension).
+    replaces = None if worker.record.extends is None else worker.record.extends.etag
+    crash_point("before_complete" if replaces is None else "before_replace")
     await worker.check_lease()
     try:
-        await worker.persist(lambda: storage.complete_upload(key, upload_id, etags), "complete")
-        crash_point("after_complete")
+        await worker.persist(
+            lambda: storage.complete_upload(key, upload_id, etags, replaces=replaces), "complete"
+        )
+        crash_point("after_complete" if replaces is None else "after_replace")
     except NoSuchUpload:
         if not await already_completed(worker, parts):
             await worker.restart_upload("the upload vanished before it was completed")
@@ -206,6 +210,8 @@ async def write_metadata(worker: StreamWorker) -> None:
         worker.log.error("stream.failed", status="failed_metadata_generation", error=str(exc))
         return
     body, key = encode_metadata(doc), metadata_key(worker.record.key)
+    # An extension's object replaced the one this document described: it is rewritten.
+    extended = worker.record.extends
     storage, options = worker.ctx.storage, worker.ctx.object_options
     await worker.check_lease()
     try:
@@ -213,7 +219,7 @@ async def write_metadata(worker: StreamWorker) -> None:
         try:
             await worker.persist(
                 lambda: storage.put_bytes(
-                    key, body, "application/json", exclusive=True, options=options
+                    key, body, "application/json", exclusive=extended is None, options=options
                 ),
                 "metadata",
             )
@@ -308,6 +314,7 @@ async def finish(
             mtime_ns=record.mtime_ns,
             completed_at=record.completed_at or utc_now(),
             end_reason=record.end_reason,
+            extensions=0 if record.extends is None else record.extends.count,
         ),
     )
     event = stream_event(record, metadata, host=worker.ctx.agent_host, created_at=utc_now())
