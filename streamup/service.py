@@ -392,9 +392,7 @@ class Agent:
         finally:
             self._starting.discard(path)
 
-    async def _extension(
-        self, path: str, source: SourceFile, state: FileState
-    ) -> Extension | None:
+    async def _extension(self, path: str, source: SourceFile, state: FileState) -> Extension | None:
         """A completed file that grew: the extension of its object (stream.extension) when the
         file still begins with that object and the key still holds it; None: a new stream."""
         done = self.completed.get(path)

@@ -188,9 +188,7 @@ def parse_part_value(stream_id: str, number: str, value: str) -> tuple[str, int,
     return etag, size_bytes, uploaded_at
 
 
-def parse_checksum_value(
-    stream_id: str, number: str, value: str
-) -> tuple[int, str, str, bool]:
+def parse_checksum_value(stream_id: str, number: str, value: str) -> tuple[int, str, str, bool]:
     """`"{offset_bytes}:{md5_hex}[:{crc32c_hex}[:copied]]"` -> (offset, md5_hex, crc32c_hex,
     copied)."""
     where = f"{checksums_key(stream_id)} field {number}"
