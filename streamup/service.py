@@ -39,6 +39,7 @@ from streamup.s3.client import S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode, probe
 from streamup.s3.keys import KeyFields
 from streamup.s3.orphans import reap_orphans
+from streamup.s3.parts import PartSchedule
 from streamup.s3.placement import KeyPlanner, Placement, refused_option
 from streamup.settings import Settings
 from streamup.stream.extension import plan_extension, worth_checking
@@ -405,7 +406,8 @@ class Agent:
             return None
         sha = await source.sha256_of_prefix(done.size_bytes)
         there = None if remote is None else (remote.size_bytes, remote.etag)
-        plan = plan_extension(done, remote=there, prefix_sha256=sha)
+        schedule = PartSchedule(self.settings.chunk_size_bytes, self.settings.part_size_fixed)
+        plan = plan_extension(done, schedule, remote=there, prefix_sha256=sha)
         if isinstance(plan, str):
             log.info("stream.not_extended", path=path, key=done.key, reason=plan)
             return None

@@ -44,13 +44,17 @@ def worth_checking(done: CompletedRecord | None, state: FileState) -> bool:
 
 def plan_extension(
     done: CompletedRecord,
+    schedule: PartSchedule,
     *,
     remote: tuple[int, str] | None,
     prefix_sha256: str | None,
 ) -> Extension | str:
-    """The extension, or why the grown file is a new stream instead. `remote` is what HeadObject
-    shows at the completed key (size, ETag; None: no object there), `prefix_sha256` the SHA-256
-    of the file's first `done.size_bytes` now (None: the file is shorter)."""
+    """The extension, or why the grown file is a new stream instead. `schedule` is the new
+    stream's, `remote` what HeadObject shows at the completed key (size, ETag; None: no object
+    there), `prefix_sha256` the SHA-256 of the file's first `done.size_bytes` now (None: the
+    file is shorter)."""
+    if len(copy_spans(done.size_bytes, schedule)) >= MAX_PARTS:
+        return "the completed object needs more parts than S3 allows under this part size"
     if remote is None:
         return "the completed object is gone from its key"
     size_bytes, etag = remote
@@ -69,11 +73,11 @@ def copy_spans(prefix_bytes: int, schedule: PartSchedule) -> tuple[PartSpan, ...
         return ()
     spans: list[PartSpan] = []
     offset, number = 0, 1
-    while offset + schedule.size_of(number) <= prefix_bytes:
+    while number <= MAX_PARTS and offset + schedule.size_of(number) <= prefix_bytes:
         spans.append(PartSpan(number, offset, schedule.size_of(number)))
         offset += schedule.size_of(number)
         number += 1
-    if offset == prefix_bytes:
+    if offset == prefix_bytes or number > MAX_PARTS:  # the latter: refused by plan_extension
         return tuple(spans)
     if not spans:  # shorter than one part of the schedule, but at least 5 MiB
         return (PartSpan(1, 0, prefix_bytes),)

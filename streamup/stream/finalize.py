@@ -167,6 +167,9 @@ async def finish_lost(worker: StreamWorker) -> None:
     parts = contiguous_prefix(worker.parts)
     worker.log.warning("stream.file_lost", parts=len(parts))
     await worker.set_status(Status.PENDING_COMPLETION, end_reason=EndReason.FILE_LOST)
+    extends = worker.record.extends
+    if extends is not None and sum(p.size_bytes for p in parts) <= extends.size_bytes:
+        parts = []  # it would replace the object with no more than it holds: that one stays
     if not parts or worker.record.upload_id is None:
         if worker.record.upload_id is not None:
             key, upload_id = worker.record.key, worker.record.upload_id
