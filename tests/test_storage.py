@@ -242,20 +242,20 @@ async def test_an_extension_replaces_only_the_object_it_was_built_from(
     assert copied.etag.strip('"') == hashlib.md5(old).hexdigest()
     parts = [(1, copied.etag, None), (2, await send(storage, "rec", upload_id, 2, new), None)]
     with pytest.raises(StorageError) as refused:
-        await storage.complete_upload("rec", upload_id, parts, replaces='"0123-1"')
+        await storage.complete_upload("rec", upload_id, parts, replacing='"0123-1"')
     assert refused.value.code == "PreconditionFailed"
     with pytest.raises(StorageError) as not_replacing:
         await storage.complete_upload("rec", upload_id, parts)  # never over an object otherwise
     assert not_replacing.value.code == "PreconditionFailed"
     assert await storage.head_object("rec") == there
-    await storage.complete_upload("rec", upload_id, parts, replaces=there.etag)
+    await storage.complete_upload("rec", upload_id, parts, replacing=there.etag)
     assert await storage.get_bytes("rec", max_bytes=16 * MiB) == old + new
     # The same extension again finds the longer object there, not the one it was built from.
     upload_id = await storage.create_upload("rec", "video/mp4")
     copied = await storage.copy_part("rec", upload_id, 1, "rec", 0, len(old) - 1)
     with pytest.raises(StorageError):
         await storage.complete_upload(
-            "rec", upload_id, [(1, copied.etag, None)], replaces=there.etag
+            "rec", upload_id, [(1, copied.etag, None)], replacing=there.etag
         )
     await storage.abort_upload("rec", upload_id)
     assert await storage.get_bytes("rec", max_bytes=16 * MiB) == old + new

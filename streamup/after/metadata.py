@@ -114,6 +114,10 @@ def build_metadata(
         "audio_codec": probe.audio_codec,
         "bit_rate": probe.bit_rate,
         "parts_reuploaded": stream.reuploaded_parts,
+        # Bytes of the object sent from the file, and bytes the server copied from an object it
+        # held (UploadPartCopy), as the object's parts hold them.
+        "bytes_sent": sum(part.size_bytes for part in ordered if not part.copied),
+        "bytes_copied": sum(part.size_bytes for part in ordered if part.copied),
         "end_reason": stream.end_reason.value,
         # The file vanished while the agent was down: the object holds what was uploaded
         # before, and nothing could check it against the final file.
@@ -122,10 +126,6 @@ def build_metadata(
         # The key S3_KEY_TEMPLATE gave, when another object held it and this one got a
         # numbered key instead; null otherwise.
         "key_collision_of": stream.key_collision_of or None,
-        # Bytes of the object the server copied from an object it held (UploadPartCopy), and
-        # bytes sent from the file (each counted once, as the object's parts hold them).
-        "bytes_copied": sum(part.size_bytes for part in ordered if part.copied),
-        "bytes_sent": sum(part.size_bytes for part in ordered if not part.copied),
         # The file grew after its stream completed: the object at this key was replaced by its
         # longer self, built from it (stream.extension); null for an object made afresh.
         "extended_from": _extended_from(stream),

@@ -342,29 +342,29 @@ class S3Storage:
         upload_id: str,
         etags: list[tuple[int, str, bytes | None]],
         *,
-        replaces: str | None = None,
+        replacing: str | None = None,
     ) -> str:
         """Complete the upload from (number, ETag, CRC32C or None) of every part, never over an
         existing object (`If-None-Match: *` where the server supports it). An existing object
-        raises StorageError code PreconditionFailed. With `replaces` (an ETag), the one exception:
+        raises StorageError code PreconditionFailed. With `replacing` (an ETag), the one exception:
         the object there must be that very object (an extension replacing what it was built from,
         `If-Match` where the server supports it); anything else there, or nothing, is refused the
         same way."""
         # Some servers accept the header on completion and ignore it (Ceph RGW 16 overwrites):
         # a HeadObject first, so that only a completion racing this very instant could.
         there = await self.head_object(key)
-        if replaces is None and there is not None:
+        if replacing is None and there is not None:
             raise StorageError(
                 f"completing {key!r}: PreconditionFailed (an object is there already; it is "
                 "never replaced)", code="PreconditionFailed",
             )  # fmt: skip
-        if replaces is not None and (there is None or etag_hex(there.etag) != etag_hex(replaces)):
+        if replacing is not None and (there is None or etag_hex(there.etag) != etag_hex(replacing)):
             raise StorageError(
-                f"completing {key!r}: PreconditionFailed (the object there is not {replaces},"
+                f"completing {key!r}: PreconditionFailed (the object there is not {replacing},"
                 " the one this upload may replace)", code="PreconditionFailed",
             )  # fmt: skip
         parts = {"Parts": [_completed_part(*part) for part in etags]}
-        condition = {"IfNoneMatch": "*"} if replaces is None else {"IfMatch": replaces}
+        condition = {"IfNoneMatch": "*"} if replacing is None else {"IfMatch": replacing}
         response = await self._about_upload(key, upload_id, lambda: self._exclusive(
             f"completing {key!r}",
             lambda extra: self._client.complete_multipart_upload(

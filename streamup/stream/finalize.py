@@ -74,23 +74,29 @@ async def finalize(worker: StreamWorker) -> bool:
     return True
 
 
-async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
+async def complete(
+    worker: StreamWorker, parts: list[PartRecord], *, replacing: str | None = None
+) -> bool:
     """CompleteMultipartUpload, once, then prove the object is the completion of the parts.
-    A crash mid-way is recognised by the object's digests (`already_completed`)."""
+    A crash mid-way is recognised by the object's digests (`already_completed`). `replacing`:
+    the ETag of the one object at the key the completion may replace."""
     storage = worker.ctx.storage
     key, upload_id = worker.record.key, worker.record.upload_id
     assert upload_id is not None
     with_crc = bool(worker.record.checksum_algorithm)
     etags = [(p.number, p.etag, bytes.fromhex(p.crc32c_hex) if with_crc else None) for p in parts]
     # An extension replaces the object it was built from, and only that one (stream.extension).
-    replaces = None if worker.record.extends is None else worker.record.extends.etag
-    crash_point("before_complete" if replaces is None else "before_replace")
+    extends = worker.record.extends
+    if replacing is None and extends is not None:
+        replacing = extends.etag
+    crash_point("before_complete" if extends is None else "before_replace")
     await worker.check_lease()
     try:
         await worker.persist(
-            lambda: storage.complete_upload(key, upload_id, etags, replaces=replaces), "complete"
+            lambda: storage.complete_upload(key, upload_id, etags, replacing=replacing),
+            "complete",
         )
-        crash_point("after_complete" if replaces is None else "after_replace")
+        crash_point("after_complete" if extends is None else "after_replace")
     except NoSuchUpload:
         if not await already_completed(worker, parts):
             await worker.restart_upload("the upload vanished before it was completed")
