@@ -345,13 +345,8 @@ class Agent:
             relative = relative_key_path(s.watch_dir, path)
             now = utc_now()
             fields = KeyFields(s.s3_key_prefix, stream_id, relative, self.ownership.host, now)
-            extends = await self._extension(path, source, state)
-            done = self.completed.get(path)
-            placement = (
-                await self._place(fields, path, state)
-                if extends is None or done is None
-                else Placement(done.key)
-            )
+            extension = await self._extension(path, source, state)
+            extends, placement = extension or (None, await self._place(fields, path, state))
             if placement is None:
                 source.close()
                 return
@@ -393,9 +388,12 @@ class Agent:
         finally:
             self._starting.discard(path)
 
-    async def _extension(self, path: str, source: SourceFile, state: FileState) -> Extension | None:
-        """A completed file that grew: the extension of its object (stream.extension) when the
-        file still begins with that object and the key still holds it; None: a new stream."""
+    async def _extension(
+        self, path: str, source: SourceFile, state: FileState
+    ) -> tuple[Extension, Placement] | None:
+        """A completed file that grew: the extension of its object (stream.extension) at its key,
+        when the file still begins with that object and the key still holds it; None: a new
+        stream at a new key."""
         done = self.completed.get(path)
         if done is None or not worth_checking(done, state):
             return None
@@ -413,7 +411,7 @@ class Agent:
             return None
         log.info("stream.extending", path=path, key=done.key, from_stream_id=done.stream_id,
                  from_size_bytes=done.size_bytes, size_bytes=state.size_bytes)  # fmt: skip
-        return plan
+        return plan, Placement(done.key)
 
     async def _place(self, fields: KeyFields, path: str, state: FileState) -> Placement | None:
         """The new stream's key (S3_KEY_TEMPLATE, never another object's), or None."""
