@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.agent import (
     AgentProcess,
     MiB,
@@ -45,6 +43,13 @@ def extended_doc(s3: Any, bucket: str, size: int) -> dict[str, Any]:
         return None
 
     return wait_for(found, deadline_s=30, what="the extended object's metadata")
+
+
+def wait_crash(process: AgentProcess, point: str) -> None:
+    proc = process.proc
+    assert proc is not None
+    wait_for(lambda: proc.poll() is not None, deadline_s=30, what=f"the crash at {point}")
+    assert proc.returncode == 137, process.log_text()[-2000:]
 
 
 def open_uploads(s3: Any, bucket: str) -> list[Any]:
@@ -99,25 +104,31 @@ def test_a_completed_file_that_grows_is_extended_in_place_sending_only_new_bytes
     assert runner.stop() == 0
 
 
-@pytest.mark.parametrize("point", ["after_part_copy", "before_replace", "after_replace"])
 def test_a_kill_at_each_step_of_an_extension_ends_in_one_exact_extended_object(
-    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str, point: str
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:
-    first_agent: AgentProcess = agent(STREAM_TIMEOUT_SECONDS="1", STREAMUP_CRASH_AT=point)
+    # One extension, killed at each of its new steps in turn, each restart going one step further.
+    runner: AgentProcess = agent(STREAM_TIMEOUT_SECONDS="1", STREAMUP_CRASH_AT="after_part_copy")
     path, first = first_recording(watch_dir, s3_client, bucket, 6 * MiB)
-    old = s3_client.get_object(Bucket=bucket, Key=first["s3_key_prefix"])["Body"].read()
+    key = first["s3_key_prefix"]
+    old = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
     append(path, 2 * MiB)
-    assert first_agent.proc is not None
-    wait_for(lambda: first_agent.proc.poll() is not None, deadline_s=30, what="the crash")  # type: ignore[union-attr]
-    assert first_agent.proc.returncode == 137, first_agent.log_text()[-2000:]
-    # Killed: the key holds exactly one object, the old one or (after the replacement) the new.
-    body = s3_client.get_object(Bucket=bucket, Key=first["s3_key_prefix"])["Body"].read()
-    assert body == (path.read_bytes() if point == "after_replace" else old)
-    second: AgentProcess = agent(STREAM_TIMEOUT_SECONDS="1")
+    for point, next_point in [
+        ("after_part_copy", "before_replace"), ("before_replace", "after_replace"),
+        ("after_replace", ""),
+    ]:  # fmt: skip
+        wait_crash(runner, point)
+        # Killed: the key holds one object, the completed one until the replacement, then the
+        # extended one; never none, never a second.
+        assert object_keys(s3_client, bucket) == [key, key + ".metadata.json"]
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert body == (path.read_bytes() if point == "after_replace" else old), point
+        runner = agent(STREAM_TIMEOUT_SECONDS="1", STREAMUP_CRASH_AT=next_point)
     doc = extended_doc(s3_client, bucket, 8 * MiB)
-    assert doc["s3_key_prefix"] == first["s3_key_prefix"]
+    assert doc["s3_key_prefix"] == key
     assert_exact(s3_client, bucket, doc, path, tmp_path)
-    assert doc["bytes_copied"] == 6 * MiB
-    assert len(object_keys(s3_client, bucket)) == 2
+    assert (doc["bytes_copied"], doc["bytes_sent"]) == (6 * MiB, 2 * MiB)
+    assert object_keys(s3_client, bucket) == [key, key + ".metadata.json"]
     assert open_uploads(s3_client, bucket) == []
-    assert second.stop() == 0
+    assert runner.events_named("stream.found_completed")  # completed before the last kill
+    assert runner.stop() == 0
