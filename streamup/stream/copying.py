@@ -15,7 +15,7 @@ from streamup.checksums import b64, etag_hex
 from streamup.errors import NoSuchUpload, StorageError
 from streamup.files.source import PartData
 from streamup.s3.client import S3Storage
-from streamup.s3.integrity import Capabilities
+from streamup.s3.integrity import Capabilities, ProofMode
 from streamup.stream.extension import copy_proven
 
 log = structlog.get_logger("streamup")
@@ -44,7 +44,8 @@ async def copy_or_none(
             log.warning("part.copy_refused", key=key, code=exc.code, error=str(exc),
                         action="sending the bytes instead")  # fmt: skip
         return None
-    md5 = data.md5.hex() if data.md5 is not None and caps.etag_is_md5 else None
+    # Compared as an upload's ETag is (worker._upload_proven): only where the ETag is the proof.
+    md5 = data.md5.hex() if data.md5 is not None and caps.mode is ProofMode.ETAG else None
     reason = copy_proven(
         etag_hex=etag_hex(copied.etag), crc32c_b64=copied.crc32c, md5_hex=md5,
         local_crc32c_b64=b64(data.crc32c),
