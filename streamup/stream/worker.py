@@ -210,8 +210,7 @@ class StreamWorker:
         await self.keep_part(part)
         self.read_marks[span.number] = data.read_at
         metrics.PART_SECONDS.observe(self.ctx.clock() - started)
-        if not copied:
-            metrics.BYTES_UPLOADED.inc(span.size_bytes)
+        (metrics.BYTES_COPIED if copied else metrics.BYTES_UPLOADED).inc(span.size_bytes)
         metrics.PARTS_UPLOADED.inc()
         self.log.debug("part.uploaded", part=span.number, size_bytes=span.size_bytes)
         if span.number == PART_COUNT_WARNING:
