@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from streamup.checksums import b64, etag_hex
 from streamup.errors import NoSuchUpload, StorageError
+from streamup.s3.body import PartBody
 from streamup.s3.object_options import ObjectOptions, encode_tags
 
 T = TypeVar("T")
@@ -292,7 +293,8 @@ class S3Storage:
         response = await self._about_upload(key, upload_id, lambda: self._call(
             f"uploading part {number} of {key!r}",
             lambda: self._client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                Body=PartBody(body),
                 **extra,
             ),
         ))  # fmt: skip

@@ -8,6 +8,7 @@ then equals the file as it is now, byte for byte, and the SHA-256 of the whole c
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
@@ -68,9 +69,15 @@ async def finalize(worker: StreamWorker) -> bool:
     worker.log.info(
         "stream.verified", size_bytes=state.size_bytes, parts=len(parts), reuploaded=reuploaded
     )
-    if not await complete(worker, parts):
-        return False
-    await write_metadata(worker)
+    # ffprobe reads the verified file while the server builds the object (for moto, seconds
+    # that grow with the object): the metadata is ready to go up when the object is.
+    probing = asyncio.ensure_future(probe_source(worker))
+    try:
+        if not await complete(worker, parts):
+            return False
+        await write_metadata(worker, probing)
+    finally:
+        probing.cancel()  # ffprobe is killed if the stream went back to growing
     return True
 
 
@@ -193,14 +200,17 @@ async def finish_lost(worker: StreamWorker) -> None:
         await finish(worker, Status.ABORTED_NO_PARTS)
 
 
-async def write_metadata(worker: StreamWorker) -> None:
+async def write_metadata(
+    worker: StreamWorker, probing: asyncio.Future[ProbeResult] | None = None
+) -> None:
     """Probe, build and upload the metadata JSON; the stream is `completed` only after that.
 
     ffprobe never fails a stream (a bad probe gives `duration_seconds: null`), and a failure here
     leaves a status that is retried without completing the multipart upload a second time.
+    `probing`: the probe of the verified file, already under way.
     """
     crash_point("before_metadata")
-    probe = await probe_source(worker)
+    probe = await (probing if probing is not None else probe_source(worker))
     if probe.error:
         worker.log.warning("stream.probe_failed", error=probe.error)
     parts = [worker.parts[n] for n in sorted(worker.parts)]
