@@ -37,7 +37,8 @@ async def copy_or_none(
     except NoSuchUpload:
         raise
     except StorageError as exc:
-        if exc.retryable:
+        # 501 NotImplemented is a server without UploadPartCopy, not weather: never retried.
+        if exc.retryable and exc.code not in ("NotImplemented", "501"):
             raise
         if exc.code not in _REFUSED_NOTED:
             _REFUSED_NOTED.add(exc.code)
