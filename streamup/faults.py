@@ -28,6 +28,10 @@ POINTS = (
     "before_local_move",
     "after_local_copy",
     "after_local_unlink",  # the file is gone from WATCH_DIR; its record and event not yet written
+    # an extension (a completed file that grew; its copied parts pass after_part_copy too): the
+    # completed object about to be replaced by its longer self; replaced, not checkpointed
+    "before_replace",
+    "after_replace",
 )
 
 

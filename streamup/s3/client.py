@@ -23,7 +23,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from streamup.checksums import b64
+from streamup.checksums import b64, etag_hex
 from streamup.errors import NoSuchUpload, StorageError
 from streamup.s3.body import PartBody
 from streamup.s3.object_options import ObjectOptions, encode_tags
@@ -92,10 +92,6 @@ class RemoteObject:
     etag: str
     crc32c: str | None = None
     checksum_type: str | None = None
-
-
-def _same_etag(there: RemoteObject | None, etag: str) -> bool:
-    return there is not None and there.etag.strip('"') == etag.strip('"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,42 +350,49 @@ class S3Storage:
     ) -> str:
         """Complete the upload from (number, ETag, CRC32C or None) of every part, never over an
         existing object (`If-None-Match: *` where the server supports it). An existing object
-        raises StorageError code PreconditionFailed. `replacing`: the ETag of the one object
-        this completion may replace (the agent's own temporary object at the key), and only it."""
+        raises StorageError code PreconditionFailed. With `replacing` (an ETag), the one exception:
+        the object there must be that very object (an extension replacing what it was built from,
+        a faststart rebuild its temporary object; `If-Match` where the server supports it);
+        anything else there, or nothing, is refused the same way."""
         # Some servers accept the header on completion and ignore it (Ceph RGW 16 overwrites):
         # a HeadObject first, so that only a completion racing this very instant could.
         there = await self.head_object(key)
-        if there is not None if replacing is None else not _same_etag(there, replacing):
+        if replacing is None and there is not None:
             raise StorageError(
-                f"completing {key!r}: PreconditionFailed (an object is there already, or not the"
-                " one to replace; another is never replaced)", code="PreconditionFailed",
+                f"completing {key!r}: PreconditionFailed (an object is there already; it is "
+                "never replaced)", code="PreconditionFailed",
+            )  # fmt: skip
+        if replacing is not None and (there is None or etag_hex(there.etag) != etag_hex(replacing)):
+            raise StorageError(
+                f"completing {key!r}: PreconditionFailed (the object there is not {replacing},"
+                " the one this upload may replace)", code="PreconditionFailed",
             )  # fmt: skip
         parts = {"Parts": [_completed_part(*part) for part in etags]}
-        if replacing is not None:
-            response = await self._about_upload(key, upload_id, lambda: self._call(
-                f"completing {key!r} over its temporary object",
-                lambda: self._client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=parts
-                ),
-            ))  # fmt: skip
-            return str(response.get("ETag", ""))
+        condition = {"IfNoneMatch": "*"} if replacing is None else {"IfMatch": replacing}
         response = await self._about_upload(key, upload_id, lambda: self._exclusive(
             f"completing {key!r}",
             lambda extra: self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=parts, **extra
             ),
+            condition,
         ))  # fmt: skip
         return str(response.get("ETag", ""))
 
-    async def _exclusive(self, what: str, call: Callable[[dict[str, str]], Awaitable[T]]) -> T:
-        """Make a write conditional on the key being free, if the server knows how.
+    async def _exclusive(
+        self,
+        what: str,
+        call: Callable[[dict[str, str]], Awaitable[T]],
+        condition: dict[str, str] | None = None,
+    ) -> T:
+        """Make a write conditional on the key being free (or on `condition`), if the server
+        knows how.
 
         Servers without conditional writes answer NotImplemented (or reject the header); then the
         write goes ahead without it and the lease alone protects the object.
         """
         if self.conditional_writes:
             try:
-                return await self._call(what, lambda: call({"IfNoneMatch": "*"}))
+                return await self._call(what, lambda: call(condition or {"IfNoneMatch": "*"}))
             except StorageError as exc:
                 if exc.code not in ("NotImplemented", "501", "InvalidArgument", "InvalidRequest"):
                     raise

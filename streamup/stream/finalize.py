@@ -102,20 +102,25 @@ async def complete(
 ) -> bool:
     """CompleteMultipartUpload, once, then prove the object is the completion of the parts.
     A crash mid-way is recognised by the object's digests (`already_completed`). `replacing`:
-    the ETag of the stream's own temporary object at the key (stream.rebuild), replaced."""
+    the ETag of the one object at the key the completion may replace: the stream's own temporary
+    object (stream.rebuild), or the object an extension was built from (stream.extension)."""
     storage = worker.ctx.storage
     key, upload_id = worker.record.key, worker.record.upload_id
     assert upload_id is not None
     with_crc = bool(worker.record.checksum_algorithm)
     etags = [(p.number, p.etag, bytes.fromhex(p.crc32c_hex) if with_crc else None) for p in parts]
-    crash_point("before_complete")
+    # An extension replaces the object it was built from, and only that one (stream.extension).
+    extends = worker.record.extends
+    if replacing is None and extends is not None:
+        replacing = extends.etag
+    crash_point("before_complete" if extends is None else "before_replace")
     await worker.check_lease()
     try:
         await worker.persist(
             lambda: storage.complete_upload(key, upload_id, etags, replacing=replacing),
             "complete",
         )
-        crash_point("after_complete")
+        crash_point("after_complete" if extends is None else "after_replace")
     except NoSuchUpload:
         if not await already_completed(worker, parts):
             await worker.restart_upload("the upload vanished before it was completed")
@@ -194,6 +199,9 @@ async def finish_lost(worker: StreamWorker) -> None:
     parts = contiguous_prefix(worker.parts)
     worker.log.warning("stream.file_lost", parts=len(parts))
     await worker.set_status(Status.PENDING_COMPLETION, end_reason=EndReason.FILE_LOST)
+    extends = worker.record.extends
+    if extends is not None and sum(p.size_bytes for p in parts) <= extends.size_bytes:
+        parts = []  # it would replace the object with no more than it holds: that one stays
     if not parts or worker.record.upload_id is None:
         if worker.record.upload_id is not None:
             key, upload_id = worker.record.key, worker.record.upload_id
@@ -240,6 +248,8 @@ async def write_metadata(
         worker.log.error("stream.failed", status="failed_metadata_generation", error=str(exc))
         return
     body, key = encode_metadata(doc), metadata_key(worker.record.key)
+    # An extension's object replaced the one this document described: it is rewritten.
+    extended = worker.record.extends
     storage, options = worker.ctx.storage, worker.ctx.object_options
     await worker.check_lease()
     try:
@@ -247,7 +257,7 @@ async def write_metadata(
         try:
             await worker.persist(
                 lambda: storage.put_bytes(
-                    key, body, "application/json", exclusive=True, options=options
+                    key, body, "application/json", exclusive=extended is None, options=options
                 ),
                 "metadata",
             )
@@ -342,6 +352,7 @@ async def finish(
             mtime_ns=record.mtime_ns,
             completed_at=record.completed_at or utc_now(),
             end_reason=record.end_reason,
+            extensions=0 if record.extends is None else record.extends.count,
         ),
     )
     event = stream_event(record, metadata, host=worker.ctx.agent_host, created_at=utc_now())

@@ -117,7 +117,7 @@ async def _plan(worker: StreamWorker) -> Rebuild | None:
             elif not found:
                 return None  # the first old part is not where a shift puts it: no faststart
         source_offset += part.size_bytes
-    pieces = plan_pieces(found, state.size_bytes, worker.schedule.base_bytes)
+    pieces = plan_pieces(found, state.size_bytes, worker.record.part_size_bytes)
     if pieces is None:
         return None
     md5s = [p.md5_hex for p in stale]

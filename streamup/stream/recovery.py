@@ -67,7 +67,14 @@ async def _adopt(worker: StreamWorker, number: int, etag: str, size_bytes: int) 
     md5_hex, crc32c_hex = digests
     await worker.keep_part(
         PartRecord(
-            number, span.offset_bytes, size_bytes, etag, md5_hex, utc_now(), crc32c_hex=crc32c_hex
+            number,
+            span.offset_bytes,
+            size_bytes,
+            etag,
+            md5_hex,
+            utc_now(),
+            crc32c_hex=crc32c_hex,
+            copied=worker.is_copy(number),
         )
     )
     return True

@@ -31,7 +31,15 @@ from streamup.retry import Backoff, retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
 from streamup.s3.object_options import ObjectOptions
-from streamup.s3.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
+from streamup.s3.parts import (
+    PART_COUNT_WARNING,
+    Layout,
+    PartSchedule,
+    PartSpan,
+    whole_parts_ready,
+)
+from streamup.stream.copying import copy_or_none
+from streamup.stream.extension import ExtendedLayout
 from streamup.stream.lifecycle import (
     Activity,
     check_transition,
@@ -88,7 +96,11 @@ class StreamWorker:
         self.record = record
         self.parts = parts
         self.source = source
-        self.schedule = PartSchedule(record.part_size_bytes, record.part_size_fixed)
+        schedule = PartSchedule(record.part_size_bytes, record.part_size_fixed)
+        # An extension's first parts are copied from the completed object (stream.extension).
+        self.schedule: Layout = (
+            schedule if record.extends is None else ExtendedLayout.of(record.extends, schedule)
+        )
         self.stalled = False
         self.last_error: str | None = None
         self._wake = asyncio.Event()
@@ -186,19 +198,29 @@ class StreamWorker:
         span = data.span
         started = self.ctx.clock()
         etag = await self.persist(
-            lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
+            lambda: self._copy_proven(upload_id, data), f"copy part {span.number}"
+        ) if self.is_copy(span.number) else None  # fmt: skip
+        copied = etag is not None
+        if etag is None:
+            etag = await self.persist(
+                lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
+            )
+        crash_point("after_part_copy" if copied else "after_part_upload")
+        record, size = self.record, span.size_bytes
+        self.record = (
+            record.evolve(bytes_copied=record.bytes_copied + size)
+            if copied
+            else record.evolve(bytes_sent=record.bytes_sent + size)
         )
-        crash_point("after_part_upload")
-        self.record = self.record.evolve(bytes_sent=self.record.bytes_sent + span.size_bytes)
         part = PartRecord(
             span.number, span.offset_bytes, span.size_bytes, etag,
             data.md5.hex() if data.md5 is not None else "", utc_now(),
-            crc32c_hex=data.crc32c.hex(),
+            crc32c_hex=data.crc32c.hex(), copied=copied,
         )  # fmt: skip
         await self.keep_part(part)
         self.read_marks[span.number] = data.read_at
         metrics.PART_SECONDS.observe(self.ctx.clock() - started)
-        metrics.BYTES_UPLOADED.inc(span.size_bytes)
+        (metrics.BYTES_COPIED if copied else metrics.BYTES_UPLOADED).inc(span.size_bytes)
         metrics.PARTS_UPLOADED.inc()
         self.log.debug("part.uploaded", part=span.number, size_bytes=span.size_bytes)
         if span.number == PART_COUNT_WARNING:
@@ -208,6 +230,15 @@ class StreamWorker:
                 hint="S3 allows 10,000 parts; raise CHUNK_SIZE_BYTES or unset PART_SIZE_FIXED",
             )
         return part
+
+    def is_copy(self, number: int) -> bool:
+        """Part `number` is made by the server from the object this stream extends."""
+        return isinstance(self.schedule, ExtendedLayout) and self.schedule.is_copy(number)
+
+    async def _copy_proven(self, upload_id: str, data: PartData) -> str | None:
+        return await copy_or_none(
+            self.ctx.storage, self.record.key, upload_id, data, self.ctx.integrity
+        )
 
     async def _upload_proven(self, upload_id: str, data: PartData) -> str:
         number = data.span.number
