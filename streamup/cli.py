@@ -15,7 +15,7 @@ import structlog
 
 from streamup import __version__
 from streamup.errors import ConfigError, StreamupError
-from streamup.memory import pin_mmap_threshold, raise_open_file_limit
+from streamup.memory import raise_open_file_limit, tune_malloc
 from streamup.ops.systemd import supervise
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     from streamup.settings import load_settings
 
     settings = load_settings(_overrides(args))
-    pin_mmap_threshold()
+    tune_malloc()
     raise_open_file_limit()
     console = None
     if sys.stderr.isatty():

@@ -20,7 +20,8 @@ BASE = {
 # Pure modules every room may import too.
 PURE = {
     "s3.parts", "s3.keys", "s3.object_options", "stream.lifecycle", "after.metadata",
-    "after.events", "after.schedule", "after.lifecycle",
+    "after.events", "after.schedule", "after.lifecycle", "s3.rebuild_plan", "files.container",
+    "stream.extension",
 }  # fmt: skip
 
 # room -> the rooms it may import besides the base, itself and the pure modules.

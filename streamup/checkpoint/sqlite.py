@@ -197,8 +197,8 @@ class SqliteStore:
 
     async def load_parts(self, stream_id: str) -> dict[int, PartRecord]:
         sql = (
-            "SELECT number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex"
-            " FROM parts"
+            "SELECT number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex,"
+            " copied FROM parts"
             " WHERE stream_id = ? ORDER BY number"
         )
         rows = await self._call(lambda conn: conn.execute(sql, (stream_id,)).fetchall())
@@ -452,10 +452,10 @@ def _completed_row(record: CompletedRecord) -> dict[str, str | int]:
 def _insert_part(conn: sqlite3.Connection, stream_id: str, part: PartRecord) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO parts (stream_id, number, offset_bytes, size_bytes, etag,"
-        " md5_hex, uploaded_at, crc32c_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " md5_hex, uploaded_at, crc32c_hex, copied) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             stream_id, part.number, part.offset_bytes, part.size_bytes, part.etag,
-            part.md5_hex, iso(part.uploaded_at), part.crc32c_hex,
+            part.md5_hex, iso(part.uploaded_at), part.crc32c_hex, int(part.copied),
         ),
     )  # fmt: skip
 
@@ -488,4 +488,5 @@ def _part_from_row(stream_id: str, row: sqlite3.Row) -> PartRecord:
         md5_hex=row["md5_hex"],
         uploaded_at=uploaded_at,
         crc32c_hex=row["crc32c_hex"],
+        copied=bool(row["copied"]),
     )

@@ -10,6 +10,11 @@ was read (the file's last change is older than the read, on a local filesystem:
 `lifecycle.unchanged_since_read`) and the running SHA-256 took in those very bytes. Other parts
 are re-read and compared by CRC32C; from the first part that changed (or that the running hash
 did not take in), the SHA-256 continues from its state before that part.
+
+The reads run ahead of the comparison (READ_AHEAD parts, each in a thread that also computes its
+CRC32C), so both cores read while the parts are compared in order. A read ahead holds a part slot;
+before the pass waits for a slot of its own (a part it did not read ahead), it gives back every
+slot it holds ahead, so passes of several streams can never hold each other's slots.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from streamup.s3.integrity import Proof, ProofMode, part_proof
 from streamup.s3.parts import PartSpan, final_layout
 from streamup.stream.lifecycle import unchanged_since_read
 from streamup.stream.worker import StreamWorker
+
+READ_AHEAD = 2
 
 
 class EndCheck:
@@ -51,8 +58,7 @@ class EndCheck:
         layout = final_layout(worker.schedule, before.size_bytes) or [PartSpan(1, 0, 0)]
         await worker.drop_parts_past_end(before.size_bytes)
         try:
-            for span in layout:
-                await self._check(span)
+            await self._pass(layout)
             for finished in asyncio.as_completed(list(self._sends)):
                 await finished
             self._sends = set()
@@ -70,6 +76,39 @@ class EndCheck:
         )
         parts = [worker.parts[s.number] for s in layout]
         return parts, await whole.hexdigest(), self.reuploaded
+
+    async def _pass(self, layout: list[PartSpan]) -> None:
+        """Check every span in order, reading up to READ_AHEAD parts ahead."""
+        ahead = min(READ_AHEAD, self.worker.ctx.window - 1)
+        self._ahead: dict[int, asyncio.Future[PartData]] = {}
+        try:
+            for index, span in enumerate(layout):
+                read = self._ahead.pop(span.number, None)
+                if read is None and not self._skippable(span, self._known(span)):
+                    await self._give_back_reads_ahead()
+                    read = self._start_read(span)  # first in line for a slot
+                for later in layout[index + 1 : index + 1 + ahead]:
+                    if later.number not in self._ahead and not self._skippable(
+                        later, self._known(later)
+                    ):  # a part skipped now may still be read in its turn, once rehashing
+                        self._ahead[later.number] = self._start_read(later)
+                await self._check(span, read)
+        finally:
+            await self._give_back_reads_ahead()
+
+    def _start_read(self, span: PartSpan) -> asyncio.Future[PartData]:
+        known = self._known(span)
+        legacy = known is not None and not known.crc32c_hex
+        return asyncio.ensure_future(self._read_holding_slot(span, legacy=legacy))
+
+    async def _give_back_reads_ahead(self) -> None:
+        """Cancel the reads ahead; the slot of every one that had finished goes back."""
+        reads, self._ahead = list(self._ahead.values()), {}
+        for read in reads:
+            read.cancel()
+        for outcome in await asyncio.gather(*reads, return_exceptions=True):
+            if isinstance(outcome, PartData):
+                self.worker.ctx.part_slots.release()
 
     def _known(self, span: PartSpan) -> PartRecord | None:
         known = self.worker.parts.get(span.number)
@@ -94,15 +133,14 @@ class EndCheck:
             and unchanged_since_read(mark, self._ctime, self._now, local=self.source.local)
         )
 
-    async def _check(self, span: PartSpan) -> None:
+    async def _check(self, span: PartSpan, read: asyncio.Future[PartData] | None) -> None:
+        """Compare one part with the file, as `read`; None: it provably has not changed."""
         worker = self.worker
         known = self._known(span)
-        if self._skippable(span, known):
+        if read is None:
             self.skipped_bytes += span.size_bytes
             return
-        data = await self._read_holding_slot(
-            span, legacy=known is not None and not known.crc32c_hex
-        )
+        data = await read
         unchanged = known is not None and _same_bytes(known, data)
         covered = unchanged and known is not None and worker.hash.covers(span, known.crc32c_hex)
         if self.rehash is None and not covered:
