@@ -32,6 +32,9 @@ POINTS = (
     # completed object about to be replaced by its longer self; replaced, not checkpointed
     "before_replace",
     "after_replace",
+    # a checkpoint store that lost a stream (stream.forgotten): its record written back, its
+    # parts not yet
+    "after_restored_record",
 )
 
 

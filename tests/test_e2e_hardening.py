@@ -29,6 +29,7 @@ from tests.agent import (
     object_keys,
     wait_for,
     wait_metadata,
+    write_slowly,
 )
 from tests.proxy import FaultProxy
 from tests.servers import free_port
@@ -195,6 +196,33 @@ def test_a_store_that_lost_the_stream_is_written_back_and_the_same_upload_goes_o
     assert process.stop() == 0
     if store == "sqlite":  # the new file holds the completion: a restart would not send again
         assert str(target) in asyncio.run(_completed_paths(tmp_path / "state"))
+
+
+def test_a_kill_while_a_lost_stream_is_written_back_resumes_without_resending(
+    agent: Any, redis_url: str, proxy: FaultProxy, watch_dir: Path, tmp_path: Path,
+    s3_client: Any, bucket: str,
+) -> None:  # fmt: skip
+    target = watch_dir / "rewritten.mp4"
+    env = {"REDIS_URL": redis_url, "S3_ENDPOINT_URL": proxy.url}
+    first: AgentProcess = agent(STREAMUP_CRASH_AT="after_restored_record", **env)
+    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
+    with target.open("wb") as handle:
+        write_slowly(handle, total_bytes=5 * MiB + 100, rate_bytes_s=8 * MiB)
+        wait_for(lambda: first.events_named("part.uploaded"), deadline_s=20, what="a part")
+        redis_sync.Redis.from_url(redis_url).flushall()
+        write_slowly(handle, total_bytes=5 * MiB, rate_bytes_s=8 * MiB)  # part 2: fenced out
+        assert first.proc is not None
+        first.proc.wait(30)  # died at the crash point, the record written back, no part yet
+        assert first.events_named("test.crash")
+        second: AgentProcess = agent(**env)
+        wait_for(lambda: second.events_named("stream.resuming"), deadline_s=30, what="resume")
+        handle.write(os.urandom(1 * MiB))
+    doc = wait_metadata(s3_client, bucket, "rewritten.mp4", deadline_s=60)
+    assert_exact(s3_client, bucket, doc, target, tmp_path)
+    assert proxy.bytes_up / target.stat().st_size <= 1.1
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert len(object_keys(s3_client, bucket)) == 2
+    assert second.stop() == 0
 
 
 async def _completed_paths(state_dir: Path) -> set[str]:
