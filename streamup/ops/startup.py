@@ -27,6 +27,14 @@ def happened(exc: StreamupError, endpoint: str, store: str) -> str:
     return f"the {store} checkpoint store is not available ({exc})"
 
 
+def _kind(exc: StreamupError, what: str) -> str:
+    """The episode a failure belongs to: a busy server alternating 500 and 503 is one episode;
+    refusing the connection, then answering 503, is two."""
+    if isinstance(exc, StorageError) and exc.happened.startswith("answered "):
+        return "answered"
+    return what
+
+
 class StartupWait:
     """The start-up's waiting episodes: one log line each, and the last error for the exit."""
 
@@ -67,9 +75,7 @@ class StartupWait:
             self.attempts += 1
             if self._since is None:
                 self._since = time.monotonic()
-            # A busy server alternating 500 and 503 is one episode; refusing, then answering is two.
-            episode = (step, "answered" if isinstance(exc, StorageError) and " answered " in
-                       f" {exc.happened}" else what)  # fmt: skip
+            episode = (step, _kind(exc, what))
             if self._episode != episode:
                 self._episode = episode
                 log.warning(
