@@ -218,6 +218,7 @@ class AgentSnapshot:
     streams: tuple[StreamView, ...]
     integrity: dict[str, object] | None = None  # what the S3 endpoint proves (s3.integrity)
     disk: dict[str, object] | None = None  # WATCH_DIR's free space and the local files' state
+    bandwidth: dict[str, object] | None = None  # BANDWIDTH_LIMIT now and its next change
 
 
 @dataclass(frozen=True, slots=True)

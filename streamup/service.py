@@ -8,6 +8,7 @@ import errno
 import os
 import uuid
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -34,10 +35,12 @@ from streamup.models import (
 from streamup.ops.http import serve_http
 from streamup.ops.report import agent_document
 from streamup.retry import retrying
+from streamup.s3.bandwidth import describe as describe_bandwidth
 from streamup.s3.client import S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode, probe
 from streamup.s3.keys import KeyFields
 from streamup.s3.orphans import reap_orphans
+from streamup.s3.pacing import Pacer, PrioritySlots
 from streamup.s3.placement import KeyPlanner, Placement, refused_option
 from streamup.settings import Settings
 from streamup.stream.finalize import finalize, finish_lost, write_metadata
@@ -91,10 +94,15 @@ class Agent:
         self.store = store or make_store(settings)
         self.storage = storage or make_storage(settings)
         self.stopping = asyncio.Event()
+        pacer = Pacer(settings.bandwidth) if settings.bandwidth.limited else None
         self.ctx = StreamContext(
             storage=self.storage,
             store=self.store,
-            part_slots=asyncio.Semaphore(settings.upload_concurrency),
+            part_slots=PrioritySlots(
+                settings.upload_concurrency,
+                keep_one_for_live=lambda: pacer is not None and pacer.rate is not None,
+            ),
+            pacer=pacer,
             window=settings.upload_concurrency,
             timeout_s=settings.stream_timeout_seconds,
             stopping=self.stopping,
@@ -268,6 +276,8 @@ class Agent:
         tasks = list(self.tasks.values())
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+            if late and self.ctx.pacer is not None:
+                self.ctx.pacer.stop()  # paced parts would outlast the grace: left for resume
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -566,6 +576,7 @@ class Agent:
             watch_dir=str(self.settings.watch_dir),
             integrity=self.ctx.integrity.describe(),
             disk=self.local.view(),
+            bandwidth=describe_bandwidth(self.settings.bandwidth, datetime.now()),
             streams=tuple(
                 StreamView(w.record, len(w.parts), w.stalled, w.last_error)
                 for w in self.workers.values()

@@ -6,6 +6,7 @@ connect gets ECONNREFUSED); `restore()` listens again on the same port. `flip_by
 flips one byte in the body of the next UploadPart of part `n` (the HTTP requests going up are
 framed by their Content-Length, so keep-alive connections work too). `before_forward`, when
 set, sees every block the agent sends before S3 does (to act on S3 at a precise request).
+`sent` records when each block went up (monotonic time, bytes): the rate seen on the wire.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from tests.servers import free_port
@@ -25,6 +27,7 @@ class FaultProxy:
         self.target = (host, int(port))
         self.port = free_port()
         self.bytes_up = 0  # agent -> S3: what the agent sent
+        self.sent: list[tuple[float, int]] = []  # (monotonic time, bytes) of each block up
         self.content_md5_headers = 0  # requests that carried an integrity header
         self.before_forward: Callable[[bytes], None] | None = None
         self._lock = threading.Lock()
@@ -63,6 +66,11 @@ class FaultProxy:
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
+    def bytes_sent_between(self, start: float, end: float) -> int:
+        """Bytes the agent sent up in the monotonic interval [start, end)."""
+        with self._lock:
+            return sum(n for at, n in self.sent if start <= at < end)
+
     def flip_byte_of_part(self, number: int) -> None:
         """Damage the body of the next UploadPart of part `number` (one byte, once)."""
         with self._lock:
@@ -75,6 +83,7 @@ class FaultProxy:
                 if framer is not None:
                     with self._lock:
                         self.bytes_up += len(data)
+                        self.sent.append((time.monotonic(), len(data)))
                         self.content_md5_headers += data.lower().count(b"\r\ncontent-md5: ")
                     if self.before_forward is not None:
                         self.before_forward(data)

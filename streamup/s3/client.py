@@ -27,6 +27,7 @@ from streamup.checksums import b64
 from streamup.errors import NoSuchUpload, StorageError
 from streamup.s3.body import PartBody
 from streamup.s3.object_options import ObjectOptions, encode_tags
+from streamup.s3.pacing import PacedBody
 
 T = TypeVar("T")
 
@@ -279,12 +280,13 @@ class S3Storage:
         key: str,
         upload_id: str,
         number: int,
-        body: bytes,
+        body: bytes | PacedBody,
         *,
         crc32c: bytes | None = None,
         md5: bytes | None = None,
     ) -> str:
-        """Send one part with the checksums given (raw digests). Returns the part's ETag."""
+        """Send one part with the checksums given (raw digests), of exactly these bytes (paced
+        while sent, s3.pacing, under BANDWIDTH_LIMIT). Returns the part's ETag."""
         extra = {}
         if crc32c is not None:
             extra["ChecksumCRC32C"] = b64(crc32c)

@@ -1,0 +1,223 @@
+"""Upload pacing: part slots served by priority, and BANDWIDTH_LIMIT's shared token bucket.
+
+A paced part is not sent in one burst followed by a pause: its body is an async iterable of
+small slices, and each slice waits for its bytes in one bucket shared by every part in flight,
+so the line sees a smooth stream at the limit (and the server's timeouts see bytes flowing).
+aiohttp sends an async iterable as it is produced; botocore takes the Content-Length from
+`len()` (the CRC32C and MD5 headers were computed from the same bytes before), and with its own
+retries off it never re-reads a body: each attempt of the agent's retry loop builds a new one.
+
+With BANDWIDTH_LIMIT=off there is no pacer at all, and a part's body is the bytes themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+
+import structlog
+
+from streamup import metrics
+from streamup.errors import StorageError
+from streamup.s3.bandwidth import Rate, Timetable, format_rate
+from streamup.s3.priority import Priority, grant, streak_after
+
+log = structlog.get_logger("streamup")
+
+STOPPED_MESSAGE = "the agent is stopping: the part is sent again at the next start"
+# How often the timetable is looked at: a change lands within this of its minute.
+CHECK_INTERVAL_S = 1.0
+# A slice is about this much of a second at the rate (smooth), within the bounds below.
+SLICE_FRACTION = 1 / 16
+MIN_SLICE_BYTES = 4 * 1024
+MAX_SLICE_BYTES = 256 * 1024
+
+
+class PrioritySlots:
+    """A semaphore whose waiters are served by s3.priority's rule instead of first come."""
+
+    def __init__(self, total: int, *, keep_one_for_live: Callable[[], bool] | None = None) -> None:
+        self.total = total
+        self._free = total
+        self._waiting: dict[Priority, deque[asyncio.Future[None]]] = {p: deque() for p in Priority}
+        self._streak = 0
+        self._keep_one = keep_one_for_live or (lambda: False)
+
+    async def acquire(self, priority: Priority = Priority.BACKLOG) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[priority].append(future)
+        self._dispatch()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # granted, but the waiter is gone: the slot goes on
+            else:
+                self._waiting[priority].remove(future)
+            raise
+
+    def release(self) -> None:
+        self._free += 1
+        self._dispatch()
+
+    def holding(self, priority: Priority) -> _Held:
+        """`async with slots.holding(priority):` one slot for the block."""
+        return _Held(self, priority)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.release()
+
+    def _dispatch(self) -> None:
+        while True:
+            for queue in self._waiting.values():
+                while queue and queue[0].done():  # cancelled while waiting
+                    queue.popleft()
+            chosen = grant(
+                free=self._free, total=self.total,
+                live_waiting=bool(self._waiting[Priority.LIVE]),
+                backlog_waiting=bool(self._waiting[Priority.BACKLOG]),
+                live_streak=self._streak, keep_one_for_live=self._keep_one(),
+            )  # fmt: skip
+            if chosen is None:
+                return
+            self._free -= 1
+            self._streak = streak_after(chosen, self._streak)
+            self._waiting[chosen].popleft().set_result(None)
+
+
+class _Held:
+    def __init__(self, slots: PrioritySlots, priority: Priority) -> None:
+        self.slots, self.priority = slots, priority
+
+    async def __aenter__(self) -> None:
+        await self.slots.acquire(self.priority)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.slots.release()
+
+
+class Pacer:
+    """BANDWIDTH_LIMIT for every part upload together: a token bucket whose rate follows the
+    timetable, handing out bytes to parts in flight by priority."""
+
+    def __init__(
+        self,
+        timetable: Timetable,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.timetable = timetable
+        self._clock, self._wall = clock, wall
+        self._turn = PrioritySlots(1)  # one slice at a time takes its bytes
+        self._tokens = 0.0
+        self._stopped = asyncio.Event()
+        self._checked_at = clock()
+        self._rate: Rate = None
+        self._switch(timetable.rate_at(wall()), self._checked_at)
+
+    @property
+    def rate(self) -> Rate:
+        """The limit in force now (None: no limit), as of the last look at the timetable."""
+        return self._rate
+
+    def next_change(self) -> tuple[datetime, Rate] | None:
+        change = self.timetable.next_change(self._wall())
+        return None if change is None else (change.at, change.rate)
+
+    def refresh(self) -> Rate:
+        """Look at the timetable (at most every CHECK_INTERVAL_S); log and count a change."""
+        now = self._clock()
+        if now - self._checked_at < CHECK_INTERVAL_S:
+            return self._rate
+        self._checked_at = now
+        rate = self.timetable.rate_at(self._wall())
+        if rate != self._rate:
+            self._switch(rate, now)
+        return rate
+
+    def _switch(self, rate: Rate, now: float) -> None:
+        self._rate, self._tokens, self._stamp = rate, 0.0, now
+        metrics.BANDWIDTH_LIMIT.set(rate or 0)
+        change = self.next_change()
+        log.info(
+            "bandwidth.limit",
+            limit=format_rate(rate),
+            bytes_per_second=rate or 0,
+            next_change_at=change[0].isoformat(timespec="minutes") if change else None,
+            next_limit=format_rate(change[1]) if change else None,
+        )
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def stop(self) -> None:
+        """The shutdown grace is over: paced parts still in flight fail now (unacknowledged,
+        they are not checkpointed and go again at the next start) instead of holding the exit."""
+        self._stopped.set()
+
+    def _check_stopped(self) -> None:
+        if self._stopped.is_set():
+            raise StorageError(STOPPED_MESSAGE, code="Stopping")
+
+    def body(self, data: bytes, priority: Priority) -> bytes | PacedBody:
+        """What to hand botocore for a part: the bytes themselves while there is no limit."""
+        self._check_stopped()
+        if self.refresh() is None:
+            return data
+        return PacedBody(self, data, priority)
+
+    def slice_bytes(self) -> int:
+        rate = self._rate or MAX_SLICE_BYTES
+        return max(MIN_SLICE_BYTES, min(MAX_SLICE_BYTES, int(rate * SLICE_FRACTION)))
+
+    async def take(self, nbytes: int, priority: Priority) -> None:
+        """Wait until `nbytes` may go on the line (at once while the limit is off)."""
+        async with self._turn.holding(priority):
+            while (rate := self.refresh()) is not None:
+                self._check_stopped()
+                now = self._clock()
+                # The bucket holds at most one slice: an idle line earns no burst.
+                self._tokens = min(nbytes, self._tokens + (now - self._stamp) * rate)
+                self._stamp = now
+                if self._tokens >= nbytes:
+                    self._tokens -= nbytes
+                    return
+                wait_s = min(CHECK_INTERVAL_S, (nbytes - self._tokens) / rate)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), wait_s)
+
+
+class PacedBody:
+    """A part's bytes as botocore and aiohttp take a streaming body: a length (Content-Length),
+    `read` (botocore's parameter check wants a file-like object) and slices paced as they go."""
+
+    def __init__(self, pacer: Pacer, data: bytes, priority: Priority) -> None:
+        self._pacer, self._data, self._priority = pacer, memoryview(data), priority
+        self._read_at = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        """Unpaced reading, for a caller other than aiohttp (none in practice)."""
+        end = len(self._data) if size < 0 else min(len(self._data), self._read_at + size)
+        chunk = bytes(self._data[self._read_at : end])
+        self._read_at = end
+        return chunk
+
+    async def __aiter__(self) -> AsyncIterator[memoryview]:
+        view, offset = self._data, 0
+        while offset < len(view):
+            size = min(self._pacer.slice_bytes(), len(view) - offset)
+            await self._pacer.take(size, self._priority)
+            yield view[offset : offset + size]
+            offset += size
