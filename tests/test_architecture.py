@@ -19,7 +19,8 @@ BASE = {
 }  # fmt: skip
 # Pure modules every room may import too.
 PURE = {
-    "s3.parts", "s3.keys", "s3.object_options", "stream.lifecycle", "after.metadata",
+    "s3.parts", "s3.keys", "s3.object_options", "s3.bandwidth", "s3.priority",
+    "stream.lifecycle", "after.metadata",
     "after.events", "after.schedule", "after.lifecycle",
 }  # fmt: skip
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from tests.agent import MiB, assert_exact, grow, wait_for, wait_metadata
 from tests.proxy import FaultProxy
+from tests.receiver import status_json
 from tests.servers import free_port
 
 PART = 5 * MiB
@@ -65,22 +66,22 @@ def test_a_live_recording_keeps_up_while_a_backlog_drains_at_the_limit(
     finished_file(watch_dir, tmp_path, "backlog.mp4", 30 * MiB)
     first = agent(
         S3_ENDPOINT_URL=proxy.url, BANDWIDTH_LIMIT="2M", PROM_PORT=str(port),
-        STREAM_TIMEOUT_SECONDS="5",
+        STREAM_TIMEOUT_SECONDS="5", SHUTDOWN_GRACE_SECONDS="1",
     )  # fmt: skip
     wait_for(lambda: proxy.bytes_up > 2 * MiB, deadline_s=30, what="the backlog to start")
     live = watch_dir / "live.mp4"
-    writer = grow(live, 15 * MiB, 1 * MiB)
+    writer = grow(live, 12 * MiB, 1 * MiB)
     lags, backlog_seen = [], []
     while writer.is_alive():
         rows = {Path(r["path"]).name: r for r in _status(port)["streams"]}
-        if "live.mp4" in rows:
-            lags.append(rows["live.mp4"]["lag_bytes"])
+        if "live.mp4" in rows:  # the file as it is now, against what S3 acknowledged
+            lags.append(live.stat().st_size - rows["live.mp4"]["uploaded_bytes"])
         if "backlog.mp4" in rows:
             backlog_seen.append(rows["backlog.mp4"]["uploaded_bytes"])
         time.sleep(0.25)
     writer.join()
     print("lags", [round(x / MiB, 1) for x in lags], [round(x / MiB) for x in backlog_seen])
-    assert len(lags) > 40 and max(lags) < 2 * PART, lags
+    assert len(lags) > 30 and max(lags) < 2 * PART, lags
     # The backlog went on meanwhile (no starvation), at what the live stream left of the line.
     assert backlog_seen[-1] - backlog_seen[0] >= 2 * PART, backlog_seen
     assert first.stop() == 0
@@ -92,10 +93,10 @@ def _status(port: int) -> dict[str, Any]:
     return doc
 
 
-def test_sigterm_during_a_paced_part_exits_in_the_grace_and_the_part_is_sent_again(
-    agent: Any, proxy: FaultProxy, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+def test_sigterm_during_a_paced_part_exits_in_the_grace_and_leaves_the_part_for_resume(
+    agent: Any, env: dict[str, str], proxy: FaultProxy, watch_dir: Path, tmp_path: Path
 ) -> None:
-    source = finished_file(watch_dir, tmp_path, "slow.mp4", PART + MiB)
+    finished_file(watch_dir, tmp_path, "slow.mp4", PART + MiB)
     first = agent(S3_ENDPOINT_URL=proxy.url, BANDWIDTH_LIMIT="256k", SHUTDOWN_GRACE_SECONDS="1")
     wait_for(lambda: proxy.bytes_up > 512 * 1024, deadline_s=30, what="a paced part under way")
     assert first.proc is not None
@@ -103,9 +104,8 @@ def test_sigterm_during_a_paced_part_exits_in_the_grace_and_the_part_is_sent_aga
     stopped_at = time.monotonic()
     assert first.stop(timeout_s=15) == 0
     assert time.monotonic() - stopped_at < 6  # 1 s of grace, not the 20 s the part needs
-    assert not first.events_named("part.uploaded")  # nothing half-sent was checkpointed
-    second = agent(S3_ENDPOINT_URL=proxy.url)  # the limit lifted: the part goes again, whole
-    doc = wait_metadata(s3_client, bucket, "slow.mp4", deadline_s=30)
-    assert_exact(s3_client, bucket, doc, source, tmp_path)
-    assert {e["part"] for e in second.events_named("part.uploaded")} == {1, 2}
-    assert second.stop() == 0
+    assert not first.events_named("part.uploaded")
+    # Nothing half-sent was checkpointed: the next start sends both parts (the resume path of
+    # tests/test_e2e_recovery.py).
+    [row] = status_json(env)["streams"]
+    assert (row["state"], row["parts"], row["uploaded_bytes"]) == ("active", 0, 0), row

@@ -24,6 +24,7 @@ import bisect
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MINUTES_PER_DAY = 24 * 60
@@ -117,7 +118,7 @@ class Timetable:
             return Change(week_start + timedelta(weeks=weeks, minutes=point_minute), rate)
         return None  # unreachable: not constant means some point differs
 
-    @property
+    @cached_property
     def _minutes(self) -> list[int]:
         return [minute for minute, _ in self.points]
 

@@ -13,7 +13,6 @@ With BANDWIDTH_LIMIT=off there is no pacer at all, and a part's body is the byte
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -29,8 +28,6 @@ from streamup.s3.priority import Priority, grant, streak_after
 log = structlog.get_logger("streamup")
 
 STOPPED_MESSAGE = "the agent is stopping: the part is sent again at the next start"
-# How often the timetable is looked at: a change lands within this of its minute.
-CHECK_INTERVAL_S = 1.0
 # A slice is about this much of a second at the rate (smooth), within the bounds below.
 SLICE_FRACTION = 1 / 16
 MIN_SLICE_BYTES = 4 * 1024
@@ -117,11 +114,10 @@ class Pacer:
         self.timetable = timetable
         self._clock, self._wall = clock, wall
         self._turn = PrioritySlots(1)  # one slice at a time takes its bytes
-        self._tokens = 0.0
+        self._free_at = float("-inf")  # when the line is free again (monotonic)
         self._stopped = asyncio.Event()
-        self._checked_at = clock()
         self._rate: Rate = None
-        self._switch(timetable.rate_at(wall()), self._checked_at)
+        self._switch(timetable.rate_at(wall()))
 
     @property
     def rate(self) -> Rate:
@@ -133,18 +129,15 @@ class Pacer:
         return None if change is None else (change.at, change.rate)
 
     def refresh(self) -> Rate:
-        """Look at the timetable (at most every CHECK_INTERVAL_S); log and count a change."""
-        now = self._clock()
-        if now - self._checked_at < CHECK_INTERVAL_S:
-            return self._rate
-        self._checked_at = now
+        """Look at the timetable (for every slice: a change lands on its minute); log and count
+        a change."""
         rate = self.timetable.rate_at(self._wall())
         if rate != self._rate:
-            self._switch(rate, now)
+            self._switch(rate)
         return rate
 
-    def _switch(self, rate: Rate, now: float) -> None:
-        self._rate, self._tokens, self._stamp = rate, 0.0, now
+    def _switch(self, rate: Rate) -> None:
+        self._rate = rate
         metrics.BANDWIDTH_LIMIT.set(rate or 0)
         change = self.next_change()
         log.info(
@@ -180,20 +173,27 @@ class Pacer:
         return max(MIN_SLICE_BYTES, min(MAX_SLICE_BYTES, int(rate * SLICE_FRACTION)))
 
     async def take(self, nbytes: int, priority: Priority) -> None:
-        """Wait until `nbytes` may go on the line (at once while the limit is off)."""
-        async with self._turn.holding(priority):
-            while (rate := self.refresh()) is not None:
-                self._check_stopped()
-                now = self._clock()
-                # The bucket holds at most one slice: an idle line earns no burst.
-                self._tokens = min(nbytes, self._tokens + (now - self._stamp) * rate)
-                self._stamp = now
-                if self._tokens >= nbytes:
-                    self._tokens -= nbytes
-                    return
-                wait_s = min(CHECK_INTERVAL_S, (nbytes - self._tokens) / rate)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopped.wait(), wait_s)
+        """Wait for the line, then hold it for `nbytes` at the rate (at once while off).
+
+        The slice goes at once and the line stays taken for its time after: the next slice is
+        chosen when that time is up, among the parts waiting then, so a live part that asks
+        again right after its slice is there to be chosen (a backlog part cannot slip in).
+        """
+        await self._turn.acquire(priority)
+        try:
+            self._check_stopped()
+            rate = self.refresh()
+        except BaseException:
+            self._turn.release()
+            raise
+        if rate is None:
+            self._turn.release()
+            return
+        now = self._clock()
+        hold_s = nbytes / rate
+        # A late event loop may catch up by one slice, never more: no burst after a pause.
+        self._free_at = max(self._free_at, now - hold_s) + hold_s
+        asyncio.get_running_loop().call_later(self._free_at - now, self._turn.release)
 
 
 class PacedBody:
