@@ -42,9 +42,7 @@ def test_a_finished_file_goes_up_smoothly_at_the_limit(
     start, end = parts[0], parts[-1]
     print("span", end - start, start - proxy.sent[0][0], time.monotonic() - end)
     assert end - start > 17, "40 MiB at 2 MiB/s take about 20 s"
-    windows = [
-        proxy.bytes_sent_between(t, t + 5) / 5 for t in _steps(start, end - 5, 5)
-    ]
+    windows = [proxy.bytes_sent_between(t, t + 5) / 5 for t in _steps(start, end - 5, 5)]
     assert windows and all(abs(rate - LIMIT) <= 0.15 * LIMIT for rate in windows), windows
     peak = max(proxy.bytes_sent_between(t, t + 1) for t in _steps(start, end - 1, 0.25))
     print("windows", windows, "peak", peak)
