@@ -1,11 +1,14 @@
-"""Upload pacing: part slots served by priority, and BANDWIDTH_LIMIT's shared token bucket.
+"""Upload pacing: part slots served by priority, and BANDWIDTH_LIMIT's shared line.
 
 A paced part is not sent in one burst followed by a pause: its body is an async iterable of
-small slices, and each slice waits for its bytes in one bucket shared by every part in flight,
-so the line sees a smooth stream at the limit (and the server's timeouts see bytes flowing).
-aiohttp sends an async iterable as it is produced; botocore takes the Content-Length from
-`len()` (the CRC32C and MD5 headers were computed from the same bytes before), and with its own
-retries off it never re-reads a body: each attempt of the agent's retry loop builds a new one.
+small slices, and each slice takes its turn on one line shared by every part in flight, which
+it holds for its time at the rate; so the link sees a smooth stream at the limit (and the
+server's timeouts see bytes flowing). aiohttp sends an async iterable as it is produced, with
+the Content-Length botocore took from `len()`; botocore's parameter check wants `read` (a
+file-like object), and for one it adds `Expect: 100-continue`, as boto3 does for every file
+upload. The CRC32C and MD5 headers were computed from the same bytes before; with botocore's
+own retries off a body is never re-read or rewound: each attempt of the agent's retry loop
+builds a new one.
 
 With BANDWIDTH_LIMIT=off there is no pacer at all, and a part's body is the bytes themselves.
 """
@@ -101,8 +104,9 @@ class _Held:
 
 
 class Pacer:
-    """BANDWIDTH_LIMIT for every part upload together: a token bucket whose rate follows the
-    timetable, handing out bytes to parts in flight by priority."""
+    """BANDWIDTH_LIMIT for every part upload together: one line shared by the parts in flight,
+    which each slice holds for its time at the rate the timetable gives now; the next slice is
+    chosen by priority (s3.priority)."""
 
     def __init__(
         self,
@@ -115,7 +119,7 @@ class Pacer:
         self._clock, self._wall = clock, wall
         self._turn = PrioritySlots(1)  # one slice at a time takes its bytes
         self._free_at = float("-inf")  # when the line is free again (monotonic)
-        self._stopped = asyncio.Event()
+        self._stopped = False
         self._rate: Rate = None
         self._switch(timetable.rate_at(wall()))
 
@@ -150,15 +154,15 @@ class Pacer:
 
     @property
     def stopped(self) -> bool:
-        return self._stopped.is_set()
+        return self._stopped
 
     def stop(self) -> None:
         """The shutdown grace is over: paced parts still in flight fail now (unacknowledged,
         they are not checkpointed and go again at the next start) instead of holding the exit."""
-        self._stopped.set()
+        self._stopped = True
 
     def _check_stopped(self) -> None:
-        if self._stopped.is_set():
+        if self._stopped:
             raise StorageError(STOPPED_MESSAGE, code="Stopping")
 
     def body(self, data: bytes, priority: Priority) -> bytes | PacedBody:
