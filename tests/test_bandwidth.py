@@ -21,6 +21,8 @@ from streamup.s3.client import S3Storage
 from streamup.s3.pacing import PacedBody, Pacer, PrioritySlots
 from streamup.s3.priority import BACKLOG_TURN, Priority, grant, streak_after
 from streamup.settings import load_settings
+from tests.agent import wait_for
+from tests.proxy import FaultProxy
 
 KiB, MiB = 1024, 1024 * 1024
 MON = datetime(2026, 11, 30)  # a Monday, 00:00
@@ -270,3 +272,36 @@ async def test_a_paced_part_is_stored_byte_for_byte_with_its_checksums(storage: 
         "paced.mp4", upload_id, 1, pacer.body(data, Priority.LIVE), crc32c=crc32c_of(data)
     )
     assert etag.strip('"') == md5.hex()
+
+
+async def test_a_paced_part_cut_on_the_wire_fails_retryably_and_a_new_body_goes_whole(
+    storage: S3Storage, proxy: FaultProxy, bucket: str
+) -> None:
+    via_proxy = S3Storage(
+        bucket=bucket, region="us-east-1", endpoint_url=proxy.url,
+        access_key_id="testing", secret_access_key="testing",
+    )  # fmt: skip
+    await via_proxy.open()
+    try:
+        upload_id = await via_proxy.create_upload("cut.mp4", "video/mp4", crc32c=True)
+        data = os.urandom(5 * MiB)
+        crc, pacer = crc32c_of(data), Pacer(parse_bandwidth("4M"))
+        sending = asyncio.ensure_future(via_proxy.upload_part(
+            "cut.mp4", upload_id, 1, pacer.body(data, Priority.LIVE), crc32c=crc
+        ))  # fmt: skip
+        started = proxy.bytes_up
+        sent_a_mib = lambda: proxy.bytes_up - started >= MiB  # noqa: E731
+        await asyncio.to_thread(wait_for, sent_a_mib, deadline_s=10, what="a MiB of the part")
+        proxy.cut()
+        with pytest.raises(StorageError) as caught:
+            await sending
+        assert caught.value.retryable
+        proxy.restore()
+        # What the agent's retry loop does: the same bytes again, in a new paced body.
+        await via_proxy.upload_part(
+            "cut.mp4", upload_id, 1, pacer.body(data, Priority.LIVE), crc32c=crc
+        )
+        [part] = (await storage.list_parts("cut.mp4", upload_id)).values()
+        assert (part.size_bytes, part.etag.strip('"')) == (len(data), hashlib.md5(data).hexdigest())
+    finally:
+        await via_proxy.close()
