@@ -27,7 +27,6 @@ from streamup.checksums import b64
 from streamup.errors import NoSuchUpload, StorageError
 from streamup.s3.body import PartBody
 from streamup.s3.object_options import ObjectOptions, encode_tags
-from streamup.s3.pacing import PacedBody
 
 T = TypeVar("T")
 
@@ -280,7 +279,7 @@ class S3Storage:
         key: str,
         upload_id: str,
         number: int,
-        body: bytes | PacedBody,
+        body: bytes | PartBody,
         *,
         crc32c: bytes | None = None,
         md5: bytes | None = None,
@@ -296,7 +295,7 @@ class S3Storage:
             f"uploading part {number} of {key!r}",
             lambda: self._client.upload_part(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                Body=PartBody(body),
+                Body=body if isinstance(body, PartBody) else PartBody(body),
                 **extra,
             ),
         ))  # fmt: skip

@@ -1,14 +1,12 @@
 """Upload pacing: part slots served by priority, and BANDWIDTH_LIMIT's shared line.
 
-A paced part is not sent in one burst followed by a pause: its body is an async iterable of
-small slices, and each slice takes its turn on one line shared by every part in flight, which
-it holds for its time at the rate; so the link sees a smooth stream at the limit (and the
-server's timeouts see bytes flowing). aiohttp sends an async iterable as it is produced, with
-the Content-Length botocore took from `len()`; botocore's parameter check wants `read` (a
-file-like object), and for one it adds `Expect: 100-continue`, as boto3 does for every file
-upload. The CRC32C and MD5 headers were computed from the same bytes before; with botocore's
-own retries off a body is never re-read or rewound: each attempt of the agent's retry loop
-builds a new one.
+A paced part is not sent in one burst followed by a pause: its body (an aiohttp payload, like
+every part's, s3.body) is written in small slices, and each slice takes its turn on one line
+shared by every part in flight, which it holds for its time at the rate; so the link sees a
+smooth stream at the limit (and the server's timeouts see bytes flowing). The Content-Length
+is the body's `len()`, the CRC32C and MD5 headers were computed from the same bytes before, and
+with botocore's own retries off a body is never re-read or rewound: each attempt of the
+agent's retry loop builds a new one.
 
 With BANDWIDTH_LIMIT=off there is no pacer at all, and a part's body is the bytes themselves.
 """
@@ -18,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 
 import structlog
+from aiohttp.abc import AbstractStreamWriter
 
 from streamup import metrics
 from streamup.errors import StorageError
 from streamup.s3.bandwidth import Rate, Timetable, format_rate
+from streamup.s3.body import PartBody
 from streamup.s3.priority import Priority, grant, streak_after
 
 log = structlog.get_logger("streamup")
@@ -200,28 +200,25 @@ class Pacer:
         asyncio.get_running_loop().call_later(self._free_at - now, self._turn.release)
 
 
-class PacedBody:
-    """A part's bytes as botocore and aiohttp take a streaming body: a length (Content-Length),
-    `read` (botocore's parameter check wants a file-like object) and slices paced as they go."""
+class PacedBody(PartBody):
+    """A part's bytes written in slices that each wait for their turn on the line: the same
+    aiohttp payload as an unpaced part (s3.body), exactly the bytes that were checksummed."""
 
-    def __init__(self, pacer: Pacer, data: bytes, priority: Priority) -> None:
-        self._pacer, self._data, self._priority = pacer, memoryview(data), priority
-        self._read_at = 0
+    def __init__(self, pacer: Pacer, body: bytes, priority: Priority) -> None:
+        super().__init__(body)
+        self._pacer, self._priority = pacer, priority
 
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def read(self, size: int = -1) -> bytes:
-        """Unpaced reading, for a caller other than aiohttp (none in practice)."""
-        end = len(self._data) if size < 0 else min(len(self._data), self._read_at + size)
-        chunk = bytes(self._data[self._read_at : end])
-        self._read_at = end
-        return chunk
-
-    async def __aiter__(self) -> AsyncIterator[memoryview]:
-        view, offset = self._data, 0
-        while offset < len(view):
-            size = min(self._pacer.slice_bytes(), len(view) - offset)
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._value)
+        end = self._length if content_length is None else min(self._length, content_length)
+        offset = 0
+        while offset < end:
+            size = min(self._pacer.slice_bytes(), end - offset)
             await self._pacer.take(size, self._priority)
-            yield view[offset : offset + size]
+            await writer.write(view[offset : offset + size])
             offset += size
+
+    def __repr__(self) -> str:
+        return f"PacedBody({self._length} bytes, {self._priority.value})"
