@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from streamup import metrics
 from streamup.checksums import crc32c_of
 from streamup.errors import ConfigError, StorageError
+from streamup.ops.report import render
 from streamup.s3.bandwidth import describe, format_rate, parse_bandwidth, parse_rate
 from streamup.s3.client import S3Storage
 from streamup.s3.pacing import PacedBody, Pacer, PrioritySlots
@@ -122,6 +123,8 @@ def test_status_describes_the_limit_now_and_the_next_change() -> None:
         "next_change_at": "2026-11-30T19:00", "next_limit": "10M",
     }  # fmt: skip
     assert describe(parse_bandwidth("off"), MON)["next_change_at"] is None
+    doc = {"bandwidth": describe(DAILY, MON.replace(hour=9)), "streams": []}
+    assert "bandwidth limit: 512k (then 10M from 2026-11-30T19:00)" in render(doc)
 
 
 # ------------------------------------------------------------------ the priority rule
