@@ -9,6 +9,8 @@ limiter (which part in flight may send its next slice). Both follow one rule:
 - while a bandwidth limit is in force, the backlog leaves one part slot free for a live part
   (unless it is the backlog's turn, or there is a single slot): more parts in flight would not
   make a limited line faster, and a live part then never waits for a paced backlog part to end.
+  (It cannot hold anyone up for good: a backlog waiter waits only while one slot is free, and
+  every other slot is held by a send or a read that ends on its own.)
 """
 
 from __future__ import annotations
