@@ -527,6 +527,8 @@ class Agent:
             metrics.STREAMS_ACTIVE.set(len(workers))
             metrics.STREAMS_STALLED.set(sum(1 for w in workers if w.stalled))
             metrics.UPLOAD_LAG.set(sum(w.lag_bytes for w in workers))
+            if self.ctx.pacer is not None:
+                self.ctx.pacer.refresh()  # the change is logged on time, parts in flight or not
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 1.0)
 
