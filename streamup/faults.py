@@ -12,7 +12,13 @@ import sys
 POINTS = (
     "after_part_upload",
     "before_complete",
+    # a faststart rebuild (stream.rebuild): its intent is checkpointed, the stale upload not yet
+    # completed; completed as the temporary object; a part copied, not yet checkpointed
+    "before_stale_complete",
+    "after_stale_complete",
+    "after_part_copy",
     "after_complete",
+    "after_mismatch_delete",  # a completed object unlike its parts is deleted; no restart yet
     "before_metadata",
     "before_finish",  # the metadata is in S3, the stream is not finished (nor its event written)
     "before_event_delivery",  # an event is in the outbox, no sink has been tried
@@ -22,6 +28,10 @@ POINTS = (
     "before_local_move",
     "after_local_copy",
     "after_local_unlink",  # the file is gone from WATCH_DIR; its record and event not yet written
+    # an extension (a completed file that grew; its copied parts pass after_part_copy too): the
+    # completed object about to be replaced by its longer self; replaced, not checkpointed
+    "before_replace",
+    "after_replace",
 )
 
 

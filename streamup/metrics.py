@@ -15,6 +15,11 @@ BYTES_UPLOADED = Counter(
     "streamup_bytes_uploaded", "Bytes acknowledged by S3 in parts", registry=REGISTRY
 )
 PARTS_UPLOADED = Counter("streamup_parts_uploaded", "Parts acknowledged by S3", registry=REGISTRY)
+BYTES_COPIED = Counter(
+    "streamup_bytes_copied",
+    "Bytes of parts the server copied from an object it held (UploadPartCopy), not sent",
+    registry=REGISTRY,
+)
 PARTS_REUPLOADED = Counter(
     "streamup_parts_reuploaded",
     "Parts sent again because the writer changed their bytes after they were uploaded",

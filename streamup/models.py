@@ -112,10 +112,25 @@ class PartRecord:
     md5_hex: str
     uploaded_at: datetime
     crc32c_hex: str = ""
+    # Made by the server from a completed object (UploadPartCopy), not sent: no byte of it
+    # crossed the network (an extended object's prefix, stream.extension).
+    copied: bool = False
 
     @property
     def end_bytes(self) -> int:
         return self.offset_bytes + self.size_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """What an extending stream is built from: the completed object at the same key, which the
+    file still begins with (stream.extension). The extension replaces that object, and only it:
+    `etag` is what HeadObject showed of it when the extension was planned."""
+
+    stream_id: str  # the completed stream whose object is extended
+    size_bytes: int  # the completed object's size: the file's unchanged prefix
+    etag: str
+    count: int = 1  # how many times this key's object has been extended, this time included
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +164,15 @@ class StreamRecord:
     # The key S3_KEY_TEMPLATE gave, when another object or stream held it and `key` is a
     # numbered variant of it (s3.placement); empty otherwise.
     key_collision_of: str = ""
+    # Part bytes sent for the object so far (re-sent parts included) and bytes the server
+    # copied instead (UploadPartCopy). A crash forgets what was sent since the last save.
+    bytes_sent: int = 0
+    bytes_copied: int = 0
+    # The checkpointed intent of a faststart rebuild under way (s3.rebuild_plan.Rebuild as
+    # JSON): the stale upload, its parts and how the final object is made. Empty otherwise.
+    rebuild: str = ""
+    # Set when the stream extends the completed object at `key` (a file that grew again).
+    extends: Extension | None = None
 
     def evolve(self, **changes: object) -> StreamRecord:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -184,6 +208,7 @@ class CompletedRecord:
     # target), written before the irreversible step; a crash is finished from it at the next start.
     local_action: str = ""
     local_target: str = ""
+    extensions: int = 0  # how many times the object was extended (stream.extension)
 
     def matches(self, state: FileState) -> bool:
         """True when `state` is the very file this record describes, unchanged."""

@@ -26,6 +26,7 @@ from streamup.models import (
     Claim,
     CompletedRecord,
     EndReason,
+    Extension,
     FileState,
     Status,
     StreamRecord,
@@ -41,8 +42,10 @@ from streamup.s3.integrity import Capabilities, ProofMode, probe
 from streamup.s3.keys import KeyFields
 from streamup.s3.orphans import reap_orphans
 from streamup.s3.pacing import Pacer, PrioritySlots
+from streamup.s3.parts import PartSchedule
 from streamup.s3.placement import KeyPlanner, Placement, refused_option
 from streamup.settings import Settings
+from streamup.stream.extension import plan_extension, worth_checking
 from streamup.stream.finalize import finalize, finish_lost, write_metadata
 from streamup.stream.ownership import Ownership, host_of
 from streamup.stream.recovery import reconcile
@@ -352,7 +355,8 @@ class Agent:
             relative = relative_key_path(s.watch_dir, path)
             now = utc_now()
             fields = KeyFields(s.s3_key_prefix, stream_id, relative, self.ownership.host, now)
-            placement = await self._place(fields, path, state)
+            extension = await self._extension(path, source, state)
+            extends, placement = extension or (None, await self._place(fields, path, state))
             if placement is None:
                 source.close()
                 return
@@ -372,6 +376,7 @@ class Agent:
                 size_bytes=state.size_bytes,
                 mtime_ns=state.mtime_ns,
                 host=self.ownership.host,
+                extends=extends,
             )
             worker = StreamWorker(self.ctx, record, {}, source)
             try:
@@ -387,10 +392,36 @@ class Agent:
             if placement.collision_of:
                 worker.log.warning("stream.key_collision", key=record.key,
                                    key_collision_of=placement.collision_of)  # fmt: skip
-            worker.log.info("stream.discovered", key=record.key)
+            worker.log.info("stream.discovered", key=record.key,
+                            extends=extends.stream_id if extends else None)  # fmt: skip
             self._launch(worker)
         finally:
             self._starting.discard(path)
+
+    async def _extension(
+        self, path: str, source: SourceFile, state: FileState
+    ) -> tuple[Extension, Placement] | None:
+        """A completed file that grew: the extension of its object (stream.extension) at its key,
+        when the file still begins with that object and the key still holds it; None: a new
+        stream at a new key."""
+        done = self.completed.get(path)
+        if done is None or not worth_checking(done, state):
+            return None
+        try:
+            remote = await retrying(lambda: self.storage.head_object(done.key))
+        except StorageError as exc:
+            log.warning("stream.not_extended", path=path, reason=str(exc))
+            return None
+        sha = await source.sha256_of_prefix(done.size_bytes)
+        there = None if remote is None else (remote.size_bytes, remote.etag)
+        schedule = PartSchedule(self.settings.chunk_size_bytes, self.settings.part_size_fixed)
+        plan = plan_extension(done, schedule, remote=there, prefix_sha256=sha)
+        if isinstance(plan, str):
+            log.info("stream.not_extended", path=path, key=done.key, reason=plan)
+            return None
+        log.info("stream.extending", path=path, key=done.key, from_stream_id=done.stream_id,
+                 from_size_bytes=done.size_bytes, size_bytes=state.size_bytes)  # fmt: skip
+        return plan, Placement(done.key)
 
     async def _place(self, fields: KeyFields, path: str, state: FileState) -> Placement | None:
         """The new stream's key (S3_KEY_TEMPLATE, never another object's), or None."""

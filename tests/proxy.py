@@ -6,6 +6,8 @@ connect gets ECONNREFUSED); `restore()` listens again on the same port. `flip_by
 flips one byte in the body of the next UploadPart of part `n` (the HTTP requests going up are
 framed by their Content-Length, so keep-alive connections work too). `before_forward`, when
 set, sees every block the agent sends before S3 does (to act on S3 at a precise request).
+`bytes_up_by_path` counts what went up per request path (`/bucket/key`: one object's parts), and
+`refuse_copies` answers every UploadPartCopy 501 NotImplemented, as a server without it would.
 `sent` records when each block went up (monotonic time, bytes): the rate seen on the wire.
 """
 
@@ -16,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import unquote
 
 from tests.servers import free_port
 
@@ -27,6 +30,7 @@ class FaultProxy:
         self.target = (host, int(port))
         self.port = free_port()
         self.bytes_up = 0  # agent -> S3: what the agent sent
+        self.bytes_up_by_path: dict[str, int] = {}  # the same per request path (/bucket/key)
         self.sent: list[tuple[float, int]] = []  # (monotonic time, bytes) of each block up
         self.content_md5_headers = 0  # requests that carried an integrity header
         self.before_forward: Callable[[bytes], None] | None = None
@@ -35,6 +39,8 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._flip_part: int | None = None  # part number whose next upload gets a byte flipped
         self.flipped: list[int] = []  # parts damaged so far
+        self.refuse_copies = False  # answer every UploadPartCopy 501 NotImplemented, as some do
+        self.copies_refused = 0
 
     @property
     def url(self) -> str:
@@ -77,7 +83,7 @@ class FaultProxy:
             self._flip_part = number
 
     def _pump(self, src: socket.socket, dst: socket.socket, upward: bool) -> None:
-        framer = _RequestFramer(self) if upward else None
+        framer = _RequestFramer(self, src) if upward else None
         try:
             while data := src.recv(256 * 1024):
                 if framer is not None:
@@ -126,12 +132,14 @@ class _RequestFramer:
 
     FLIP_AT = 1000  # body offset of the damaged byte
 
-    def __init__(self, proxy: FaultProxy) -> None:
+    def __init__(self, proxy: FaultProxy, client: socket.socket) -> None:
         self.proxy = proxy
+        self.client = client  # where a refusal is answered, the request never forwarded
         self.head = b""
         self.body_left = 0
         self.body_seen = 0
         self.damage = False
+        self.path = ""  # of the request being forwarded, without its query
 
     def feed(self, data: bytes) -> bytes:
         out = bytearray()
@@ -146,6 +154,7 @@ class _RequestFramer:
                     self.damage = False
                 self.body_seen += len(take)
                 self.body_left -= len(take)
+                self._count(len(take))
                 out += chunk
                 continue
             self.head += data
@@ -155,9 +164,26 @@ class _RequestFramer:
                 break
             head, data = self.head[: end + 4], self.head[end + 4 :]
             self.head = b""
-            out += head
             self._start(head)
+            self._count(len(head))
+            if self._refused(head):
+                continue
+            out += head
         return bytes(out)
+
+    def _refused(self, head: bytes) -> bool:
+        """An UploadPartCopy while copies are refused: answered here (it has no body)."""
+        if not self.proxy.refuse_copies or b"\r\nx-amz-copy-source:" not in head.lower():
+            return False
+        with self.proxy._lock:
+            self.proxy.copies_refused += 1
+        self.client.sendall(_REFUSAL)
+        return True
+
+    def _count(self, size: int) -> None:
+        with self.proxy._lock:
+            by_path = self.proxy.bytes_up_by_path
+            by_path[self.path] = by_path.get(self.path, 0) + size
 
     def _start(self, head: bytes) -> None:
         lines = head.decode("latin-1").split("\r\n")
@@ -168,6 +194,7 @@ class _RequestFramer:
                 length = int(value.strip())
         self.body_left, self.body_seen = length, 0
         target = lines[0].split(" ")[1] if " " in lines[0] else ""
+        self.path = unquote(target.split("?", 1)[0])
         with self.proxy._lock:
             number = self.proxy._flip_part
             wanted = (
@@ -182,3 +209,14 @@ class _RequestFramer:
                 self.proxy._flip_part = None
                 self.proxy.flipped.append(number)
         self.damage = wanted
+
+
+_REFUSAL_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code>'
+    b"<Message>UploadPartCopy is not implemented here (test proxy)</Message></Error>"
+)
+_REFUSAL = (
+    b"HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\n"
+    + f"Content-Length: {len(_REFUSAL_BODY)}\r\n\r\n".encode()
+    + _REFUSAL_BODY
+)

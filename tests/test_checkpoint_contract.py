@@ -30,6 +30,7 @@ from streamup.models import (
     DeliveryState,
     DeliveryStatus,
     EndReason,
+    Extension,
     FileIdentity,
     OutboxEvent,
     PartRecord,
@@ -149,6 +150,9 @@ async def test_every_stream_field_round_trips(store: CheckpointStore) -> None:
         error="metadata upload failed: AccessDenied: no",
         host="edge-07.example",
         key_collision_of="recordings/cam/s1.mp4",
+        bytes_sent=41 * MiB + 3,
+        bytes_copied=96 * MiB,
+        rebuild='{"stale_upload_id":"u0","shift_bytes":902}',
     )
     await store.save_stream(stream)
     loaded = await store.load_stream("s1")
@@ -175,6 +179,23 @@ async def test_save_stream_replaces_the_whole_record(store: CheckpointStore) -> 
     replacement = make_stream(status=Status.PENDING_COMPLETION, upload_id="u2")
     await store.save_stream(replacement)
     assert await store.load_stream("s1") == replacement
+
+
+async def test_an_extending_stream_and_its_copied_parts_round_trip(
+    store: CheckpointStore,
+) -> None:
+    extends = Extension(stream_id="s0", size_bytes=12 * MiB, etag='"ab-2"', count=2)
+    stream = make_stream(extends=extends)
+    await store.save_stream(stream)
+    assert await store.load_stream("s1") == stream
+    copied = dataclasses.replace(make_part(1), copied=True)
+    await store.record_part("s1", copied, 8 * MiB, T0)
+    await store.record_part("s1", make_part(2), 16 * MiB, T0)
+    assert await store.load_parts("s1") == {1: copied, 2: make_part(2)}
+    record = dataclasses.replace(completed_of(stream), extensions=2)
+    await store.finish_stream(stream, record)
+    assert await store.completed_file(stream.path) == record
+    assert await store.recent_completions(1) == [record]
 
 
 async def test_unknown_stream_loads_as_none_with_no_parts(store: CheckpointStore) -> None:
@@ -531,6 +552,10 @@ async def test_redis_writes_the_seed_key_schema(
         "host": "",
         "checksum_algorithm": "",
         "key_collision_of": "",
+        "bytes_sent": "0",
+        "bytes_copied": "0",
+        "rebuild": "",
+        "extends": "",
     }
     assert await raw.hgetall("stream:s1:parts") == {
         "1": f'"{1:032x}":{8 * MiB}:2024-05-01T12:00:01.123457+00:00'
@@ -994,6 +1019,8 @@ async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path)
         conn.execute("ALTER TABLE streams DROP COLUMN host")
         conn.execute("ALTER TABLE streams DROP COLUMN checksum_algorithm")
         conn.execute("ALTER TABLE streams DROP COLUMN key_collision_of")
+        for column in ("bytes_sent", "bytes_copied", "rebuild"):
+            conn.execute(f"ALTER TABLE streams DROP COLUMN {column}")
         conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
     conn.close()
     await store.open()

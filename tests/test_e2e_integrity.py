@@ -197,3 +197,44 @@ def write_old_checkpoint(state_dir: Path, stream: StreamRecord, parts: list[Part
         conn.execute("ALTER TABLE streams DROP COLUMN checksum_algorithm")
         conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
     conn.close()
+
+
+def overwrite_after_completion(proxy: FaultProxy, s3: Any, bucket: str, name: str) -> list[int]:
+    """Once the agent has completed its upload of `name`, another writer puts other bytes at the
+    key before the agent's HeadObject reaches the server: the object is no longer its parts."""
+    done: list[int] = []
+
+    def hook(data: bytes) -> None:
+        line = data.split(b"\r\n", 1)[0].decode("latin-1")
+        if line.startswith("POST ") and name in line and "uploadId=" in line:
+            done.append(0)  # the completion is on its way
+        elif line.startswith("HEAD ") and name in line and len(done) == 1:
+            key = line.split(" ")[1].split("?")[0].split(f"/{bucket}/", 1)[1]
+            s3.put_object(Bucket=bucket, Key=key, Body=b"somebody else's bytes")
+            done.append(1)
+
+    proxy.before_forward = hook
+    return done
+
+
+def test_a_completed_object_unlike_its_parts_is_deleted_and_sent_again_across_a_kill(
+    agent: Any, proxy: FaultProxy, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    # The object's own proof after completion (HeadObject: size, CRC32C, ETag): an object
+    # that is not the parts is never certified; it is deleted and the stream sent again, and a
+    # kill right after the delete loses nothing.
+    local = tmp_path / "overwritten.mp4"
+    local.write_bytes(os.urandom(6 * MiB))
+    overwritten = overwrite_after_completion(proxy, s3_client, bucket, "overwritten.mp4")
+    first = agent(S3_ENDPOINT_URL=proxy.url, STREAMUP_CRASH_AT="after_mismatch_delete")
+    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
+    shutil.copy(local, watch_dir / "overwritten.mp4")
+    wait_for(lambda: first.proc.poll() is not None, deadline_s=60, what="the crash")
+    assert overwritten == [0, 1]
+    (mismatch,) = first.events_named("stream.object_mismatch")
+    assert "bytes" in mismatch["reason"]
+    second = agent(S3_ENDPOINT_URL=proxy.url)
+    doc = wait_metadata(s3_client, bucket, "overwritten.mp4", deadline_s=60)
+    assert_proven(s3_client, bucket, doc, local, tmp_path)
+    assert doc["sha256"] == sha256_file(local)
+    assert second.stop() == 0

@@ -30,6 +30,7 @@ from tests.agent import (
     write_slowly,
 )
 from tests.conftest import S3_BACKENDS, S3_TEST_CREDENTIALS
+from tests.proxy import FaultProxy
 
 RECORD_SECONDS = 20
 
@@ -42,6 +43,10 @@ RECORDINGS: dict[str, list[str]] = {
     "fragmented.mp4": ["-movflags", "+frag_keyframe+empty_moov"],
     "transport.ts": [],
 }
+
+
+# A recording that ends before its first part is whole (3 s at 8 Mbit/s: about 3 MiB).
+SHORT_SECONDS = 3
 
 
 @dataclass
@@ -118,6 +123,7 @@ class Session:
     scenarios: dict[str, Scenario]
     docs: dict[str, dict[str, Any]]
     work_dir: Path
+    proxy: FaultProxy  # between the agent and S3: what went up, per key
 
 
 @pytest.fixture(scope="module", params=S3_BACKENDS)
@@ -132,10 +138,12 @@ def session(
     watch_dir = root / "watch"
     (watch_dir / "cams").mkdir(parents=True)
     bucket = f"rec-{os.getpid()}-{int(time.time())}"
+    proxy = FaultProxy(s3_endpoint).start()
+    request.addfinalizer(proxy.stop)
     env = agent_env(
         watch_dir=watch_dir,
         state_dir=root / "state",
-        s3_endpoint=s3_endpoint,
+        s3_endpoint=proxy.url,
         bucket=bucket,
         WATCH_EXTENSIONS=".mp4,.mkv,.ts",
     )
@@ -149,7 +157,9 @@ def session(
         (name, lambda n=name, x=extra: record(watch_dir / "cams" / n, x))
         for name, extra in RECORDINGS.items()
     ]
+    short = ["-t", str(SHORT_SECONDS)]  # the last -t given wins
     jobs += [
+        ("short.mp4", lambda: record(watch_dir / "cams" / "short.mp4", short)),
         (
             "truncated.mp4",
             lambda: truncate_and_rewrite(watch_dir / "truncated.mp4", scenarios["truncated.mp4"]),
@@ -165,7 +175,7 @@ def session(
         threads.append(thread)
     for thread in threads:
         thread.join()
-    wanted = [f"cams/{n}" for n in RECORDINGS] + ["truncated.mp4", "deleted.mp4"]
+    wanted = [f"cams/{n}" for n in RECORDINGS] + ["cams/short.mp4", "truncated.mp4", "deleted.mp4"]
 
     def all_described() -> dict[str, dict[str, Any]] | None:
         docs = metadata_docs(s3, bucket)
@@ -178,7 +188,7 @@ def session(
     except AssertionError:
         agent.stop()  # every test of this server errors with the reason; no agent left behind
         raise
-    yield Session(agent, watch_dir, bucket, s3, scenarios, docs, root)
+    yield Session(agent, watch_dir, bucket, s3, scenarios, docs, root, proxy)
     agent.stop()
 
 
@@ -225,21 +235,57 @@ def test_live_ffmpeg_recording_becomes_an_exact_playable_object(
     assert doc["end_reason"] == "idle"
 
 
-def test_plain_mp4_header_rewrite_is_reuploaded(session: Session) -> None:
-    doc = doc_for(session.docs, "cams/plain.mp4")
+@pytest.mark.parametrize("name", list(RECORDINGS))
+def test_live_recording_sends_each_byte_once(session: Session, name: str) -> None:
+    doc = doc_for(session.docs, f"cams/{name}")
     assert doc is not None
-    # ffmpeg patches the mdat size in the first part when it stops: exactly that part changes.
-    assert doc["parts_reuploaded"] >= 1
+    size = (session.watch_dir / "cams" / name).stat().st_size
+    path = f"/{session.bucket}/{doc['s3_key_prefix']}"
+    sent = session.proxy.bytes_up_by_path.get(path, 0)  # every request on the key, headers too
+    # Before issue 18: plain MP4 1.17, faststart 1.87, Matroska 1.17 (part 1 or all sent twice).
+    assert sent / size <= 1.05, (name, sent, size, doc["bytes_sent"], doc["bytes_copied"])
+    assert doc["parts_reuploaded"] == 0
+    assert doc["bytes_sent"] == size <= sent  # each byte once (a faststart's once, then copied)
 
 
-def test_faststart_rewrite_reuploads_the_moved_parts(session: Session) -> None:
+@pytest.mark.parametrize("name", ["plain.mp4", "matroska.mkv"])
+def test_patched_header_part_goes_up_once_after_the_recording(session: Session, name: str) -> None:
+    # The muxer patches the first part when it stops: it is held back and sent once, at the end.
+    local = session.watch_dir / "cams" / name
+    firsts = [
+        datetime.fromisoformat(e["timestamp"]).timestamp()
+        for e in session.agent.events()
+        if e.get("event") == "part.uploaded" and e.get("path") == str(local) and e["part"] == 1
+    ]
+    assert len(firsts) == 1 and firsts[0] > session.scenarios[name].ended_at
+
+
+def test_recording_shorter_than_a_part_is_one_exact_part(session: Session) -> None:
+    scenario = session.scenarios["short.mp4"]
+    assert scenario.error is None, scenario.error
+    local = session.watch_dir / "cams" / "short.mp4"
+    doc = doc_for(session.docs, "cams/short.mp4")
+    assert doc is not None
+    assert local.stat().st_size < 5 * MiB
+    assert len(doc["chunks"]) == 1
+    assert doc["bytes_sent"] == doc["total_size_bytes"] == local.stat().st_size
+    copy = download(session.s3, session.bucket, doc["s3_key_prefix"], session.work_dir / "s")
+    assert sha256_file(copy) == sha256_file(local) == doc["sha256"]
+    assert abs(ffprobe_duration(copy) - SHORT_SECONDS) < 0.5
+
+
+def test_faststart_rewrite_is_copied_server_side(session: Session) -> None:
     doc = doc_for(session.docs, "cams/faststart.mp4")
     assert doc is not None
     local = session.watch_dir / "cams" / "faststart.mp4"
     ended = session.scenarios["faststart.mp4"].ended_at
     early = [t for t in part_upload_times(session.agent, local) if t < ended]
-    # Moving moov to the front shifts every byte: every part uploaded during recording changed.
-    assert doc["parts_reuploaded"] >= len(early) >= 2
+    # Moving moov to the front shifted every byte sent during the recording: the server copies
+    # those parts from the stale upload (completed as the temporary object), none is resent.
+    assert len(early) >= 2
+    assert doc["bytes_copied"] >= len(early) * 5 * MiB
+    uploads = session.s3.list_multipart_uploads(Bucket=session.bucket).get("Uploads", [])
+    assert [u for u in uploads if u["Key"] == doc["s3_key_prefix"]] == []
 
 
 def test_file_truncated_and_rewritten_mid_stream_ends_as_its_final_bytes(

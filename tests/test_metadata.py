@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -13,7 +14,7 @@ import streamup
 from streamup.after.metadata import build_metadata, content_type_for, encode_metadata
 from streamup.checksums import crc32c_of
 from streamup.files.probe import ProbeResult
-from streamup.models import EndReason, FileIdentity, PartRecord, Status, StreamRecord
+from streamup.models import EndReason, Extension, FileIdentity, PartRecord, Status, StreamRecord
 
 MiB = 1024 * 1024
 STARTED = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -43,10 +44,13 @@ EXTRA_FIELDS = [
     "audio_codec",
     "bit_rate",
     "parts_reuploaded",
+    "bytes_sent",
+    "bytes_copied",
     "end_reason",
     "partial",
     "probe_error",
     "key_collision_of",
+    "extended_from",
     "streamup_version",
 ]
 
@@ -347,3 +351,20 @@ def test_encoding_refuses_nan() -> None:
 )
 def test_content_type_for(path: str, content_type: str) -> None:
     assert content_type_for(path) == content_type
+
+
+def test_an_extended_object_says_what_it_was_built_from_and_what_was_copied() -> None:
+    parts = make_parts(SIZES)
+    parts[:2] = [dataclasses.replace(p, copied=True) for p in parts[:2]]
+    extends = Extension("older-stream", 16 * MiB, '"e0-2"', count=2)
+    doc = build(make_stream(extends=extends), parts)
+    assert doc["extended_from"] == {
+        "stream_id": "older-stream", "size_bytes": 16 * MiB, "etag": '"e0-2"', "extensions": 2,
+    }  # fmt: skip
+    assert (doc["bytes_copied"], doc["bytes_sent"]) == (16 * MiB, 4 * MiB + 123)
+    chunks = doc["chunks"]
+    assert isinstance(chunks, list)
+    assert [c.get("copied", False) for c in chunks] == [True, True, False]
+    plain = build()
+    assert plain["extended_from"] is None
+    assert (plain["bytes_copied"], plain["bytes_sent"]) == (0, sum(SIZES))

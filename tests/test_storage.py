@@ -221,3 +221,41 @@ async def test_copy_part_builds_a_part_from_any_range_of_a_completed_object(
     )
     body = await storage.get_bytes("shifted", max_bytes=32 * MiB)
     assert body is not None and body[5 * MiB + len(head) :] == source[1234:]
+
+
+@BOTH_SERVERS
+async def test_an_extension_replaces_only_the_object_it_was_built_from(
+    storage: S3Storage,
+) -> None:
+    # A completed file that grew (stream.extension): the longer object is built at the same key
+    # from the completed one plus the new bytes, and completing it replaces that object only.
+    old = os.urandom(6 * MiB)
+    upload_id = await storage.create_upload("rec", "video/mp4")
+    await storage.complete_upload(
+        "rec", upload_id, [(1, await send(storage, "rec", upload_id, 1, old), None)]
+    )
+    there = await storage.head_object("rec")
+    assert there is not None
+    new = os.urandom(MiB)
+    upload_id = await storage.create_upload("rec", "video/mp4")
+    copied = await storage.copy_part("rec", upload_id, 1, "rec", 0, len(old) - 1)
+    assert copied.etag.strip('"') == hashlib.md5(old).hexdigest()
+    parts = [(1, copied.etag, None), (2, await send(storage, "rec", upload_id, 2, new), None)]
+    with pytest.raises(StorageError) as refused:
+        await storage.complete_upload("rec", upload_id, parts, replacing='"0123-1"')
+    assert refused.value.code == "PreconditionFailed"
+    with pytest.raises(StorageError) as not_replacing:
+        await storage.complete_upload("rec", upload_id, parts)  # never over an object otherwise
+    assert not_replacing.value.code == "PreconditionFailed"
+    assert await storage.head_object("rec") == there
+    await storage.complete_upload("rec", upload_id, parts, replacing=there.etag)
+    assert await storage.get_bytes("rec", max_bytes=16 * MiB) == old + new
+    # The same extension again finds the longer object there, not the one it was built from.
+    upload_id = await storage.create_upload("rec", "video/mp4")
+    copied = await storage.copy_part("rec", upload_id, 1, "rec", 0, len(old) - 1)
+    with pytest.raises(StorageError):
+        await storage.complete_upload(
+            "rec", upload_id, [(1, copied.etag, None)], replacing=there.etag
+        )
+    await storage.abort_upload("rec", upload_id)
+    assert await storage.get_bytes("rec", max_bytes=16 * MiB) == old + new

@@ -100,6 +100,7 @@ def build_metadata(
                 "etag": part.etag,
                 "uploaded_at_utc": iso(part.uploaded_at),
                 **_part_checksum(part),
+                **({"copied": True} if part.copied else {}),
             }
             for part in ordered
         ],
@@ -113,6 +114,8 @@ def build_metadata(
         "audio_codec": probe.audio_codec,
         "bit_rate": probe.bit_rate,
         "parts_reuploaded": stream.reuploaded_parts,
+        "bytes_sent": stream.bytes_sent,
+        "bytes_copied": stream.bytes_copied,
         "end_reason": stream.end_reason.value,
         # The file vanished while the agent was down: the object holds what was uploaded
         # before, and nothing could check it against the final file.
@@ -121,7 +124,22 @@ def build_metadata(
         # The key S3_KEY_TEMPLATE gave, when another object held it and this one got a
         # numbered key instead; null otherwise.
         "key_collision_of": stream.key_collision_of or None,
+        # The file grew after its stream completed: the object at this key was replaced by its
+        # longer self, built from it (stream.extension); null for an object made afresh.
+        "extended_from": _extended_from(stream),
         "streamup_version": streamup.__version__,
+    }
+
+
+def _extended_from(stream: StreamRecord) -> dict[str, object] | None:
+    extends = stream.extends
+    if extends is None:
+        return None
+    return {
+        "stream_id": extends.stream_id,
+        "size_bytes": extends.size_bytes,
+        "etag": extends.etag,
+        "extensions": extends.count,
     }
 
 

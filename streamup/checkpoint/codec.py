@@ -20,6 +20,7 @@ from streamup.errors import CheckpointCorrupt, CheckpointError
 from streamup.models import (
     CompletedRecord,
     EndReason,
+    Extension,
     FileIdentity,
     Status,
     StreamRecord,
@@ -94,6 +95,7 @@ _COMPLETED_ADDED: dict[str, tuple[str, type]] = {
     "host": ("host", str),
     "local_action": ("local_action", str),
     "local_target": ("local_target", str),
+    "extensions": ("extensions", int),
 }
 
 
@@ -161,6 +163,10 @@ _META_DEFAULTS = {
     "host": "",
     "checksum_algorithm": "",
     "key_collision_of": "",
+    "bytes_sent": "0",
+    "bytes_copied": "0",
+    "rebuild": "",
+    "extends": "",
 }
 
 
@@ -190,6 +196,10 @@ def stream_to_meta(stream: StreamRecord) -> dict[str, str]:
         "host": stream.host,
         "checksum_algorithm": stream.checksum_algorithm,
         "key_collision_of": stream.key_collision_of,
+        "bytes_sent": str(stream.bytes_sent),
+        "bytes_copied": str(stream.bytes_copied),
+        "rebuild": stream.rebuild,
+        "extends": extension_to_text(stream.extends),
     }
 
 
@@ -221,7 +231,34 @@ def stream_from_meta(stream_id: str, fields: dict[str, str], *, where: str) -> S
         host=meta.text("host"),
         checksum_algorithm=meta.text("checksum_algorithm"),
         key_collision_of=meta.text("key_collision_of"),
+        bytes_sent=meta.count("bytes_sent"),
+        bytes_copied=meta.count("bytes_copied"),
+        rebuild=meta.text("rebuild"),
+        extends=meta.parse("extends", extension_from_text),
     )
+
+
+def extension_to_text(extension: Extension | None) -> str:
+    """An extension as one canonical JSON text ("" for none): a meta field, a SQLite column."""
+    if extension is None:
+        return ""
+    fields = {"stream_id": extension.stream_id, "size_bytes": extension.size_bytes,
+              "etag": extension.etag, "count": extension.count}  # fmt: skip
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def extension_from_text(text: str) -> Extension | None:
+    """Inverse of `extension_to_text`; ValueError when it cannot be read."""
+    if not text:
+        return None
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("not an object")
+    try:
+        return Extension(_typed(data, "stream_id", str), _typed(data, "size_bytes", int),
+                         _typed(data, "etag", str), _typed(data, "count", int))  # fmt: skip
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"unreadable extension ({exc})") from None
 
 
 def _flag(text: str) -> bool:
@@ -297,6 +334,10 @@ def stream_to_row(stream: StreamRecord) -> dict[str, object]:
         "host": stream.host,
         "checksum_algorithm": stream.checksum_algorithm,
         "key_collision_of": stream.key_collision_of,
+        "bytes_sent": stream.bytes_sent,
+        "bytes_copied": stream.bytes_copied,
+        "rebuild": stream.rebuild,
+        "extends": extension_to_text(stream.extends),
     }
 
 
@@ -313,6 +354,7 @@ def stream_from_row(row: dict[str, Any], *, where: str) -> StreamRecord:
             last_activity_at=parse_iso(row["last_activity_at"]),
             completed_at=None if completed_at is None else parse_iso(completed_at),
             end_reason=EndReason(row["end_reason"]),
+            extends=extension_from_text(row["extends"] or ""),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointCorrupt(f"{where}: unreadable stream row ({exc}): {quote(row)}") from exc
@@ -336,4 +378,7 @@ _PLAIN_COLUMNS = (
     "host",
     "checksum_algorithm",
     "key_collision_of",
+    "bytes_sent",
+    "bytes_copied",
+    "rebuild",
 )

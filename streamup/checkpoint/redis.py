@@ -2,8 +2,9 @@
 
 Per stream: `stream:{id}:meta` (hash of the record, see `codec.stream_to_meta`),
 `stream:{id}:parts` (part number -> `"{etag}:{size_bytes}:{uploaded_at_iso}"`) and
-`stream:{id}:checksums` (part number -> `"{offset_bytes}:{md5_hex}:{crc32c_hex}"`; either
-checksum may be empty; records from before CRC32C end at the MD5). A stream sits in the one
+`stream:{id}:checksums` (part number -> `"{offset_bytes}:{md5_hex}:{crc32c_hex}[:copied]"`;
+either checksum may be empty; records from before CRC32C end at the MD5; `:copied` marks a part
+the server copied from a completed object). A stream sits in the one
 status set its status names: `streams:active`, `streams:pending_completion` (pending_completion,
 s3_completed), `streams:failed` (failed_*), `streams:completed`; aborted_no_parts in none.
 
@@ -187,18 +188,22 @@ def parse_part_value(stream_id: str, number: str, value: str) -> tuple[str, int,
     return etag, size_bytes, uploaded_at
 
 
-def parse_checksum_value(stream_id: str, number: str, value: str) -> tuple[int, str, str]:
-    """`"{offset_bytes}:{md5_hex}[:{crc32c_hex}]"` -> (offset, md5_hex, crc32c_hex)."""
+def parse_checksum_value(stream_id: str, number: str, value: str) -> tuple[int, str, str, bool]:
+    """`"{offset_bytes}:{md5_hex}[:{crc32c_hex}[:copied]]"` -> (offset, md5_hex, crc32c_hex,
+    copied)."""
     where = f"{checksums_key(stream_id)} field {number}"
     offset_text, _, digests = value.partition(":")
-    md5_hex, _, crc32c_hex = digests.partition(":")
+    md5_hex, _, rest = digests.partition(":")
+    crc32c_hex, _, flag = rest.partition(":")
+    if flag not in ("", "copied"):
+        raise _corrupt(where, "unknown part flag", value)
     try:
         offset_bytes = parse_count(offset_text)
     except ValueError:
         raise _corrupt(where, "expected 'offset_bytes:md5_hex:crc32c_hex'", value) from None
     if not (md5_hex or crc32c_hex):
         raise _corrupt(where, "no checksum", value)
-    return offset_bytes, md5_hex, crc32c_hex
+    return offset_bytes, md5_hex, crc32c_hex, flag == "copied"
 
 
 def build_parts(
@@ -218,10 +223,13 @@ def build_parts(
         etag, size_bytes, uploaded_at = parse_part_value(stream_id, field, value)
         if field not in checksums:
             raise CheckpointCorrupt(f"{checksums_key(stream_id)}: no checksum of part {field}")
-        offset_bytes, md5_hex, crc = parse_checksum_value(stream_id, field, checksums[field])
-        records[number] = PartRecord(
-            number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex=crc
+        offset_bytes, md5_hex, crc, copied = parse_checksum_value(
+            stream_id, field, checksums[field]
         )
+        records[number] = PartRecord(
+            number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex=crc,
+            copied=copied,
+        )  # fmt: skip
     return dict(sorted(records.items()))
 
 
@@ -330,6 +338,7 @@ class RedisStore:
             raise CheckpointError(f"part {part.number} of stream {stream_id}: ETag with a colon")
         value = f"{part.etag}:{part.size_bytes}:{iso(part.uploaded_at)}"
         checksum = f"{part.offset_bytes}:{part.md5_hex}:{part.crc32c_hex}"
+        checksum += ":copied" if part.copied else ""
         keys = stream_keys(stream_id)
         args = [self._leases.held(stream_id), str(part.number), value, checksum]
         args += [str(uploaded_bytes), iso(last_activity_at)]

@@ -142,7 +142,7 @@ class SqliteStore:
             _update_progress(conn, stream_id, uploaded_bytes, iso(last_activity_at))
             conn.execute(
                 "INSERT OR REPLACE INTO parts (stream_id, number, offset_bytes, size_bytes, etag,"
-                " md5_hex, uploaded_at, crc32c_hex) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " md5_hex, uploaded_at, crc32c_hex, copied) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     stream_id,
                     part.number,
@@ -152,6 +152,7 @@ class SqliteStore:
                     part.md5_hex,
                     iso(part.uploaded_at),
                     part.crc32c_hex,
+                    int(part.copied),
                 ),
             )
 
@@ -175,8 +176,8 @@ class SqliteStore:
 
     async def load_parts(self, stream_id: str) -> dict[int, PartRecord]:
         sql = (
-            "SELECT number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex"
-            " FROM parts"
+            "SELECT number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex,"
+            " copied FROM parts"
             " WHERE stream_id = ? ORDER BY number"
         )
         rows = await self._call(lambda conn: conn.execute(sql, (stream_id,)).fetchall())
@@ -419,4 +420,5 @@ def _part_from_row(stream_id: str, row: sqlite3.Row) -> PartRecord:
         md5_hex=row["md5_hex"],
         uploaded_at=uploaded_at,
         crc32c_hex=row["crc32c_hex"],
+        copied=bool(row["copied"]),
     )

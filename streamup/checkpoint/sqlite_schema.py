@@ -30,10 +30,18 @@ _ADDED_COLUMNS = {
         "host": "TEXT NOT NULL DEFAULT ''",
         "checksum_algorithm": "TEXT NOT NULL DEFAULT ''",
         "key_collision_of": "TEXT NOT NULL DEFAULT ''",
+        "bytes_sent": "INTEGER NOT NULL DEFAULT 0",
+        "bytes_copied": "INTEGER NOT NULL DEFAULT 0",
+        "rebuild": "TEXT NOT NULL DEFAULT ''",
+        "extends": "TEXT NOT NULL DEFAULT ''",
     },
-    "parts": {"crc32c_hex": "TEXT NOT NULL DEFAULT ''"},
+    "parts": {
+        "crc32c_hex": "TEXT NOT NULL DEFAULT ''",
+        "copied": "INTEGER NOT NULL DEFAULT 0",
+    },
     "completed_files": {
         "ctime_ns": "INTEGER NOT NULL DEFAULT 0",
+        "extensions": "INTEGER NOT NULL DEFAULT 0",
         **dict.fromkeys(_COMPLETED_TEXT_ADDED, "TEXT NOT NULL DEFAULT ''"),
     },
 }
@@ -49,13 +57,16 @@ CREATE TABLE IF NOT EXISTS streams (
     size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, uploaded_bytes INTEGER NOT NULL,
     reuploaded_parts INTEGER NOT NULL, sha256_hex TEXT, completed_at TEXT,
     end_reason TEXT NOT NULL, error TEXT, host TEXT NOT NULL DEFAULT '',
-    checksum_algorithm TEXT NOT NULL DEFAULT '', key_collision_of TEXT NOT NULL DEFAULT ''
+    checksum_algorithm TEXT NOT NULL DEFAULT '', key_collision_of TEXT NOT NULL DEFAULT '',
+    bytes_sent INTEGER NOT NULL DEFAULT 0, bytes_copied INTEGER NOT NULL DEFAULT 0,
+    rebuild TEXT NOT NULL DEFAULT '', extends TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS streams_by_path ON streams (path);
 CREATE TABLE IF NOT EXISTS parts (
     stream_id TEXT NOT NULL, number INTEGER NOT NULL, offset_bytes INTEGER NOT NULL,
     size_bytes INTEGER NOT NULL, etag TEXT NOT NULL, md5_hex TEXT NOT NULL,
     uploaded_at TEXT NOT NULL, crc32c_hex TEXT NOT NULL DEFAULT '',
+    copied INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (stream_id, number)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS completed_files (
@@ -66,7 +77,7 @@ CREATE TABLE IF NOT EXISTS completed_files (
     sha256 TEXT NOT NULL DEFAULT '', object_etag TEXT NOT NULL DEFAULT '',
     object_crc32c TEXT NOT NULL DEFAULT '', integrity_proof TEXT NOT NULL DEFAULT '',
     host TEXT NOT NULL DEFAULT '', local_action TEXT NOT NULL DEFAULT '',
-    local_target TEXT NOT NULL DEFAULT ''
+    local_target TEXT NOT NULL DEFAULT '', extensions INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS completions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, stream_id TEXT NOT NULL UNIQUE, record TEXT NOT NULL
@@ -86,13 +97,13 @@ STREAM_COLUMNS = (
     'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'
     " part_size_fixed, started_at, last_activity_at, upload_id, size_bytes, mtime_ns,"
     " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error, host,"
-    " checksum_algorithm, key_collision_of"
+    " checksum_algorithm, key_collision_of, bytes_sent, bytes_copied, rebuild, extends"
 )
 STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in STREAM_COLUMNS.split(","))
 COMPLETED_COLUMNS = (
     'path, stream_id, bucket, "key", status, device, inode, size_bytes, mtime_ns,'
     " completed_at_utc, end_reason, ctime_ns, sha256, object_etag, object_crc32c,"
-    " integrity_proof, host, local_action, local_target"
+    " integrity_proof, host, local_action, local_target, extensions"
 )
 COMPLETED_VALUES = ", ".join(":" + n.strip().strip('"') for n in COMPLETED_COLUMNS.split(","))
 

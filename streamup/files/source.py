@@ -9,6 +9,7 @@ checksums, computed from the buffer just read (CRC32C always, MD5 when the proof
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import stat
 import time
@@ -95,6 +96,21 @@ class SourceFile:
         if len(body) != span.size_bytes:
             return None
         return PartData(span, body, crc32c_of(body), md5_of(body) if with_md5 else None, read_at)
+
+    def _sha256_of_prefix(self, size_bytes: int) -> str | None:
+        sha, offset = hashlib.sha256(), 0
+        while offset < size_bytes:
+            chunk = self._read(offset, min(size_bytes - offset, READ_BLOCK_BYTES * 4))
+            if not chunk:
+                return None
+            sha.update(chunk)
+            offset += len(chunk)
+        return sha.hexdigest()
+
+    async def sha256_of_prefix(self, size_bytes: int) -> str | None:
+        """The SHA-256 of the file's first `size_bytes` (read a block at a time), or None when
+        the file is shorter."""
+        return await asyncio.to_thread(self._sha256_of_prefix, size_bytes)
 
     async def read_part(self, span: PartSpan, *, with_md5: bool) -> PartData | None:
         """The part's bytes and checksums, or None when the file no longer holds the span."""

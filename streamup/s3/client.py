@@ -23,7 +23,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from streamup.checksums import b64
+from streamup.checksums import b64, etag_hex
 from streamup.errors import NoSuchUpload, StorageError
 from streamup.s3.body import PartBody
 from streamup.s3.object_options import ObjectOptions, encode_tags
@@ -124,8 +124,10 @@ def translate(exc: BaseException, what: str) -> StorageError:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        # 501 NotImplemented (a server without UploadPartCopy, say) never cures itself.
+        server_trouble = status >= 500 and code != "NotImplemented"
         retryable = (
-            code in _RETRYABLE_CODES or code in DIGEST_REFUSED or status >= 500 or status == 429
+            code in _RETRYABLE_CODES or code in DIGEST_REFUSED or server_trouble or status == 429
         )
         hint = _HINTS.get(code)
         message = f"{what}: {code or status} {error.get('Message') or ''}".strip()
@@ -340,36 +342,58 @@ class S3Storage:
             marker = int(page["NextPartNumberMarker"])
 
     async def complete_upload(
-        self, key: str, upload_id: str, etags: list[tuple[int, str, bytes | None]]
+        self,
+        key: str,
+        upload_id: str,
+        etags: list[tuple[int, str, bytes | None]],
+        *,
+        replacing: str | None = None,
     ) -> str:
         """Complete the upload from (number, ETag, CRC32C or None) of every part, never over an
         existing object (`If-None-Match: *` where the server supports it). An existing object
-        raises StorageError code PreconditionFailed."""
+        raises StorageError code PreconditionFailed. With `replacing` (an ETag), the one exception:
+        the object there must be that very object (an extension replacing what it was built from,
+        a faststart rebuild its temporary object; `If-Match` where the server supports it);
+        anything else there, or nothing, is refused the same way."""
         # Some servers accept the header on completion and ignore it (Ceph RGW 16 overwrites):
         # a HeadObject first, so that only a completion racing this very instant could.
-        if await self.head_object(key) is not None:
+        there = await self.head_object(key)
+        if replacing is None and there is not None:
             raise StorageError(
                 f"completing {key!r}: PreconditionFailed (an object is there already; it is "
                 "never replaced)", code="PreconditionFailed",
             )  # fmt: skip
+        if replacing is not None and (there is None or etag_hex(there.etag) != etag_hex(replacing)):
+            raise StorageError(
+                f"completing {key!r}: PreconditionFailed (the object there is not {replacing},"
+                " the one this upload may replace)", code="PreconditionFailed",
+            )  # fmt: skip
         parts = {"Parts": [_completed_part(*part) for part in etags]}
+        condition = {"IfNoneMatch": "*"} if replacing is None else {"IfMatch": replacing}
         response = await self._about_upload(key, upload_id, lambda: self._exclusive(
             f"completing {key!r}",
             lambda extra: self._client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload=parts, **extra
             ),
+            condition,
         ))  # fmt: skip
         return str(response.get("ETag", ""))
 
-    async def _exclusive(self, what: str, call: Callable[[dict[str, str]], Awaitable[T]]) -> T:
-        """Make a write conditional on the key being free, if the server knows how.
+    async def _exclusive(
+        self,
+        what: str,
+        call: Callable[[dict[str, str]], Awaitable[T]],
+        condition: dict[str, str] | None = None,
+    ) -> T:
+        """Make a write conditional on the key being free (or on `condition`), if the server
+        knows how.
 
         Servers without conditional writes answer NotImplemented (or reject the header); then the
         write goes ahead without it and the lease alone protects the object.
         """
         if self.conditional_writes:
             try:
-                return await self._call(what, lambda: call({"IfNoneMatch": "*"}))
+                return await self._call(what, lambda: call(condition or {"IfNoneMatch": "*"}))
             except StorageError as exc:
                 if exc.code not in ("NotImplemented", "501", "InvalidArgument", "InvalidRequest"):
                     raise

@@ -27,6 +27,7 @@ from streamup.checkpoint import CheckpointStore
 from streamup.errors import StorageError, StreamupError
 from streamup.models import utc_now
 from streamup.s3.client import RemoteUpload, S3Storage
+from streamup.s3.rebuild_plan import stale_upload_of
 
 log = structlog.get_logger("streamup")
 
@@ -90,6 +91,7 @@ async def reap_orphans(
             # Every stream any agent still works on (a shared store knows them all).
             unfinished = await store.unfinished_streams()
             known = {r.upload_id for r in unfinished} | live_upload_ids()
+            known |= {stale_upload_of(r) for r in unfinished}  # a rebuild's stale upload
             keys = None
             if not prefix:
                 completed = await store.completed_files()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Container
 from dataclasses import dataclass
+from typing import Protocol
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -113,13 +114,25 @@ class PartSchedule:
         return number
 
 
+class Layout(Protocol):
+    """Part numbers -> byte ranges: a `PartSchedule`, or an extended object's layout (copied
+    ranges first, then a schedule; stream.extension)."""
+
+    def size_of(self, number: int) -> int: ...
+    def offset_of(self, number: int) -> int: ...
+    def span(self, number: int) -> PartSpan: ...
+
+    @property
+    def capacity_bytes(self) -> int: ...
+
+
 def _check_number(number: int) -> None:
     if not 1 <= number <= MAX_PARTS:
         raise ValueError(f"part number {number} is outside S3's range 1..{MAX_PARTS}")
 
 
 def whole_parts_ready(
-    schedule: PartSchedule,
+    schedule: Layout,
     size_bytes: int,
     done: Container[int],
     *,
@@ -147,7 +160,7 @@ def whole_parts_ready(
     return ready
 
 
-def final_layout(schedule: PartSchedule, size_bytes: int) -> list[PartSpan]:
+def final_layout(schedule: Layout, size_bytes: int) -> list[PartSpan]:
     """The parts that make up an object of `size_bytes`: whole parts, then one shorter last part.
 
     The last part may be any size (S3 exempts it from the 5 MiB rule), which is also how a file

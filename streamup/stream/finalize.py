@@ -37,6 +37,8 @@ from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part
 from streamup.s3.placement import ensure_tags
 from streamup.stream.check import EndCheck
 from streamup.stream.lifecycle import check_transition, contiguous_prefix, end_reason
+from streamup.stream.rebuild import rebuild
+from streamup.stream.rebuild import when_lost as rebuild_when_lost
 from streamup.stream.worker import StreamWorker
 
 
@@ -44,16 +46,18 @@ async def finalize(worker: StreamWorker) -> bool:
     """Verify, complete and describe the stream. False: it must go back to growing."""
     assert worker.source is not None
     await worker.set_status(Status.PENDING_COMPLETION)
-    try:
-        parts, sha256_hex, reuploaded = await EndCheck(worker).run()
-    except SourceChanged as exc:
-        worker.log.info("stream.changed_during_verification", detail=str(exc))
+    rebuilt = await rebuild(worker)  # a faststart MP4: its shifted content copied, not resent
+    if rebuilt is None:
+        checked = await _checked(worker)
+        if checked is None:
+            return False
+        parts, sha256_hex, reuploaded = checked
+        replacing = None
+    elif rebuilt is False:
         await worker.set_status(Status.ACTIVE)
         return False
-    except NoSuchUpload as exc:
-        await worker.restart_upload(str(exc))
-        await worker.set_status(Status.ACTIVE)
-        return False
+    else:
+        (parts, sha256_hex, replacing), reuploaded = rebuilt, 0
     state = worker.source.fstat()
     reason = end_reason(worker.record.identity, stat_path(worker.record.path))
     worker.record = worker.record.evolve(
@@ -73,7 +77,7 @@ async def finalize(worker: StreamWorker) -> bool:
     # that grow with the object): the metadata is ready to go up when the object is.
     probing = asyncio.ensure_future(probe_source(worker))
     try:
-        if not await complete(worker, parts):
+        if not await complete(worker, parts, replacing=replacing):
             return False
         await write_metadata(worker, probing)
     finally:
@@ -81,19 +85,42 @@ async def finalize(worker: StreamWorker) -> bool:
     return True
 
 
-async def complete(worker: StreamWorker, parts: list[PartRecord]) -> bool:
+async def _checked(worker: StreamWorker) -> tuple[list[PartRecord], str, int] | None:
+    """The end-of-stream check (stream.check); None: the stream goes back to growing."""
+    try:
+        return await EndCheck(worker).run()
+    except SourceChanged as exc:
+        worker.log.info("stream.changed_during_verification", detail=str(exc))
+    except NoSuchUpload as exc:
+        await worker.restart_upload(str(exc))
+    await worker.set_status(Status.ACTIVE)
+    return None
+
+
+async def complete(
+    worker: StreamWorker, parts: list[PartRecord], *, replacing: str | None = None
+) -> bool:
     """CompleteMultipartUpload, once, then prove the object is the completion of the parts.
-    A crash mid-way is recognised by the object's digests (`already_completed`)."""
+    A crash mid-way is recognised by the object's digests (`already_completed`). `replacing`:
+    the ETag of the one object at the key the completion may replace: the stream's own temporary
+    object (stream.rebuild), or the object an extension was built from (stream.extension)."""
     storage = worker.ctx.storage
     key, upload_id = worker.record.key, worker.record.upload_id
     assert upload_id is not None
     with_crc = bool(worker.record.checksum_algorithm)
     etags = [(p.number, p.etag, bytes.fromhex(p.crc32c_hex) if with_crc else None) for p in parts]
-    crash_point("before_complete")
+    # An extension replaces the object it was built from, and only that one (stream.extension).
+    extends = worker.record.extends
+    if replacing is None and extends is not None:
+        replacing = extends.etag
+    crash_point("before_complete" if extends is None else "before_replace")
     await worker.check_lease()
     try:
-        await worker.persist(lambda: storage.complete_upload(key, upload_id, etags), "complete")
-        crash_point("after_complete")
+        await worker.persist(
+            lambda: storage.complete_upload(key, upload_id, etags, replacing=replacing),
+            "complete",
+        )
+        crash_point("after_complete" if extends is None else "after_replace")
     except NoSuchUpload:
         if not await already_completed(worker, parts):
             await worker.restart_upload("the upload vanished before it was completed")
@@ -130,6 +157,7 @@ async def _object_is_parts(worker: StreamWorker, parts: list[PartRecord]) -> boo
         return True
     worker.log.error("stream.object_mismatch", key=key, reason=reason)
     await worker.persist(lambda: worker.ctx.storage.delete_object(key), "delete object")
+    crash_point("after_mismatch_delete")
     await worker.restart_upload(f"the completed object did not match: {reason}")
     await worker.set_status(Status.ACTIVE)
     return False
@@ -167,9 +195,13 @@ async def already_completed(worker: StreamWorker, parts: list[PartRecord]) -> bo
 
 async def finish_lost(worker: StreamWorker) -> None:
     """The file vanished while the agent was down: keep what S3 holds, flagged partial."""
+    replacing = await rebuild_when_lost(worker)
     parts = contiguous_prefix(worker.parts)
     worker.log.warning("stream.file_lost", parts=len(parts))
     await worker.set_status(Status.PENDING_COMPLETION, end_reason=EndReason.FILE_LOST)
+    extends = worker.record.extends
+    if extends is not None and sum(p.size_bytes for p in parts) <= extends.size_bytes:
+        parts = []  # it would replace the object with no more than it holds: that one stays
     if not parts or worker.record.upload_id is None:
         if worker.record.upload_id is not None:
             key, upload_id = worker.record.key, worker.record.upload_id
@@ -180,7 +212,7 @@ async def finish_lost(worker: StreamWorker) -> None:
     worker.record = worker.record.evolve(
         size_bytes=sum(p.size_bytes for p in parts), sha256_hex=None
     )
-    if await complete(worker, parts):
+    if await complete(worker, parts, replacing=replacing):
         await write_metadata(worker)
     elif worker.record.upload_id is None:
         # The upload vanished as well (aborted, expired): nothing is left anywhere to keep.
@@ -216,6 +248,8 @@ async def write_metadata(
         worker.log.error("stream.failed", status="failed_metadata_generation", error=str(exc))
         return
     body, key = encode_metadata(doc), metadata_key(worker.record.key)
+    # An extension's object replaced the one this document described: it is rewritten.
+    extended = worker.record.extends
     storage, options = worker.ctx.storage, worker.ctx.object_options
     await worker.check_lease()
     try:
@@ -223,7 +257,7 @@ async def write_metadata(
         try:
             await worker.persist(
                 lambda: storage.put_bytes(
-                    key, body, "application/json", exclusive=True, options=options
+                    key, body, "application/json", exclusive=extended is None, options=options
                 ),
                 "metadata",
             )
@@ -318,6 +352,7 @@ async def finish(
             mtime_ns=record.mtime_ns,
             completed_at=record.completed_at or utc_now(),
             end_reason=record.end_reason,
+            extensions=0 if record.extends is None else record.extends.count,
         ),
     )
     event = stream_event(record, metadata, host=worker.ctx.agent_host, created_at=utc_now())

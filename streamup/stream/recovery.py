@@ -20,8 +20,8 @@ async def reconcile(worker: StreamWorker) -> bool:
     already (a crash between CompleteMultipartUpload and its checkpoint)."""
     record = worker.record
     upload_id = record.upload_id
-    if upload_id is None:
-        return False
+    if upload_id is None or record.rebuild:
+        return False  # a rebuild under way resumes from its own intent (stream.rebuild)
     storage = worker.ctx.storage
     try:
         remote = await worker.persist(
@@ -67,7 +67,14 @@ async def _adopt(worker: StreamWorker, number: int, etag: str, size_bytes: int) 
     md5_hex, crc32c_hex = digests
     await worker.keep_part(
         PartRecord(
-            number, span.offset_bytes, size_bytes, etag, md5_hex, utc_now(), crc32c_hex=crc32c_hex
+            number,
+            span.offset_bytes,
+            size_bytes,
+            etag,
+            md5_hex,
+            utc_now(),
+            crc32c_hex=crc32c_hex,
+            copied=worker.is_copy(number),
         )
     )
     return True

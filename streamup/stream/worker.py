@@ -22,6 +22,7 @@ from streamup.checkpoint import CheckpointStore
 from streamup.checksums import etag_hex, md5_of
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
+from streamup.files.container import HEAD_BYTES, header_patched
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
@@ -31,8 +32,16 @@ from streamup.s3.client import DIGEST_REFUSED, S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
 from streamup.s3.object_options import ObjectOptions
 from streamup.s3.pacing import STOPPED_MESSAGE, Pacer, PrioritySlots
-from streamup.s3.parts import PART_COUNT_WARNING, PartSchedule, PartSpan, whole_parts_ready
+from streamup.s3.parts import (
+    PART_COUNT_WARNING,
+    Layout,
+    PartSchedule,
+    PartSpan,
+    whole_parts_ready,
+)
 from streamup.s3.priority import Priority
+from streamup.stream.copying import copy_or_none
+from streamup.stream.extension import ExtendedLayout
 from streamup.stream.lifecycle import (
     Activity,
     check_transition,
@@ -91,7 +100,11 @@ class StreamWorker:
         self.record = record
         self.parts = parts
         self.source = source
-        self.schedule = PartSchedule(record.part_size_bytes, record.part_size_fixed)
+        schedule = PartSchedule(record.part_size_bytes, record.part_size_fixed)
+        # An extension's first parts are copied from the completed object (stream.extension).
+        self.schedule: Layout = (
+            schedule if record.extends is None else ExtendedLayout.of(record.extends, schedule)
+        )
         self.stalled = False
         self.last_error: str | None = None
         self._wake = asyncio.Event()
@@ -107,6 +120,9 @@ class StreamWorker:
         self.writer_seen = False  # a process on this host was seen writing the file
         self.lease_lost = False  # another agent took the stream over
         self.failures = 0  # attempts of a failed step since the stream last made progress
+        # Part 1 waits for the end when the writer patches the file's header then (MP4, MKV):
+        # None until the file's first bytes were seen (files.container.header_patched).
+        self.hold_first: bool | None = None
         self._seen_size = record.size_bytes
         self._grew_at = float("-inf")  # when the file last grew (monotonic): is it live?
         self.log = log.bind(stream_id=record.stream_id, path=record.path)
@@ -199,18 +215,29 @@ class StreamWorker:
         span = data.span
         started = self.ctx.clock()
         etag = await self.persist(
-            lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
+            lambda: self._copy_proven(upload_id, data), f"copy part {span.number}"
+        ) if self.is_copy(span.number) else None  # fmt: skip
+        copied = etag is not None
+        if etag is None:
+            etag = await self.persist(
+                lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
+            )
+        crash_point("after_part_copy" if copied else "after_part_upload")
+        record, size = self.record, span.size_bytes
+        self.record = (
+            record.evolve(bytes_copied=record.bytes_copied + size)
+            if copied
+            else record.evolve(bytes_sent=record.bytes_sent + size)
         )
-        crash_point("after_part_upload")
         part = PartRecord(
             span.number, span.offset_bytes, span.size_bytes, etag,
             data.md5.hex() if data.md5 is not None else "", utc_now(),
-            crc32c_hex=data.crc32c.hex(),
+            crc32c_hex=data.crc32c.hex(), copied=copied,
         )  # fmt: skip
         await self.keep_part(part)
         self.read_marks[span.number] = data.read_at
         metrics.PART_SECONDS.observe(self.ctx.clock() - started)
-        metrics.BYTES_UPLOADED.inc(span.size_bytes)
+        (metrics.BYTES_COPIED if copied else metrics.BYTES_UPLOADED).inc(span.size_bytes)
         metrics.PARTS_UPLOADED.inc()
         self.log.debug("part.uploaded", part=span.number, size_bytes=span.size_bytes)
         if span.number == PART_COUNT_WARNING:
@@ -220,6 +247,15 @@ class StreamWorker:
                 hint="S3 allows 10,000 parts; raise CHUNK_SIZE_BYTES or unset PART_SIZE_FIXED",
             )
         return part
+
+    def is_copy(self, number: int) -> bool:
+        """Part `number` is made by the server from the object this stream extends."""
+        return isinstance(self.schedule, ExtendedLayout) and self.schedule.is_copy(number)
+
+    async def _copy_proven(self, upload_id: str, data: PartData) -> str | None:
+        return await copy_or_none(
+            self.ctx.storage, self.record.key, upload_id, data, self.ctx.integrity
+        )
 
     async def _upload_proven(self, upload_id: str, data: PartData) -> str:
         number = data.span.number
@@ -304,15 +340,18 @@ class StreamWorker:
         the window full instead of stalling at batch boundaries.
         """
         assert self.source is not None
+        if self.record.rebuild:
+            return  # its parts follow the rebuild's plan, not the schedule (stream.rebuild)
         pending: dict[asyncio.Task[None], int] = {}
         try:
             while True:
                 size = self.source.fstat().size_bytes
                 self._note_size(size)
-                busy = self.parts.keys() | self._in_flight
+                done_or_held = self.parts.keys() | await self.held_parts(size)
+                busy = done_or_held | self._in_flight
                 room = self.ctx.window - len(pending)
                 if room > 0 and not self.ctx.stopping.is_set():
-                    while self._done_below + 1 in self.parts:
+                    while self._done_below + 1 in done_or_held:
                         self._done_below += 1
                     ready = whole_parts_ready(
                         self.schedule, size, busy, limit=room, first=self._done_below + 1
@@ -331,6 +370,18 @@ class StreamWorker:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
                 self._in_flight.difference_update(pending.values())
+
+    async def held_parts(self, size_bytes: int) -> set[int]:
+        """The parts kept back while the file grows: part 1 when the writer will patch it at
+        the end (sent once, by the end-of-stream check). Its bytes stay safe in the file, and a
+        restart reads them from there."""
+        if self.hold_first is None and size_bytes >= self.schedule.size_of(1):
+            assert self.source is not None
+            head = await self.source.read_part(PartSpan(1, 0, HEAD_BYTES), with_md5=False)
+            self.hold_first = head is not None and header_patched(head.body)
+            if self.hold_first:
+                self.log.info("stream.header_held", part=1)
+        return {1} if self.hold_first and 1 not in self.parts else set()
 
     async def forget_parts(self, numbers: list[int]) -> None:
         """Drop part records (they will be sent again, or are not wanted), in memory and in the
