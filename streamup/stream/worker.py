@@ -223,12 +223,8 @@ class StreamWorker:
                 lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
             )
         crash_point("after_part_copy" if copied else "after_part_upload")
-        record, size = self.record, span.size_bytes
-        self.record = (
-            record.evolve(bytes_copied=record.bytes_copied + size)
-            if copied
-            else record.evolve(bytes_sent=record.bytes_sent + size)
-        )
+        if not copied:
+            self.record = self.record.evolve(bytes_sent=self.record.bytes_sent + span.size_bytes)
         part = PartRecord(
             span.number, span.offset_bytes, span.size_bytes, etag,
             data.md5.hex() if data.md5 is not None else "", utc_now(),
