@@ -181,14 +181,18 @@ async def _serve(settings: Settings, console: Console | None = None) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
     from streamup.checkpoint.sqlite import DB_NAME
     from streamup.ops.report import collect, empty_document, render
+    from streamup.s3.bandwidth import describe as describe_bandwidth
     from streamup.service import make_store
     from streamup.settings import load_settings
 
     # Looking must change nothing: no WATCH_DIR, no STATE_DIR, no database is created.
     settings = load_settings({"state_dir": args.state_dir}, prepare_watch_dir=False)
     store_name = "sqlite" if settings.redis_url is None else "redis"
+    bandwidth = describe_bandwidth(settings.bandwidth, datetime.now())
 
     async def read() -> dict[str, object]:
         if store_name == "sqlite" and not (settings.state_dir / DB_NAME).is_file():
@@ -202,5 +206,6 @@ def _status(args: argparse.Namespace) -> int:
             await store.close()
 
     doc = asyncio.run(read())
+    doc["bandwidth"] = bandwidth  # what the settings say now (the agent paces by the same)
     print(json.dumps(doc, indent=2) if args.json else render(doc))
     return 0

@@ -55,6 +55,11 @@ STREAMS_STALLED = Gauge(
 UPLOAD_LAG = Gauge(
     "streamup_upload_lag_bytes", "Bytes on disk not yet acknowledged by S3", registry=REGISTRY
 )
+BANDWIDTH_LIMIT = Gauge(
+    "streamup_bandwidth_limit_bytes_per_second",
+    "BANDWIDTH_LIMIT in force now, all part uploads together (0: no limit)",
+    registry=REGISTRY,
+)
 
 # Events after completion (after.delivery). `sink` is "webhook" or "command".
 EVENTS_DELIVERED = Counter(

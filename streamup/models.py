@@ -164,10 +164,9 @@ class StreamRecord:
     # The key S3_KEY_TEMPLATE gave, when another object or stream held it and `key` is a
     # numbered variant of it (s3.placement); empty otherwise.
     key_collision_of: str = ""
-    # Part bytes sent for the object so far (re-sent parts included) and bytes the server
-    # copied instead (UploadPartCopy). A crash forgets what was sent since the last save.
+    # Part bytes sent for the object so far (re-sent parts included; copied parts, which say
+    # so themselves, are not). A crash forgets what was sent since the last save.
     bytes_sent: int = 0
-    bytes_copied: int = 0
     # The checkpointed intent of a faststart rebuild under way (s3.rebuild_plan.Rebuild as
     # JSON): the stale upload, its parts and how the final object is made. Empty otherwise.
     rebuild: str = ""
@@ -243,6 +242,7 @@ class AgentSnapshot:
     streams: tuple[StreamView, ...]
     integrity: dict[str, object] | None = None  # what the S3 endpoint proves (s3.integrity)
     disk: dict[str, object] | None = None  # WATCH_DIR's free space and the local files' state
+    bandwidth: dict[str, object] | None = None  # BANDWIDTH_LIMIT now and its next change
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -46,10 +47,12 @@ from streamup.ops.http import STARTING, serve_http
 from streamup.ops.report import agent_document
 from streamup.ops.startup import StartupWait
 from streamup.retry import Backoff, retrying
+from streamup.s3.bandwidth import describe as describe_bandwidth
 from streamup.s3.client import S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode, probe
 from streamup.s3.keys import KeyFields
 from streamup.s3.orphans import reap_orphans
+from streamup.s3.pacing import Pacer, PrioritySlots
 from streamup.s3.parts import PartSchedule
 from streamup.s3.placement import KeyPlanner, Placement, refused_option
 from streamup.settings import Settings
@@ -122,10 +125,15 @@ class Agent:
         self.store = store or make_store(settings)
         self.storage = storage or make_storage(settings)
         self.stopping = asyncio.Event()
+        pacer = Pacer(settings.bandwidth) if settings.bandwidth.limited else None
         self.ctx = StreamContext(
             storage=self.storage,
             store=self.store,
-            part_slots=asyncio.Semaphore(settings.upload_concurrency),
+            part_slots=PrioritySlots(
+                settings.upload_concurrency,
+                keep_one_for_live=lambda: pacer is not None and pacer.rate is not None,
+            ),
+            pacer=pacer,
             window=settings.upload_concurrency,
             timeout_s=settings.stream_timeout_seconds,
             stopping=self.stopping,
@@ -360,6 +368,8 @@ class Agent:
         tasks = list(self.tasks.values())
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+            if late and self.ctx.pacer is not None:
+                self.ctx.pacer.stop()  # paced parts would outlast the grace: left for resume
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -697,6 +707,8 @@ class Agent:
             metrics.STREAMS_ACTIVE.set(len(workers))
             metrics.STREAMS_STALLED.set(sum(1 for w in workers if w.stalled))
             metrics.UPLOAD_LAG.set(sum(w.lag_bytes for w in workers))
+            if self.ctx.pacer is not None:
+                self.ctx.pacer.refresh()  # the change is logged on time, parts in flight or not
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 1.0)
 
@@ -761,6 +773,7 @@ class Agent:
             watch_dir=str(self.settings.watch_dir),
             integrity=self.ctx.integrity.describe(),
             disk=self.local.view(),
+            bandwidth=describe_bandwidth(self.settings.bandwidth, datetime.now()),
             streams=tuple(
                 StreamView(w.record, len(w.parts), w.stalled, w.last_error)
                 for w in self.workers.values()

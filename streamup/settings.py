@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 import streamup.s3.object_options as options
 from streamup.errors import ConfigError
+from streamup.s3.bandwidth import Timetable, parse_bandwidth
 from streamup.s3.keys import DEFAULT_TEMPLATE, KeyTemplate, parse_template
 from streamup.s3.parts import MAX_PART_SIZE_BYTES, MIN_PART_SIZE_BYTES
 
@@ -42,6 +43,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     # How long start-up waits out a busy or unreachable S3 / checkpoint store; 0 = forever.
     startup_timeout_seconds: float = Field(300.0, ge=0)
+    # All part uploads together (s3.bandwidth): a rate or a timetable in local time.
+    bandwidth_limit: str = "off"
 
     s3_endpoint_url: str | None = None
     s3_access_key_id: SecretStr | None = None
@@ -148,6 +151,16 @@ class Settings(BaseSettings):
         if amount < 0 or (text.endswith("%") and amount >= 100):
             raise ValueError(_MIN_FREE_HINT)
         return text
+
+    @field_validator("bandwidth_limit")
+    @classmethod
+    def _check_bandwidth(cls, value: str) -> str:
+        parse_bandwidth(value)
+        return value
+
+    @property
+    def bandwidth(self) -> Timetable:
+        return parse_bandwidth(self.bandwidth_limit)
 
     def min_free_floor(self, total_bytes: int) -> int:
         """MIN_FREE_BYTES in bytes, for a filesystem of `total_bytes` (0: the guard is off)."""

@@ -10,6 +10,7 @@ set, sees every block the agent sends before S3 does (to act on S3 at a precise 
 without forwarding them (S3 under load); `failed` counts them.
 `bytes_up_by_path` counts what went up per request path (`/bucket/key`: one object's parts), and
 `refuse_copies` answers every UploadPartCopy 501 NotImplemented, as a server without it would.
+`sent` records when each block went up (monotonic time, bytes): the rate seen on the wire.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
 from urllib.parse import unquote
 
@@ -32,6 +34,7 @@ class FaultProxy:
         self.port = free_port()
         self.bytes_up = 0  # agent -> S3: what the agent sent
         self.bytes_up_by_path: dict[str, int] = {}  # the same per request path (/bucket/key)
+        self.sent: list[tuple[float, int]] = []  # (monotonic time, bytes) of each block up
         self.content_md5_headers = 0  # requests that carried an integrity header
         self.before_forward: Callable[[bytes], None] | None = None
         self._lock = threading.Lock()
@@ -75,6 +78,11 @@ class FaultProxy:
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
+    def bytes_sent_between(self, start: float, end: float) -> int:
+        """Bytes the agent sent up in the monotonic interval [start, end)."""
+        with self._lock:
+            return sum(n for at, n in self.sent if start <= at < end)
+
     def flip_byte_of_part(self, number: int) -> None:
         """Damage the body of the next UploadPart of part `number` (one byte, once)."""
         with self._lock:
@@ -109,6 +117,7 @@ class FaultProxy:
                 if framer is not None:
                     with self._lock:
                         self.bytes_up += len(data)
+                        self.sent.append((time.monotonic(), len(data)))
                         self.content_md5_headers += data.lower().count(b"\r\ncontent-md5: ")
                     if self.before_forward is not None:
                         self.before_forward(data)

@@ -151,7 +151,6 @@ async def test_every_stream_field_round_trips(store: CheckpointStore) -> None:
         host="edge-07.example",
         key_collision_of="recordings/cam/s1.mp4",
         bytes_sent=41 * MiB + 3,
-        bytes_copied=96 * MiB,
         rebuild='{"stale_upload_id":"u0","shift_bytes":902}',
     )
     await store.save_stream(stream)
@@ -565,7 +564,6 @@ async def test_redis_writes_the_seed_key_schema(
         "checksum_algorithm": "",
         "key_collision_of": "",
         "bytes_sent": "0",
-        "bytes_copied": "0",
         "rebuild": "",
         "extends": "",
     }
@@ -1065,7 +1063,7 @@ async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path)
         conn.execute("ALTER TABLE streams DROP COLUMN host")
         conn.execute("ALTER TABLE streams DROP COLUMN checksum_algorithm")
         conn.execute("ALTER TABLE streams DROP COLUMN key_collision_of")
-        for column in ("bytes_sent", "bytes_copied", "rebuild"):
+        for column in ("bytes_sent", "rebuild"):
             conn.execute(f"ALTER TABLE streams DROP COLUMN {column}")
         conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
     conn.close()

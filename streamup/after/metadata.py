@@ -115,7 +115,8 @@ def build_metadata(
         "bit_rate": probe.bit_rate,
         "parts_reuploaded": stream.reuploaded_parts,
         "bytes_sent": stream.bytes_sent,
-        "bytes_copied": stream.bytes_copied,
+        # Bytes the server copied from an object it held (UploadPartCopy), as the parts say.
+        "bytes_copied": sum(part.size_bytes for part in ordered if part.copied),
         "end_reason": stream.end_reason.value,
         # The file vanished while the agent was down: the object holds what was uploaded
         # before, and nothing could check it against the final file.

@@ -164,7 +164,6 @@ _META_DEFAULTS = {
     "checksum_algorithm": "",
     "key_collision_of": "",
     "bytes_sent": "0",
-    "bytes_copied": "0",
     "rebuild": "",
     "extends": "",
 }
@@ -197,7 +196,6 @@ def stream_to_meta(stream: StreamRecord) -> dict[str, str]:
         "checksum_algorithm": stream.checksum_algorithm,
         "key_collision_of": stream.key_collision_of,
         "bytes_sent": str(stream.bytes_sent),
-        "bytes_copied": str(stream.bytes_copied),
         "rebuild": stream.rebuild,
         "extends": extension_to_text(stream.extends),
     }
@@ -232,7 +230,6 @@ def stream_from_meta(stream_id: str, fields: dict[str, str], *, where: str) -> S
         checksum_algorithm=meta.text("checksum_algorithm"),
         key_collision_of=meta.text("key_collision_of"),
         bytes_sent=meta.count("bytes_sent"),
-        bytes_copied=meta.count("bytes_copied"),
         rebuild=meta.text("rebuild"),
         extends=meta.parse("extends", extension_from_text),
     )
@@ -335,7 +332,6 @@ def stream_to_row(stream: StreamRecord) -> dict[str, object]:
         "checksum_algorithm": stream.checksum_algorithm,
         "key_collision_of": stream.key_collision_of,
         "bytes_sent": stream.bytes_sent,
-        "bytes_copied": stream.bytes_copied,
         "rebuild": stream.rebuild,
         "extends": extension_to_text(stream.extends),
     }
@@ -379,6 +375,5 @@ _PLAIN_COLUMNS = (
     "checksum_algorithm",
     "key_collision_of",
     "bytes_sent",
-    "bytes_copied",
     "rebuild",
 )

@@ -31,7 +31,6 @@ _ADDED_COLUMNS = {
         "checksum_algorithm": "TEXT NOT NULL DEFAULT ''",
         "key_collision_of": "TEXT NOT NULL DEFAULT ''",
         "bytes_sent": "INTEGER NOT NULL DEFAULT 0",
-        "bytes_copied": "INTEGER NOT NULL DEFAULT 0",
         "rebuild": "TEXT NOT NULL DEFAULT ''",
         "extends": "TEXT NOT NULL DEFAULT ''",
     },
@@ -58,8 +57,8 @@ CREATE TABLE IF NOT EXISTS streams (
     reuploaded_parts INTEGER NOT NULL, sha256_hex TEXT, completed_at TEXT,
     end_reason TEXT NOT NULL, error TEXT, host TEXT NOT NULL DEFAULT '',
     checksum_algorithm TEXT NOT NULL DEFAULT '', key_collision_of TEXT NOT NULL DEFAULT '',
-    bytes_sent INTEGER NOT NULL DEFAULT 0, bytes_copied INTEGER NOT NULL DEFAULT 0,
-    rebuild TEXT NOT NULL DEFAULT '', extends TEXT NOT NULL DEFAULT ''
+    bytes_sent INTEGER NOT NULL DEFAULT 0, rebuild TEXT NOT NULL DEFAULT '',
+    extends TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS streams_by_path ON streams (path);
 CREATE TABLE IF NOT EXISTS parts (
@@ -97,7 +96,7 @@ STREAM_COLUMNS = (
     'stream_id, path, relative_path, bucket, "key", status, device, inode, part_size_bytes,'
     " part_size_fixed, started_at, last_activity_at, upload_id, size_bytes, mtime_ns,"
     " uploaded_bytes, reuploaded_parts, sha256_hex, completed_at, end_reason, error, host,"
-    " checksum_algorithm, key_collision_of, bytes_sent, bytes_copied, rebuild, extends"
+    " checksum_algorithm, key_collision_of, bytes_sent, rebuild, extends"
 )
 STREAM_VALUES = ", ".join(":" + n.strip().strip('"') for n in STREAM_COLUMNS.split(","))
 COMPLETED_COLUMNS = (

@@ -129,6 +129,7 @@ def document(
     integrity: dict[str, object] | None = None,
     disk: dict[str, object] | None = None,
     events: Iterable[OutboxEntry] = (),
+    bandwidth: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """The one status shape, whoever builds it. `integrity` (how the S3 endpoint proves each
     part) is known only to a running agent: null offline. `disk`: WATCH_DIR's free space, the
@@ -140,6 +141,7 @@ def document(
         "store": store,
         "agent_id": agent_id,
         "integrity": integrity,
+        "bandwidth": bandwidth,  # BANDWIDTH_LIMIT now and its next change (s3.bandwidth)
         "generated_at_utc": iso(utc_now()),
         "store_error": store_error,
         "streams": streams,
@@ -175,6 +177,7 @@ async def agent_document(snapshot: AgentSnapshot, store: CheckpointStore) -> dic
         agent_id=snapshot.agent_id,
         integrity=snapshot.integrity,
         disk=snapshot.disk,
+        bandwidth=snapshot.bandwidth,
         streams=streams,
         completions=completions,
         store_error=store_error,
@@ -251,6 +254,7 @@ def render(doc: dict[str, object]) -> str:
             f"{human_size(disk.get('local_bytes_not_in_s3'))} local not yet in S3"
             + (f" -- {disk['short']}" if disk.get("short") else "")
         )
+    lines += _render_bandwidth(doc.get("bandwidth"))
     if not streams:
         lines.append("no streams in progress")
     else:
@@ -281,6 +285,15 @@ def render(doc: dict[str, object]) -> str:
                 f"{row['completed_at_utc']}  {row['path']} -> {row['key']}"
             )
     return "\n".join(lines)
+
+
+def _render_bandwidth(section: object) -> list[str]:
+    if not isinstance(section, dict):
+        return []
+    line = f"bandwidth limit: {section['limit']}"
+    if section.get("next_change_at"):
+        line += f" (then {section['next_limit']} from {section['next_change_at']})"
+    return [line]
 
 
 def _render_events(section: object) -> list[str]:

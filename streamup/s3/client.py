@@ -316,12 +316,13 @@ class S3Storage:
         key: str,
         upload_id: str,
         number: int,
-        body: bytes,
+        body: bytes | PartBody,
         *,
         crc32c: bytes | None = None,
         md5: bytes | None = None,
     ) -> str:
-        """Send one part with the checksums given (raw digests). Returns the part's ETag."""
+        """Send one part with the checksums given (raw digests), of exactly these bytes (paced
+        while sent, s3.pacing, under BANDWIDTH_LIMIT). Returns the part's ETag."""
         extra = {}
         if crc32c is not None:
             extra["ChecksumCRC32C"] = b64(crc32c)
@@ -331,7 +332,7 @@ class S3Storage:
             f"uploading part {number} of {key!r}",
             lambda: self._client.upload_part(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                Body=PartBody(body),
+                Body=body if isinstance(body, PartBody) else PartBody(body),
                 **extra,
             ),
         ))  # fmt: skip

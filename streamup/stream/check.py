@@ -175,7 +175,7 @@ class EndCheck:
         no more than UPLOAD_CONCURRENCY parts are in memory.
         """
         slots = self.worker.ctx.part_slots
-        await slots.acquire()
+        await slots.acquire(self.worker.priority)
         try:
             data = await self.source.read_part(span, with_md5=legacy)
         except BaseException:

@@ -230,12 +230,9 @@ async def _copy(worker: StreamWorker, source_offset: int, data: PartData) -> boo
     part = PartRecord(
         span.number, span.offset_bytes, span.size_bytes, copied.etag,
         data.md5.hex() if worker.with_md5 or md5_ok else "", utc_now(),
-        crc32c_hex=data.crc32c.hex(),
+        crc32c_hex=data.crc32c.hex(), copied=True,
     )  # fmt: skip
-    worker.record = worker.record.evolve(bytes_copied=worker.record.bytes_copied + span.size_bytes)
     await worker.keep_part(part)
-    record = worker.record  # with the count: a resumed rebuild skips this piece
-    await worker.persist(lambda: worker.ctx.store.save_stream(record), "checkpoint")
     worker.log.debug("part.copied", part=span.number, size_bytes=span.size_bytes)
     return True
 

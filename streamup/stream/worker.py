@@ -32,6 +32,7 @@ from streamup.retry import Backoff, retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
 from streamup.s3.object_options import ObjectOptions
+from streamup.s3.pacing import STOPPED_MESSAGE, Pacer, PrioritySlots
 from streamup.s3.parts import (
     PART_COUNT_WARNING,
     Layout,
@@ -39,6 +40,7 @@ from streamup.s3.parts import (
     PartSpan,
     whole_parts_ready,
 )
+from streamup.s3.priority import Priority
 from streamup.stream.copying import copy_or_none
 from streamup.stream.extension import ExtendedLayout
 from streamup.stream.lifecycle import (
@@ -67,7 +69,7 @@ class StreamContext:
 
     storage: S3Storage
     store: CheckpointStore
-    part_slots: asyncio.Semaphore  # global: parts in flight across all streams
+    part_slots: PrioritySlots  # global: parts in flight across all streams, live ones first
     window: int  # parts in flight for one stream
     timeout_s: float
     stopping: asyncio.Event
@@ -87,6 +89,8 @@ class StreamContext:
     files: FileBudget = field(default_factory=lambda: FileBudget(MAX_OPEN_FILES))
     # Asked when a write is fenced out: did the store only lose the stream? (stream.forgotten)
     restore: Callable[[StreamWorker], Awaitable[bool]] | None = None
+    # BANDWIDTH_LIMIT (None when it is `off` all week: parts go up as plain bytes).
+    pacer: Pacer | None = None
 
 
 class StreamWorker:
@@ -128,12 +132,25 @@ class StreamWorker:
         self.hold_first: bool | None = None
         self._restore_lock = asyncio.Lock()
         self._restores = 0  # times the store had lost the stream and it was written back
+        self._seen_size = record.size_bytes
+        self._grew_at = float("-inf")  # when the file last grew (monotonic): is it live?
         self.log = log.bind(stream_id=record.stream_id, path=record.path)
 
     # ----------------------------------------------------------------- plumbing
 
     def wake(self) -> None:
         self._wake.set()
+
+    @property
+    def priority(self) -> Priority:
+        """LIVE while the file grew within STREAM_TIMEOUT_SECONDS (a recording), else BACKLOG
+        (a finished file waiting): live parts go first (s3.priority)."""
+        live = self.ctx.clock() - self._grew_at < self.ctx.timeout_s
+        return Priority.LIVE if live else Priority.BACKLOG
+
+    def _note_size(self, size_bytes: int) -> None:
+        if size_bytes > self._seen_size:
+            self._seen_size, self._grew_at = size_bytes, self.ctx.clock()
 
     @property
     def lag_bytes(self) -> int:
@@ -234,12 +251,8 @@ class StreamWorker:
                 lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
             )
         crash_point("after_part_copy" if copied else "after_part_upload")
-        record, size = self.record, span.size_bytes
-        self.record = (
-            record.evolve(bytes_copied=record.bytes_copied + size)
-            if copied
-            else record.evolve(bytes_sent=record.bytes_sent + size)
-        )
+        if not copied:
+            self.record = self.record.evolve(bytes_sent=self.record.bytes_sent + span.size_bytes)
         part = PartRecord(
             span.number, span.offset_bytes, span.size_bytes, etag,
             data.md5.hex() if data.md5 is not None else "", utc_now(),
@@ -271,13 +284,17 @@ class StreamWorker:
     async def _upload_proven(self, upload_id: str, data: PartData) -> str:
         number = data.span.number
         crc = data.crc32c if self.record.checksum_algorithm else None
+        pacer = self.ctx.pacer  # a new paced body for every attempt: a body is sent only once
+        body = data.body if pacer is None else pacer.body(data.body, self.priority)
         try:
             etag = await self.ctx.storage.upload_part(
-                self.record.key, upload_id, number, data.body, crc32c=crc, md5=data.md5
+                self.record.key, upload_id, number, body, crc32c=crc, md5=data.md5
             )
         except StorageError as exc:
             if exc.code in DIGEST_REFUSED:  # the server's own check caught damaged bytes
                 self._proof_failed(number, "refused by the server", str(exc))
+            if pacer is not None and pacer.stopped:  # the grace is over: not retried
+                raise StorageError(STOPPED_MESSAGE, code="Stopping") from exc
             raise
         md5 = data.md5
         if (
@@ -335,7 +352,7 @@ class StreamWorker:
             await self.recovered()
 
     async def _read_and_send(self, span: PartSpan) -> None:
-        async with self.ctx.part_slots:
+        async with self.ctx.part_slots.holding(self.priority):
             data = await self.read(span, with_md5=self.with_md5)
             if data is not None:  # None: the file shrank meanwhile; the next pass sees it
                 await self.send(data)
@@ -353,6 +370,7 @@ class StreamWorker:
         try:
             while True:
                 size = self.source.fstat().size_bytes
+                self._note_size(size)
                 done_or_held = self.parts.keys() | await self.held_parts(size)
                 busy = done_or_held | self._in_flight
                 room = self.ctx.window - len(pending)
@@ -433,6 +451,8 @@ class StreamWorker:
         mtime_age_s = time.time() - first.mtime_ns / 1e9
         credit_s = idle_credit_s(mtime_age_s, self.ctx.timeout_s, confirm_s=tick_s)
         activity = Activity.first(first, self.ctx.clock(), credit_s=credit_s)
+        self._seen_size = max(self._seen_size, first.size_bytes)  # growth is what comes after
+        self._grew_at = max(self._grew_at, self.ctx.clock() - max(mtime_age_s, 0.0))
         while not self.ctx.stopping.is_set():
             state = self.source.fstat()
             activity = activity.observe(state, self.ctx.clock())
