@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 import pytest
 import redis as redis_sync
+from hypothesis import HealthCheck, settings
 
 from streamup.s3.client import S3Storage
 from tests import servers
@@ -21,6 +22,10 @@ S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": 
 S3_BACKENDS = ("moto", "rgw")
 BOTH_SERVERS = pytest.mark.parametrize("s3_backend", S3_BACKENDS)
 _started: list[Rgw] = []
+# The property tests prove results, not speed: no per-example time limit, which a busy machine
+# (or the end-to-end tests on the other workers) would break at random.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 # Modules whose tests share a module-scoped agent, recorder or set of recordings: under xdist
 # (`make test`) each runs whole on one worker, which sets its fixture up once. Every other test
 # goes to whichever worker is free. (xdist's own `xdist_group` mark does not reach its scheduler
