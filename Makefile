@@ -12,8 +12,11 @@ lock:
 demo: setup
 	.venv/bin/streamup demo
 
+# Three pytest-xdist workers: most tests wait on real time (files growing, timeouts, outages),
+# so three run side by side on two cores. `make test WORKERS=0` runs them one after another.
+WORKERS ?= 3
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n $(WORKERS) --dist loadgroup
 
 lint: setup
 	.venv/bin/ruff check streamup tests

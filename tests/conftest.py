@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 import pytest
 import redis as redis_sync
+from hypothesis import HealthCheck, settings
 
 from streamup.s3.client import S3Storage
 from tests import servers
@@ -21,6 +22,39 @@ S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": 
 S3_BACKENDS = ("moto", "rgw")
 BOTH_SERVERS = pytest.mark.parametrize("s3_backend", S3_BACKENDS)
 _started: list[Rgw] = []
+# The property tests prove results, not speed: no per-example time limit, which a busy machine
+# (or the end-to-end tests on the other workers) would break at random.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
+# Modules whose tests share a module-scoped agent, recorder or set of recordings: under xdist
+# (`make test`) each runs whole on one worker, which sets its fixture up once. Every other test
+# goes to whichever worker is free. (xdist's own `xdist_group` mark does not reach its scheduler
+# on pytest 9: the node id it rewrites is no longer the one reported.)
+ONE_WORKER_MODULES = frozenset(
+    f"tests/{name}.py"
+    for name in (
+        "test_browser_page",
+        "test_e2e_recordings",
+        "test_operator",
+        "test_operator_outage",
+        "test_probe",
+    )
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup`: one test per unit of work, but a module of ONE_WORKER_MODULES is one."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    return ModuleGroups(config, log)
 
 
 @pytest.fixture(scope="session")

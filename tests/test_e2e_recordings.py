@@ -151,7 +151,11 @@ def session(
         "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
     )
     agent = AgentProcess(env, root / "agent.log").start()
-    wait_for(lambda: '"agent.started"' in agent.log_text(), deadline_s=30, what="agent start")
+    try:
+        wait_for(lambda: '"agent.started"' in agent.log_text(), deadline_s=30, what="agent start")
+    except AssertionError:
+        agent.kill()  # not left running (and reported later, in another test, as a leak)
+        raise
     scenarios: dict[str, Scenario] = {}
     jobs: list[tuple[str, Callable[[], None]]] = [
         (name, lambda n=name, x=extra: record(watch_dir / "cams" / n, x))
