@@ -1,4 +1,5 @@
-"""One copied part of an extension (stream.extension): UploadPartCopy, proven against the file.
+"""One copied part (an extension's kept bytes, stream.extension, or a faststart rebuild's shifted
+ones, stream.rebuild): UploadPartCopy, proven against the file.
 
 The part's bytes were read from the file all the same (their CRC32C goes into the completion, the
 running SHA-256 takes them in, the end-of-stream check compares them later); only the sending is
@@ -20,33 +21,57 @@ from streamup.stream.extension import copy_proven
 
 log = structlog.get_logger("streamup")
 
-# Answers that mean this server will not copy parts at all: sent instead, said once.
-_REFUSED_NOTED: set[str] = set()
+# Answers that mean this server will not copy parts at all: said once, and no copy is asked for
+# again while the agent runs (every part is sent).
+_REFUSED: set[str] = set()
+
+
+def copies_refused() -> bool:
+    """The server refused UploadPartCopy: plan nothing that needs it."""
+    return bool(_REFUSED)
 
 
 async def copy_or_none(
-    storage: S3Storage, key: str, upload_id: str, data: PartData, caps: Capabilities
+    storage: S3Storage,
+    key: str,
+    upload_id: str,
+    data: PartData,
+    caps: Capabilities,
+    *,
+    first: int | None = None,
 ) -> str | None:
-    """The ETag of part `data.span` copied from the object at `key`, or None when it must be
-    sent instead. Retryable errors (and a vanished upload) propagate to the caller's retry."""
+    """The ETag of part `data.span` copied from the object at `key` (its bytes from offset
+    `first`, by default the part's own offset), or None when it must be sent instead. Retryable
+    errors (and a vanished upload) propagate to the caller's retry."""
     span = data.span
+    if _REFUSED:
+        return None
+    start = span.offset_bytes if first is None else first
     try:
         copied = await storage.copy_part(
-            key, upload_id, span.number, key, span.offset_bytes, span.end_bytes - 1
+            key, upload_id, span.number, key, start, start + span.size_bytes - 1
         )
     except NoSuchUpload:
         raise
     except StorageError as exc:
         # 501 NotImplemented is a server without UploadPartCopy, not weather: never retried.
-        if exc.retryable and exc.code not in ("NotImplemented", "501"):
+        refused = exc.code in ("NotImplemented", "501")
+        if exc.retryable and not refused:
             raise
-        if exc.code not in _REFUSED_NOTED:
-            _REFUSED_NOTED.add(exc.code)
-            log.warning("part.copy_refused", key=key, code=exc.code, error=str(exc),
-                        action="sending the bytes instead")  # fmt: skip
+        if refused:
+            _REFUSED.add(exc.code)
+        log.warning("s3.copy_refused" if refused else "part.copy_failed", key=key,
+                    part=span.number, code=exc.code, error=str(exc),
+                    action="sending the bytes instead")  # fmt: skip
         return None
-    # Compared as an upload's ETag is (worker._upload_proven): only where the ETag is the proof.
-    md5 = data.md5.hex() if data.md5 is not None and caps.mode is ProofMode.ETAG else None
+    # A copy carries no Content-MD5 for the server to check: its ETag is compared with the MD5
+    # of the file's bytes wherever the server's part ETag is the MD5 (moto, Ceph RGW).
+    md5 = data.md5.hex() if data.md5 is not None and caps.etag_is_md5 else None
+    if copied.crc32c is None and md5 is None and caps.mode is not ProofMode.NONE:
+        log.warning("part.copy_mismatch", key=key, part=span.number,
+                    reason="the server reported nothing the copy could be proven by",
+                    action="sending the bytes instead")  # fmt: skip
+        return None
     reason = copy_proven(
         etag_hex=etag_hex(copied.etag), crc32c_b64=copied.crc32c, md5_hex=md5,
         local_crc32c_b64=b64(data.crc32c),

@@ -22,7 +22,6 @@ resend of the changed parts.
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import hashlib
 from typing import Literal
@@ -33,16 +32,15 @@ from streamup.checksums import etag_hex, multipart_etag
 from streamup.errors import NoSuchUpload, StorageError
 from streamup.faults import crash_point
 from streamup.files.container import HEAD_BYTES, faststart_shift
-from streamup.files.source import PartData
 from streamup.models import PartRecord, utc_now
-from streamup.s3.integrity import ProofMode, object_mismatch
+from streamup.s3.integrity import object_mismatch
 from streamup.s3.parts import PartSpan
 from streamup.s3.rebuild_plan import Piece, Rebuild, Shifted, StalePart, plan_pieces
+from streamup.stream.copying import copies_refused
 from streamup.stream.worker import StreamWorker
 
 log = structlog.get_logger("streamup")
 HASH_BLOCK_BYTES = 8 * 1024 * 1024
-_copy_refused: list[str] = []  # agent-wide: the server refused UploadPartCopy (the code, once)
 
 Rebuilt = tuple[
     list[PartRecord], str, str
@@ -97,7 +95,7 @@ async def _save(worker: StreamWorker, plan: Rebuild | None) -> None:
 
 async def _plan(worker: StreamWorker) -> Rebuild | None:
     source, upload_id = worker.source, worker.record.upload_id
-    if _copy_refused or source is None or upload_id is None or not worker.parts:
+    if copies_refused() or source is None or upload_id is None or not worker.parts:
         return None
     state = source.fstat()
     head = await source.read_part(PartSpan(1, 0, min(HEAD_BYTES, state.size_bytes)), with_md5=False)
@@ -190,51 +188,17 @@ async def _complete_stale(worker: StreamWorker, plan: Rebuild) -> Rebuild | None
 
 
 async def _make(worker: StreamWorker, piece: Piece) -> None:
+    """Send the piece, or copy it from the temporary object where it has a source there (a
+    copy that the server refuses or that cannot be proven is sent: stream.copying)."""
     assert worker.source is not None
     span = PartSpan(piece.number, piece.offset_bytes, piece.size_bytes)
     async with worker.ctx.part_slots:
-        data = await worker.source.read_part(span, with_md5=True)
+        # The MD5 as well: a copy's ETag is compared with it where the ETag is the MD5.
+        copy = piece.source_offset is not None and not copies_refused()
+        data = await worker.source.read_part(span, with_md5=copy or worker.with_md5)
         if data is None:
             return  # the file shrank: the size check after the pieces abandons the rebuild
-        copy_from = None if _copy_refused else piece.source_offset
-        if copy_from is not None and await _copy(worker, copy_from, data):
-            return
-        if not worker.with_md5:
-            data = PartData(data.span, data.body, data.crc32c, None, data.read_at)
-        await worker.send(data)
-
-
-async def _copy(worker: StreamWorker, source_offset: int, data: PartData) -> bool:
-    """Copy the piece from the temporary object; True once it is proven and checkpointed."""
-    storage, key, span = worker.ctx.storage, worker.record.key, data.span
-    upload_id = await worker.ensure_upload()
-    first, last = source_offset, source_offset + span.size_bytes - 1
-    try:
-        copied = await worker.persist(
-            lambda: storage.copy_part(key, upload_id, span.number, key, first, last),
-            f"copy part {span.number}",
-        )
-    except StorageError as exc:
-        if exc.retryable or isinstance(exc, NoSuchUpload):
-            raise
-        _copy_refused.append(exc.code or "refused")
-        log.warning("s3.copy_refused", error=str(exc), fallback="the pieces are sent instead")
-        return False
-    crash_point("after_part_copy")
-    assert data.md5 is not None
-    crc_ok = copied.crc32c is not None and base64.b64decode(copied.crc32c) == data.crc32c
-    md5_ok = etag_hex(copied.etag) == data.md5.hex()
-    if not (crc_ok or md5_ok or worker.ctx.integrity.mode is ProofMode.NONE):
-        worker.log.warning("part.copy_unproven", part=span.number, etag=copied.etag)
-        return False  # sent from the file instead, under the same number
-    part = PartRecord(
-        span.number, span.offset_bytes, span.size_bytes, copied.etag,
-        data.md5.hex() if worker.with_md5 or md5_ok else "", utc_now(),
-        crc32c_hex=data.crc32c.hex(), copied=True,
-    )  # fmt: skip
-    await worker.keep_part(part)
-    worker.log.debug("part.copied", part=span.number, size_bytes=span.size_bytes)
-    return True
+        await worker.send(data, copy_from=piece.source_offset if copy else None)
 
 
 # -- the end -----------------------------------------------------------------------------------

@@ -236,15 +236,24 @@ class StreamWorker:
                 await self.persist(lambda: self.ctx.store.save_stream(record), "checkpoint")
             return self.record.upload_id  # type: ignore[return-value]
 
-    async def send(self, data: PartData) -> PartRecord:
+    async def send(self, data: PartData, *, copy_from: int | None = None) -> PartRecord:
         """Upload one part, proven (s3.integrity), retrying while the network is gone or the
-        proof fails, and checkpoint it. Only a proven part is ever recorded."""
+        proof fails, and checkpoint it. Only a proven part is ever recorded.
+
+        A part the server can make from bytes it holds is copied instead (stream.copying): the
+        parts an extension keeps, or `copy_from`, the offset of the part's bytes in the object at
+        the key (a faststart rebuild's temporary object). A copy that cannot be proven is sent."""
         upload_id = await self.ensure_upload()
+        if copy_from is None and self.is_copy(data.span.number):
+            copy_from = data.span.offset_bytes
         span = data.span
         started = self.ctx.clock()
-        etag = await self.persist(
-            lambda: self._copy_proven(upload_id, data), f"copy part {span.number}"
-        ) if self.is_copy(span.number) else None  # fmt: skip
+        etag = None
+        if copy_from is not None:
+            first = copy_from
+            etag = await self.persist(
+                lambda: self._copy_proven(upload_id, data, first), f"copy part {span.number}"
+            )
         copied = etag is not None
         if etag is None:
             etag = await self.persist(
@@ -276,9 +285,9 @@ class StreamWorker:
         """Part `number` is made by the server from the object this stream extends."""
         return isinstance(self.schedule, ExtendedLayout) and self.schedule.is_copy(number)
 
-    async def _copy_proven(self, upload_id: str, data: PartData) -> str | None:
+    async def _copy_proven(self, upload_id: str, data: PartData, first: int) -> str | None:
         return await copy_or_none(
-            self.ctx.storage, self.record.key, upload_id, data, self.ctx.integrity
+            self.ctx.storage, self.record.key, upload_id, data, self.ctx.integrity, first=first
         )
 
     async def _upload_proven(self, upload_id: str, data: PartData) -> str:
