@@ -49,6 +49,7 @@ class EndCheck:
         self.reuploaded = 0
         self.skipped_bytes = 0
         self._sends: set[asyncio.Future[PartRecord]] = set()
+        self._ahead: dict[int, asyncio.Future[PartData]] = {}  # reads ahead, by part number
 
     async def run(self) -> tuple[list[PartRecord], str, int]:
         """The parts of the object, the file's SHA-256, and how many parts the writer changed."""
@@ -80,7 +81,6 @@ class EndCheck:
     async def _pass(self, layout: list[PartSpan]) -> None:
         """Check every span in order, reading up to READ_AHEAD parts ahead."""
         ahead = min(READ_AHEAD, self.worker.ctx.window - 1)
-        self._ahead: dict[int, asyncio.Future[PartData]] = {}
         try:
             for index, span in enumerate(layout):
                 read = self._ahead.pop(span.number, None)
