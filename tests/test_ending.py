@@ -177,3 +177,26 @@ def test_the_check_of_a_closed_recording_reads_while_the_close_is_confirmed(
 
 def _t(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+def test_a_kill_while_the_close_is_confirmed_loses_nothing(
+    agent: Any, watch_dir: Path, s3_client: Any, bucket: str, tmp_path: Path
+) -> None:
+    """SIGKILL-like death after the check, before the confirmation (its tail part sent): the
+    restarted agent ends the stream again and completes it once, exact."""
+    runner: AgentProcess = agent(STREAMUP_CRASH_AT="before_end_confirmed")
+    path = watch_dir / "cam.mp4"
+    with path.open("wb") as handle:
+        write_slowly(handle, total_bytes=6 * MiB, rate_bytes_s=16 * MiB)
+        wait_for(lambda: runner.events_named("part.uploaded"), deadline_s=20, what="part 1")
+        write_slowly(handle, total_bytes=2 * MiB, rate_bytes_s=2 * MiB)
+    proc = runner.proc
+    assert proc is not None
+    wait_for(lambda: proc.poll() is not None, deadline_s=30, what="the crash")
+    assert proc.returncode == 137, runner.log_text()[-2000:]
+    assert not runner.events_named("stream.verified")
+    again: AgentProcess = agent()
+    doc = wait_metadata(s3_client, bucket, "cam.mp4", deadline_s=60)
+    assert_exact(s3_client, bucket, doc, path, tmp_path)
+    assert len(again.events_named("stream.completed")) == 1
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")

@@ -13,6 +13,7 @@ reopens as it goes, and each early start would re-read the file for nothing.
 
 from __future__ import annotations
 
+from streamup.faults import crash_point
 from streamup.stream.lifecycle import should_end
 from streamup.stream.worker import StreamWorker
 
@@ -25,6 +26,7 @@ async def end_confirmed(worker: StreamWorker) -> bool:
     pending, worker.unconfirmed_end = worker.unconfirmed_end, None
     if pending is None:
         return True
+    crash_point("before_end_confirmed")
     source, clock = worker.source, worker.ctx.clock
     started = clock()
     while source is not None and not worker.ctx.stopping.is_set():
