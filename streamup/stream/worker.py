@@ -23,6 +23,7 @@ from streamup.checksums import etag_hex, md5_of
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
 from streamup.files.budget import MAX_OPEN_FILES, FileBudget, FileGone
+from streamup.files.closes import CloseWatch
 from streamup.files.container import HEAD_BYTES, header_patched
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
@@ -84,6 +85,7 @@ class StreamContext:
     stopping: asyncio.Event
     lease_ttl_s: float = 15.0
     writers: WriterIndex = field(default_factory=WriterIndex)
+    closes: CloseWatch | None = None  # closes after writing, from inotify (files.closes)
     ffprobe_path: str | None = None
     ffprobe_timeout_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
@@ -508,8 +510,11 @@ class StreamWorker:
         the parts ready may have taken a while."""
         assert self.source is not None
         writer_now = await self.ctx.writers.is_written(self.record.identity)
-        self.writer_seen = seen = self.writer_seen or bool(writer_now)
         state, ctime_ns = self.source.fstat(), self.source.ctime_ns()
+        # A writer is seen in /proc, or by its close after the last change (inotify).
+        closes = self.ctx.closes
+        closed = closes is not None and closes.closed_after(self.record.path, state.mtime_ns)
+        self.writer_seen = seen = self.writer_seen or bool(writer_now) or closed
         activity = activity.observe(state, self.ctx.clock())
         idle_s, timeout_s = activity.idle_for_s(self.ctx.clock()), self.ctx.timeout_s
         self.unconfirmed_end = None
