@@ -23,7 +23,7 @@ import boto3
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from streamup.ops.page import chart_points, percent, short_time
+from streamup.ops.page import bandwidth, chart_points, percent, short_time
 from streamup.ops.report import human_size
 from tests.agent import AgentProcess, MiB, agent_env, metadata_docs, wait_for
 from tests.conftest import S3_TEST_CREDENTIALS
@@ -39,6 +39,9 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 DEADLINE_MS = 30_000
+# A limit that changes twice a day (whatever the time, a next change is due) and never holds
+# the 2.5 MiB/s recording back.
+BANDWIDTH_LIMIT = "00:00,64M 12:00,48M"
 
 ROW = "#streams tbody tr"
 DONE_ROW = "#completions tbody tr"
@@ -57,6 +60,9 @@ class Seen:
     uploaded_later: int
     size_later: int
     rate_shown: str
+    bandwidth_shown: list[str]  # the limit and its next change, as the script showed them
+    bandwidth_status: dict[str, Any]  # /status's `bandwidth` section at that moment
+    snapshot_bandwidth: list[str]  # the same, server-rendered
     chart_points: str
     live_text: str
     growing_name: str  # the row's name as the script built it
@@ -102,6 +108,19 @@ def row_number(page: Page, selector: str) -> int:
     return int(page.eval_on_selector(selector, "e => Number(e.value)"))
 
 
+def bandwidth_shown(page: Page) -> list[str]:
+    return [page.text_content(f"#fig-bandwidth{part}") or "" for part in ("", "-next")]
+
+
+def status_document(port: int) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/status", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        document: dict[str, Any] = json.load(response)
+    return document
+
+
 def observe(page: Page, seen_so_far: dict[str, Any], port: int, recorder: Recorder) -> None:
     """Drive the JavaScript page from an empty table to a completion, never reloading it."""
     page.on(
@@ -138,6 +157,8 @@ def observe(page: Page, seen_so_far: dict[str, Any], port: int, recorder: Record
         chart_points=page.get_attribute("#chart-line", "points") or "",
         live_text=page.text_content("#live"),
         growing_name=page.text_content(name_cell),
+        bandwidth_shown=bandwidth_shown(page),
+        bandwidth_status=status_document(port)["bandwidth"],
     )
     seen_so_far["img_counts"].append(img_count(page))
     seen_so_far["js_formats"] = page.evaluate(
@@ -148,6 +169,7 @@ def observe(page: Page, seen_so_far: dict[str, Any], port: int, recorder: Record
                 percents: cases.percents.map(([u, s]) => f.percent(u, s)),
                 times: cases.times.map(f.shortTime),
                 charts: cases.charts.map(([h, c]) => f.chartPoints(h, c)),
+                bandwidths: cases.bandwidths.map(f.bandwidth),
             };
         }""",
         FORMAT_CASES,
@@ -160,6 +182,13 @@ FORMAT_CASES: dict[str, list[Any]] = {
     "percents": [[5 * MiB, 8 * MiB], [0, 0], [1, 3], [8, 8]],
     "times": ["2026-11-24T12:00:58.598740+00:00", "2026-11-24T12:00:58+00:00", "x", None],
     "charts": [[[], 5], [[0.0], 5], [[5.0, 10.0, 0.0], 3], [[1, 2, 3, 4], 2], [[7.5, 2.5], 7]],
+    "bandwidths": [
+        None,
+        [],
+        {"limit": "off", "next_change_at": None, "next_limit": None},
+        {"limit": "2M", "next_change_at": "2026-11-24T19:00", "next_limit": "off"},
+        {"limit": "off", "next_change_at": "2026-11-25T08:00", "next_limit": "1.5M"},
+    ],
 }
 
 
@@ -169,6 +198,7 @@ def python_formats() -> dict[str, list[str]]:
         "percents": [percent(u, s) for u, s in FORMAT_CASES["percents"]],
         "times": [short_time(v) for v in FORMAT_CASES["times"]],
         "charts": [chart_points(h, c) for h, c in FORMAT_CASES["charts"]],
+        "bandwidths": [bandwidth(b) for b in FORMAT_CASES["bandwidths"]],
     }
 
 
@@ -180,6 +210,7 @@ def seen(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Iterat
     env = agent_env(
         watch_dir=root / "watch", state_dir=root / "state", s3_endpoint=moto_endpoint,
         bucket=bucket, PROM_PORT=str(port), STATUS_TOKEN=TOKEN, LOG_LEVEL="INFO",
+        BANDWIDTH_LIMIT=BANDWIDTH_LIMIT,
     )  # fmt: skip
     s3 = boto3.client(
         "s3", endpoint_url=moto_endpoint, region_name="us-east-1", **S3_TEST_CREDENTIALS
@@ -212,6 +243,7 @@ def seen(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> Iterat
             snapshot.goto(f"http://127.0.0.1:{port}/")
             found["snapshot_name"] = snapshot.text_content(f"{ROW} td.name")
             found["snapshot_live_text"] = snapshot.text_content("#live")
+            found["snapshot_bandwidth"] = bandwidth_shown(snapshot)
             found["img_counts"].append(img_count(snapshot))
             static.close()
 
@@ -294,6 +326,20 @@ def test_the_finished_recording_is_listed_with_its_key_and_metadata(seen: Seen) 
     assert doc["s3_key_prefix"] == seen.done_key
     assert doc["total_size_bytes"] == seen.path.stat().st_size
     assert seen.exit_code == 0
+
+
+def test_the_bandwidth_limit_and_its_next_change_are_shown_live_and_in_the_snapshot(
+    seen: Seen,
+) -> None:
+    status = seen.bandwidth_status
+    assert status["limit"] in ("64M", "48M") and status["next_limit"] in ("64M", "48M")
+    assert status["next_limit"] != status["limit"]
+    limit, then = seen.bandwidth_shown
+    assert limit == f"{status['limit']}/s"
+    at = status["next_change_at"].replace("T", " ")
+    assert then == f"then {status['next_limit']}/s from {at}"
+    assert at.endswith(("00:00", "12:00"))
+    assert seen.snapshot_bandwidth == seen.bandwidth_shown
 
 
 def test_the_script_formats_values_as_the_server_does(seen: Seen) -> None:

@@ -14,6 +14,7 @@ from streamup.errors import ConfigError
 from streamup.models import AgentSnapshot, FileIdentity, Status, StreamRecord, StreamView
 from streamup.ops.http import TOKEN_COOKIE, authorised, parse_request, presented_tokens
 from streamup.ops.page import (
+    bandwidth,
     chart_points,
     completion_row,
     figures,
@@ -22,6 +23,7 @@ from streamup.ops.page import (
     stream_row,
 )
 from streamup.ops.throughput import Throughput, sample_while
+from streamup.s3.bandwidth import describe, parse_bandwidth
 from streamup.settings import load_settings
 
 MiB = 1024 * 1024
@@ -206,9 +208,31 @@ def test_agent_figures_and_the_slots_for_later_features(
     )
     assert shown == {
         "fig-rate": "2.0 MiB/s", "fig-peak": "6.0 MiB/s", "fig-streams": "2",
-        "fig-stalled": "1", "fig-lag": "6.0 MiB", "fig-free-disk": free_disk,
-        "fig-undelivered": undelivered,
+        "fig-stalled": "1", "fig-lag": "6.0 MiB", "fig-bandwidth": "not reported",
+        "fig-bandwidth-next": "", "fig-free-disk": free_disk, "fig-undelivered": undelivered,
     }  # fmt: skip
+
+
+# /status's `bandwidth` section (s3.bandwidth.describe) for BANDWIDTH_LIMIT values.
+BANDWIDTH_SHOWN: list[tuple[str, list[str]]] = [
+    ("off", ["off", ""]),
+    ("2M", ["2M/s", ""]),
+    ("08:00,512k 19:00,off", ["512k/s", "then off from 2026-11-24 19:00"]),
+    ("08:00,off 19:00,1.5M", ["off", "then 1.5M/s from 2026-11-24 19:00"]),
+]
+NOON = datetime(2026, 11, 24, 12, 0)  # a Tuesday, local time
+
+
+@pytest.mark.parametrize(("value", "shown"), BANDWIDTH_SHOWN)
+def test_the_bandwidth_limit_and_its_next_change_are_shown(value: str, shown: list[str]) -> None:
+    section = describe(parse_bandwidth(value), NOON)
+    assert bandwidth(section) == shown
+    tree = Tree(render_page(doc(bandwidth=section), Throughput().document()))
+    assert [tree.text["fig-bandwidth"], tree.text.get("fig-bandwidth-next", "")] == shown
+
+
+def test_a_status_without_a_bandwidth_section_says_not_reported() -> None:
+    assert bandwidth(None) == bandwidth([]) == ["not reported", ""]
 
 
 def test_the_whole_page_is_a_static_snapshot_with_every_value_escaped() -> None:

@@ -129,15 +129,32 @@ def chart_points(
     )
 
 
+def bandwidth(section: object) -> list[str]:
+    """BANDWIDTH_LIMIT as the page shows it: the limit now (`2M/s`, `off`) and its next change
+    (`then off from 2026-12-01 19:00`, the agent's local time; "" when the limit never changes)."""
+    if not isinstance(section, Mapping):
+        return [NOT_REPORTED, ""]
+    at = section.get("next_change_at")
+    then = f"then {per_second(section.get('next_limit'))} from {str(at).replace('T', ' ')}"
+    return [per_second(section.get("limit")), then if at else ""]
+
+
+def per_second(limit: object) -> str:
+    return "off" if limit in (None, "off") else f"{limit}/s"
+
+
 def figures(doc: Mapping[str, Any], throughput: Mapping[str, Any]) -> dict[str, str]:
     """The agent-level figures by element id; the page and the script share these ids."""
     streams = doc.get("streams") or []
+    limit, then = bandwidth(doc.get("bandwidth"))
     return {
         "fig-rate": rate(throughput.get("rate_bytes_s", 0.0)),
         "fig-peak": rate(throughput.get("peak_bytes_s", 0.0)),
         "fig-streams": str(len(streams)),
         "fig-stalled": str(sum(1 for s in streams if s.get("stalled"))),
         "fig-lag": human_size(sum(as_int(s.get("lag_bytes")) for s in streams)),
+        "fig-bandwidth": limit,
+        "fig-bandwidth-next": then,
         # Slots for features still to come: shown once /status carries these fields.
         "fig-free-disk": figure(doc.get("free_disk_bytes"), size=True),
         "fig-undelivered": figure(doc.get("undelivered_events")),

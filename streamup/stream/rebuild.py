@@ -240,9 +240,15 @@ async def when_lost(worker: StreamWorker) -> str | None:
     file's first part: no use as a partial object) and nothing is left to complete."""
     if not worker.record.rebuild:
         return None
+    key = worker.record.key
     plan = Rebuild.from_json(worker.record.rebuild)
     if not plan.stale_completed:
-        await _save(worker, None)  # the stale upload is the stream's upload still
+        # Killed after completing the stale upload, before checkpointing that: the temporary
+        # object is at the key (known by its digests), and it goes as below.
+        remote = await worker.persist(lambda: worker.ctx.storage.head_object(key), "head object")
+        if remote is not None and object_mismatch(remote, _stale_records(plan)) is None:
+            await worker.persist(lambda: worker.ctx.storage.delete_object(key), "delete temporary")
+        await _save(worker, None)  # the stale upload (if not completed) is the stream's still
         return None
     if all(p.number in worker.parts for p in plan.pieces):
         return plan.stale_etag

@@ -126,6 +126,19 @@
     return size ? humanSize(value) : String(value);
   }
 
+  // BANDWIDTH_LIMIT now and its next change (the agent's local time), as page.py shows them.
+  const perSecond = (limit) =>
+    limit === null || limit === undefined || limit === "off" ? "off" : `${limit}/s`;
+  function bandwidth(section) {
+    if (!section || typeof section !== "object" || Array.isArray(section)) {
+      return ["not reported", ""];
+    }
+    const at = section.next_change_at;
+    const when = text(at).replaceAll("T", " ");
+    const then = at ? `then ${perSecond(section.next_limit)} from ${when}` : "";
+    return [perSecond(section.limit), then];
+  }
+
   function show(doc, throughput) {
     const streams = Array.isArray(doc.streams) ? doc.streams : [];
     const completions = Array.isArray(doc.recent_completions) ? doc.recent_completions : [];
@@ -148,6 +161,9 @@
     setText("fig-streams", String(streams.length));
     setText("fig-stalled", String(streams.filter((s) => s.stalled).length));
     setText("fig-lag", humanSize(streams.reduce((sum, s) => sum + int(s.lag_bytes), 0)));
+    const [limit, then] = bandwidth(doc.bandwidth);
+    setText("fig-bandwidth", limit);
+    setText("fig-bandwidth-next", then);
     setText("fig-free-disk", figure(doc.free_disk_bytes, true));
     setText("fig-undelivered", figure(doc.undelivered_events, false));
 
@@ -183,6 +199,6 @@
   }
 
   // The formats, for the browser test that holds them equal to the server's (page.py).
-  window.streamupFormats = Object.freeze({ humanSize, percent, shortTime, chartPoints });
+  window.streamupFormats = Object.freeze({ humanSize, percent, shortTime, chartPoints, bandwidth });
   poll();
 })();
