@@ -478,6 +478,7 @@ class StreamWorker:
         activity = Activity.first(first, self.ctx.clock(), credit_s=credit_s)
         self._seen_size = max(self._seen_size, first.size_bytes)  # growth is what comes after
         self._grew_at = max(self._grew_at, self.ctx.clock() - max(mtime_age_s, 0.0))
+        looked = False  # the end is judged only once the file was seen across one nap at least
         while not self.ctx.stopping.is_set():
             state = self.source.fstat()
             activity = activity.observe(state, self.ctx.clock())
@@ -494,8 +495,9 @@ class StreamWorker:
             except StorageError as exc:
                 await self.pause_after(exc)
                 continue
-            if await self._ended(activity):
+            if looked and await self._ended(activity):
                 return True
+            looked = True
             if (
                 activity.idle_for_s(self.ctx.clock()) >= GIVE_WAY_IDLE_S
                 and self.ctx.files.contended
