@@ -505,6 +505,14 @@ async def test_a_lone_agent_is_granted_its_leases(store: CheckpointStore) -> Non
     assert await store.lease_owner("never") is None
 
 
+async def test_a_lone_agent_renews_its_leases_in_one_call(store: CheckpointStore) -> None:
+    for stream_id in ("s1", "s2"):
+        await store.save_stream(make_stream(stream_id))
+        assert await store.acquire_lease(stream_id, "agent-a", 5.0) is not None
+    assert await store.renew_leases(["s1", "s2"], 5.0) == {"s1": True, "s2": True}
+    assert await store.renew_leases([], 5.0) == {}
+
+
 # -- Redis: the seed's key schema ---------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -130,6 +130,10 @@ class CheckpointStore(Protocol):
 
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         """Extend our lease; False when it is not ours any more (then writes raise LeaseLost)."""
+
+    async def renew_leases(self, stream_ids: Sequence[str], ttl_s: float) -> dict[str, bool]:
+        """`renew_lease` of every stream named, in one round trip to the store: each stream id
+        -> still ours (and extended). One stream's lost lease leaves the others' renewed."""
 
     async def release_lease(self, stream_id: str) -> None:
         """Give our lease up so another agent need not wait for it to expire."""

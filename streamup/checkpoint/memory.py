@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from streamup.checkpoint.codec import (
@@ -250,6 +250,10 @@ class MemoryStore:
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         self._check()
         return True
+
+    async def renew_leases(self, stream_ids: Sequence[str], ttl_s: float) -> dict[str, bool]:
+        self._check()
+        return dict.fromkeys(stream_ids, True)
 
     async def release_lease(self, stream_id: str) -> None:
         self._check()

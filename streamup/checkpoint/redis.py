@@ -24,7 +24,7 @@ translated here, once: connection trouble is retryable, anything else is not.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -509,7 +509,11 @@ class RedisStore:
 
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         with self._translate(f"renewing the lease of stream {stream_id}"):
-            return await self._leases.renew(stream_id, meta_key(stream_id), ttl_s)
+            return (await self._leases.renew([stream_id], meta_key, ttl_s))[stream_id]
+
+    async def renew_leases(self, stream_ids: Sequence[str], ttl_s: float) -> dict[str, bool]:
+        with self._translate(f"renewing the leases of {len(stream_ids)} streams"):
+            return await self._leases.renew(stream_ids, meta_key, ttl_s)
 
     async def release_lease(self, stream_id: str) -> None:
         with self._translate(f"releasing the lease of stream {stream_id}"):

@@ -22,7 +22,7 @@ import fcntl
 import itertools
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -342,6 +342,9 @@ class SqliteStore:
 
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         return True
+
+    async def renew_leases(self, stream_ids: Sequence[str], ttl_s: float) -> dict[str, bool]:
+        return dict.fromkeys(stream_ids, True)
 
     async def release_lease(self, stream_id: str) -> None:
         self._lease_owners.pop(stream_id, None)
