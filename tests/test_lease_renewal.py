@@ -1,21 +1,27 @@
 """Lease renewals batched: every lease an agent holds renewed in one round trip per TTL/3, a lost
-one reported for its own stream only (stream.renewal, stream.ownership, a real redis-server)."""
+one reported for its own stream only (stream.renewal, stream.ownership, a real redis-server).
+And the other half of a store that forgot: completed-file records written back from memory."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
+from streamup.checkpoint.memory import MemoryStore
 from streamup.checkpoint.redis import RedisStore
 from streamup.checkpoint.redis_leases import RENEW_BATCH
-from streamup.models import Claim
+from streamup.errors import CheckpointError
+from streamup.models import Claim, CompletedRecord
+from streamup.stream.forgotten import CompletedWriteBack
 from streamup.stream.ownership import Ownership
 from streamup.stream.renewal import lost_leases
-from tests.test_checkpoint_contract import make_stream
+from tests.test_checkpoint_contract import completed_of, make_stream
 
 
 @pytest.mark.parametrize(
@@ -143,3 +149,51 @@ async def test_one_agents_loop_renews_all_its_leases_once_a_round_and_reports_a_
     stopping.set()
     await ownership.release_all()
     assert await raw.exists(*[f"stream:{sid}:lease" for sid in ids if sid != "s0042"]) == 0
+
+
+# -- completed-file records written back to a store that forgot them (stream.forgotten) ---------
+
+
+def done_file(folder: Path, name: str) -> CompletedRecord:
+    path = folder / name
+    path.write_bytes(b"x")
+    return completed_of(make_stream(name, path=str(path)))
+
+
+async def test_a_write_back_covers_every_stream_restored_before_it_began(
+    agent_a: RedisStore, raw: aioredis.Redis, tmp_path: Path
+) -> None:
+    records = {r.path: r for r in (done_file(tmp_path, f"{i}.mp4") for i in range(50))}
+    gone = completed_of(make_stream("gone", path=str(tmp_path / "gone.mp4")))  # moved away
+    back = CompletedWriteBack(agent_a, lambda: {**records, gone.path: gone})
+    await agent_a.restore_completed_files([])  # loads nothing: no script yet
+    await agent_a.restore_completed_files(list(records.values())[:1])  # the script is loaded
+    await raw.delete("streams:completed_files")
+    await raw.config_resetstat()
+    with capture_logs() as logs:
+        # 200 streams written back in one renewal round, each asking.
+        await asyncio.gather(*(back.write_back() for _ in range(200)))
+    # The first ask's write, and one more for the 199 that asked while it ran.
+    assert await script_calls(raw) == 2
+    assert await agent_a.completed_files() == records
+    assert [e["files"] for e in logs if e["event"] == "checkpoint.completed_restored"] == [50]
+    with capture_logs() as logs:
+        await back.write_back()  # a later loss: written again, but nothing was missing
+    assert await script_calls(raw) == 3
+    assert not [e for e in logs if e["event"] == "checkpoint.completed_restored"]
+
+
+async def test_a_refused_write_back_is_said_once_and_tried_again_at_the_next_loss(
+    tmp_path: Path,
+) -> None:
+    store = MemoryStore()
+    record = done_file(tmp_path, "kept.mp4")
+    back = CompletedWriteBack(store, lambda: {record.path: record})
+    store.inject_error(CheckpointError("Redis refused: OOM command not allowed"))
+    with capture_logs() as logs:
+        await back.write_back()
+    failed = [e for e in logs if e["event"] == "checkpoint.completed_restore_failed"]
+    assert len(failed) == 1 and failed[0]["files"] == 1 and "OOM" in failed[0]["error"]
+    assert await store.completed_files() == {}
+    await back.write_back()
+    assert await store.completed_files() == {record.path: record}

@@ -87,6 +87,10 @@ class CheckpointStore(Protocol):
         """Replace the path's completed record by `record` (the local-file action's intent)
         while it is still the record of the same stream; False, writing nothing, otherwise."""
 
+    async def restore_completed_files(self, records: Sequence[CompletedRecord]) -> int:
+        """Write back records the store forgot (it was flushed, its file deleted): each one for
+        its path unless the store holds a record of that path now. Returns how many it wrote."""
+
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         """Newest first."""
 

@@ -170,6 +170,13 @@ class MemoryStore:
         self._completed_files[record.path] = completed_to_json(record)
         return True
 
+    async def restore_completed_files(self, records: Sequence[CompletedRecord]) -> int:
+        self._check()
+        missing = {r.path: r for r in records if r.path not in self._completed_files}
+        for path, record in missing.items():
+            self._completed_files[path] = completed_to_json(record)
+        return len(missing)
+
     def _completed_stream(self, path: str) -> str | None:
         text = self._completed_files.get(path)
         return None if text is None else completed_from_json(text, where=path).stream_id

@@ -130,6 +130,14 @@ return 1
 """
 )
 
+# KEYS[1]: completed_files. ARGV: path, record JSON, in pairs. Each unless its path has one.
+_RESTORE_COMPLETED = """
+local written = 0
+for i = 1, #ARGV, 2 do written = written + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return written
+"""
+_RESTORE_BATCH = 1000  # records per script: Redis is not held up long by one
+
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
 
@@ -442,6 +450,15 @@ class RedisStore:
         args = [record.path, record.stream_id, completed_to_json(record)]
         with self._translate("updating a completed file"):
             return bool(await self._script(_UPDATE_OF_STREAM, [COMPLETED_FILES], args))
+
+    async def restore_completed_files(self, records: Sequence[CompletedRecord]) -> int:
+        pairs = [text for r in records for text in (r.path, completed_to_json(r))]
+        written = 0
+        with self._translate(f"restoring {len(records)} completed files"):
+            for start in range(0, len(pairs), 2 * _RESTORE_BATCH):
+                batch = pairs[start : start + 2 * _RESTORE_BATCH]
+                written += int(await self._script(_RESTORE_COMPLETED, [COMPLETED_FILES], batch))
+        return written
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         if limit <= 0:
