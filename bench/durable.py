@@ -89,6 +89,9 @@ def record_once(
         "verified_s": verified["t"] - closed,
         "completion_s": done["t"] - verified["t"],
         "durable_s": done["t"] - closed,
+        # CompleteMultipartUpload as the agent timed it: the rest is the agent's own time.
+        "agent_complete_s": done["server_complete_s"],
+        "outside_complete_s": done["t"] - closed - done["server_complete_s"],
         "cpu_s": cpu,
         "skipped_bytes": checked["skipped_bytes"],
         "reread_bytes": checked["reread_bytes"],

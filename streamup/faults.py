@@ -11,6 +11,8 @@ import sys
 
 POINTS = (
     "after_part_upload",
+    # the end-of-stream check is done and the writer's close not yet confirmed (stream.ending)
+    "before_end_confirmed",
     "before_complete",
     # a faststart rebuild (stream.rebuild): its intent is checkpointed, the stale upload not yet
     # completed; completed as the temporary object; a part copied, not yet checkpointed

@@ -28,6 +28,7 @@ from streamup.files.budget import (
     open_files_limit,
     out_of_descriptors,
 )
+from streamup.files.closes import CloseWatch
 from streamup.files.liveness import AgentMarks
 from streamup.files.source import SourceFile, readable, stat_path
 from streamup.files.watcher import Watcher, relative_key_path
@@ -204,6 +205,11 @@ class Agent:
             on_scan=self._on_scan,
         )
         background: list[asyncio.Task[Any]] = []
+        closes = CloseWatch(
+            self.settings.watch_dir, self.settings.watch_extensions, on_close=self.observe
+        )
+        if closes.start():
+            self.ctx.closes = closes
         try:
             self.completed = await self.store.completed_files()
             for record in await self.store.unfinished_streams():
@@ -243,6 +249,7 @@ class Agent:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            closes.stop()
             await self.storage.close()
             await self.store.close()
             self.marks.release()

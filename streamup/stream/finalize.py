@@ -36,6 +36,7 @@ from streamup.models import (
 from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part_proof, weakest
 from streamup.s3.placement import ensure_tags
 from streamup.stream.check import EndCheck
+from streamup.stream.ending import end_confirmed
 from streamup.stream.lifecycle import check_transition, contiguous_prefix, end_reason
 from streamup.stream.rebuild import rebuild
 from streamup.stream.rebuild import when_lost as rebuild_when_lost
@@ -58,6 +59,9 @@ async def finalize(worker: StreamWorker) -> bool:
         return False
     else:
         (parts, sha256_hex, replacing), reuploaded = rebuilt, 0
+    if not await end_confirmed(worker):  # the check ran while the writer's close was confirmed
+        await worker.set_status(Status.ACTIVE)
+        return False
     state = worker.source.fstat()
     reason = end_reason(worker.record.identity, stat_path(worker.record.path))
     worker.record = worker.record.evolve(
@@ -115,11 +119,13 @@ async def complete(
         replacing = extends.etag
     crash_point("before_complete" if extends is None else "before_replace")
     await worker.check_lease()
+    started = worker.ctx.clock()
     try:
         await worker.persist(
             lambda: storage.complete_upload(key, upload_id, etags, replacing=replacing),
             "complete",
         )
+        worker.complete_s = worker.ctx.clock() - started  # the server's assembly, as seen here
         crash_point("after_complete" if extends is None else "after_replace")
     except NoSuchUpload:
         if not await already_completed(worker, parts):
@@ -303,6 +309,7 @@ async def _completed(worker: StreamWorker, doc: dict[str, object]) -> None:
         size_bytes=worker.record.size_bytes,
         duration_s=doc.get("duration_seconds"),
         end_reason=worker.record.end_reason.value,
+        server_complete_s=None if worker.complete_s is None else round(worker.complete_s, 3),
     )
 
 

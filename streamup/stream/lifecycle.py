@@ -95,6 +95,29 @@ def should_end(
     return idle_s >= timeout_s
 
 
+@dataclass(frozen=True, slots=True)
+class UnconfirmedEnd:
+    """A stream that ended on its writer's close before the confirmation: the file as it was
+    then. The end stands only if the file is still exactly this when the confirmation is due."""
+
+    activity: Activity
+    state: FileState
+    ctime_ns: int
+
+    def holds(self, state: FileState, ctime_ns: int) -> bool:
+        return state == self.state and ctime_ns == self.ctime_ns
+
+
+def may_check(
+    idle_s: float, timeout_s: float, *, writer_seen: bool, writer_now: bool | None
+) -> bool:
+    """May the end-of-stream check start? When the stream should end, and as soon as the writer
+    seen earlier holds the file no more: the check then reads while the confirmation runs, and
+    `should_end` still decides before anything is completed (stream.ending)."""
+    ends = should_end(idle_s, timeout_s, writer_seen=writer_seen, writer_now=writer_now)
+    return ends or (writer_seen and writer_now is False)
+
+
 def idle_credit_s(mtime_age_s: float, timeout_s: float, confirm_s: float) -> float:
     """Idleness a file has already earned when the agent first looks at it.
 

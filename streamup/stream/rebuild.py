@@ -37,6 +37,7 @@ from streamup.s3.integrity import object_mismatch
 from streamup.s3.parts import PartSpan
 from streamup.s3.rebuild_plan import Piece, Rebuild, Shifted, StalePart, plan_pieces
 from streamup.stream.copying import copies_refused
+from streamup.stream.ending import end_confirmed
 from streamup.stream.worker import StreamWorker
 
 log = structlog.get_logger("streamup")
@@ -55,6 +56,8 @@ async def rebuild(worker: StreamWorker) -> Rebuilt | Literal[False] | None:
         plan = await _plan(worker)
         if plan is None:
             return None
+        if not await end_confirmed(worker):  # nothing is done before the end stands
+            return False
         worker.log.info(
             "stream.rebuild_planned", shift_bytes=plan.shift_bytes, copy_bytes=plan.copied_bytes
         )

@@ -23,11 +23,19 @@ from streamup.checksums import etag_hex, md5_of
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
 from streamup.files.budget import MAX_OPEN_FILES, FileBudget, FileGone
+from streamup.files.closes import CloseWatch
 from streamup.files.container import HEAD_BYTES, header_patched
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
-from streamup.models import CompletedRecord, PartRecord, ReadMark, Status, StreamRecord, utc_now
+from streamup.models import (
+    CompletedRecord,
+    PartRecord,
+    ReadMark,
+    Status,
+    StreamRecord,
+    utc_now,
+)
 from streamup.retry import Backoff, retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
@@ -45,8 +53,10 @@ from streamup.stream.copying import copy_or_none
 from streamup.stream.extension import ExtendedLayout
 from streamup.stream.lifecycle import (
     Activity,
+    UnconfirmedEnd,
     check_transition,
     idle_credit_s,
+    may_check,
     parts_past_end,
     should_end,
 )
@@ -75,6 +85,7 @@ class StreamContext:
     stopping: asyncio.Event
     lease_ttl_s: float = 15.0
     writers: WriterIndex = field(default_factory=WriterIndex)
+    closes: CloseWatch | None = None  # closes after writing, from inotify (files.closes)
     ffprobe_path: str | None = None
     ffprobe_timeout_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
@@ -125,6 +136,11 @@ class StreamWorker:
         self._read_lock = asyncio.Lock()
         self.completed_record: CompletedRecord | None = None
         self.writer_seen = False  # a process on this host was seen writing the file
+        # Ended on the writer's close, before its confirmation: what the file was then
+        # (stream.ending). `check_early` goes off for good once a writer came back.
+        self.unconfirmed_end: UnconfirmedEnd | None = None
+        self.check_early = True
+        self.complete_s: float | None = None  # how long CompleteMultipartUpload took, if sent
         self.lease_lost = False  # another agent took the stream over
         self.failures = 0  # attempts of a failed step since the stream last made progress
         # Part 1 waits for the end when the writer patches the file's header then (MP4, MKV):
@@ -478,16 +494,37 @@ class StreamWorker:
             except StorageError as exc:
                 await self.pause_after(exc)
                 continue
-            writer_now = await self.ctx.writers.is_written(self.record.identity)
-            self.writer_seen = self.writer_seen or bool(writer_now)
-            idle_s = activity.idle_for_s(self.ctx.clock())
-            if should_end(
-                idle_s, self.ctx.timeout_s, writer_seen=self.writer_seen, writer_now=writer_now
-            ):
+            if await self._ended(activity):
                 return True
-            if idle_s >= GIVE_WAY_IDLE_S and self.ctx.files.contended:
+            if (
+                activity.idle_for_s(self.ctx.clock()) >= GIVE_WAY_IDLE_S
+                and self.ctx.files.contended
+            ):
                 await self.give_way()
             await self.nap(tick_s)
+        return False
+
+    async def _ended(self, activity: Activity) -> bool:
+        """Is the recording over, or may its end-of-stream check start while the writer's close
+        is confirmed (`unconfirmed_end`, stream.ending)? The file is looked at afresh: sending
+        the parts ready may have taken a while."""
+        assert self.source is not None
+        writer_now = await self.ctx.writers.is_written(self.record.identity)
+        state, ctime_ns = self.source.fstat(), self.source.ctime_ns()
+        # A writer is seen in /proc, or by its close after the last change (inotify).
+        closes = self.ctx.closes
+        closed = closes is not None and closes.closed_after(self.record.path, state.mtime_ns)
+        self.writer_seen = seen = self.writer_seen or bool(writer_now) or closed
+        activity = activity.observe(state, self.ctx.clock())
+        idle_s, timeout_s = activity.idle_for_s(self.ctx.clock()), self.ctx.timeout_s
+        self.unconfirmed_end = None
+        if should_end(idle_s, timeout_s, writer_seen=seen, writer_now=writer_now):
+            return True
+        if self.check_early and may_check(
+            idle_s, timeout_s, writer_seen=seen, writer_now=writer_now
+        ):
+            self.unconfirmed_end = UnconfirmedEnd(activity, state, ctime_ns)
+            return True
         return False
 
     async def give_way(self) -> None:
