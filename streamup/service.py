@@ -59,7 +59,11 @@ from streamup.s3.placement import KeyPlanner, Placement, refused_option
 from streamup.settings import Settings
 from streamup.stream.extension import plan_extension, worth_checking
 from streamup.stream.finalize import finalize, finish_lost, write_metadata
-from streamup.stream.forgotten import rebuild_lost_sqlite, restore_forgotten
+from streamup.stream.forgotten import (
+    CompletedWriteBack,
+    rebuild_lost_sqlite,
+    restore_forgotten,
+)
 from streamup.stream.ownership import Ownership, host_of
 from streamup.stream.recovery import reconcile
 from streamup.stream.worker import PERMANENT_ERROR_PAUSE_S, StreamContext, StreamWorker
@@ -159,8 +163,11 @@ class Agent:
             shared=settings.redis_url is not None,
             marks=self.marks,
         )
+        self.completed_back = CompletedWriteBack(self.store, lambda: self.completed)
         self.ctx.restore = lambda worker: restore_forgotten(
-            worker, lambda: self.ownership.acquire(worker.record.stream_id)
+            worker,
+            lambda: self.ownership.acquire(worker.record.stream_id),
+            restored=lambda: self._spawn(self.completed_back.write_back()),
         )
         self.workers: dict[str, StreamWorker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -728,7 +735,8 @@ class Agent:
                 await asyncio.wait_for(self.stopping.wait(), SQLITE_CHECK_S)
             if store.file_lost() and not self.stopping.is_set():
                 try:
-                    await rebuild_lost_sqlite(store, list(self.workers.values()))
+                    workers = list(self.workers.values())
+                    await rebuild_lost_sqlite(store, workers, self.completed.values())
                 except StreamupError as exc:
                     log.error("checkpoint.rebuild_failed", error=str(exc))
 

@@ -21,7 +21,7 @@ BASE = {
 PURE = {
     "s3.parts", "s3.keys", "s3.object_options", "stream.lifecycle", "after.metadata",
     "after.events", "after.schedule", "after.lifecycle", "s3.rebuild_plan", "files.container",
-    "stream.extension", "s3.bandwidth", "s3.priority",
+    "stream.extension", "s3.bandwidth", "s3.priority", "stream.renewal",
 }  # fmt: skip
 
 # room -> the rooms it may import besides the base, itself and the pure modules.

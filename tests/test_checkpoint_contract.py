@@ -505,6 +505,30 @@ async def test_a_lone_agent_is_granted_its_leases(store: CheckpointStore) -> Non
     assert await store.lease_owner("never") is None
 
 
+async def test_forgotten_completed_files_are_restored_without_replacing_a_newer_record(
+    store: CheckpointStore,
+) -> None:
+    kept = await finish(store, "s1", path="/watch/kept.mp4")
+    stale = completed_of(make_stream("s0", path="/watch/kept.mp4"))
+    lost = dataclasses.replace(completed_of(make_stream("s2", path="/watch/lost.mp4")),
+                               sha256_hex="ab" * 32, host="cam-1", extensions=2)  # fmt: skip
+    assert await store.restore_completed_files([stale, lost]) == 1
+    assert await store.completed_files() == {kept.path: kept, lost.path: lost}
+    assert await store.restore_completed_files([lost]) == 0  # a second write-back: nothing
+    assert await store.restore_completed_files([]) == 0
+    assert await store.claim_stream(make_stream("s3", path="/watch/lost.mp4")) == (
+        Claim.COMPLETED, "s2",
+    )  # fmt: skip
+
+
+async def test_a_lone_agent_renews_its_leases_in_one_call(store: CheckpointStore) -> None:
+    for stream_id in ("s1", "s2"):
+        await store.save_stream(make_stream(stream_id))
+        assert await store.acquire_lease(stream_id, "agent-a", 5.0) is not None
+    assert await store.renew_leases(["s1", "s2"], 5.0) == {"s1": True, "s2": True}
+    assert await store.renew_leases([], 5.0) == {}
+
+
 # -- Redis: the seed's key schema ---------------------------------------------------------------
 
 

@@ -198,6 +198,62 @@ def test_a_store_that_lost_the_stream_is_written_back_and_the_same_upload_goes_o
         assert str(target) in asyncio.run(_completed_paths(tmp_path / "state"))
 
 
+@pytest.mark.parametrize("store", ["redis", "sqlite"])
+def test_completed_files_the_store_forgot_are_written_back_and_not_sent_again_after_a_restart(
+    store: str,
+    request: pytest.FixtureRequest,
+    agent: Any,
+    proxy: FaultProxy,
+    watch_dir: Path,
+    s3_client: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    env = {"S3_ENDPOINT_URL": proxy.url}
+    if store == "redis":
+        env["REDIS_URL"] = request.getfixturevalue("redis_url")
+    first: AgentProcess = agent(**env)
+    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
+    done = watch_dir / "done.mp4"
+    _finished_file(done, 1 * MiB)
+    wait_metadata(s3_client, bucket, "done.mp4", deadline_s=30)
+    # A live stream for the agent to notice the loss by (a fenced write or a renewal round).
+    live = watch_dir / "live.mp4"
+    writer = grow(live, 8 * MiB, 4 * MiB)
+    wait_for(
+        lambda: [e for e in first.events_named("part.uploaded") if e["path"] == str(live)],
+        deadline_s=20, what="a part of the live file",
+    )  # fmt: skip
+    if store == "redis":
+        redis_sync.Redis.from_url(env["REDIS_URL"]).flushall()
+        said, count = "checkpoint.completed_restored", "files"
+    else:
+        for name in ("streamup.db", "streamup.db-wal", "streamup.db-shm"):
+            (tmp_path / "state" / name).unlink(missing_ok=True)
+        said, count = "checkpoint.store_rebuilt", "completed_files"
+    told = wait_for(lambda: first.events_named(said), deadline_s=30, what="the write-back")
+    assert [e[count] for e in told] == [1]
+    writer.join()
+    wait_metadata(s3_client, bucket, "live.mp4", deadline_s=60)
+    assert first.stop() == 0
+    second: AgentProcess = agent(**env)
+    wait_for(lambda: second.events_named("agent.started"), deadline_s=30, what="the restart")
+    # A file found after the start-up scan: once it is up, done.mp4 was looked at long before.
+    _finished_file(watch_dir / "after.mp4", 1 * MiB)
+    wait_metadata(s3_client, bucket, "after.mp4", deadline_s=30)
+    discovered = [e["path"] for e in second.events_named("stream.discovered")]
+    assert discovered == [str(watch_dir / "after.mp4")]
+    assert len(object_keys(s3_client, bucket)) == 6  # three objects and their metadata
+    assert second.stop() == 0
+
+
+def _finished_file(path: Path, size: int) -> None:
+    """A recording written an hour ago: nothing waits for it to idle."""
+    path.write_bytes(os.urandom(size))
+    past = time.time() - 3600
+    os.utime(path, (past, past))
+
+
 def test_a_kill_while_a_lost_stream_is_written_back_resumes_without_resending(
     agent: Any, redis_url: str, proxy: FaultProxy, watch_dir: Path, tmp_path: Path,
     s3_client: Any, bucket: str,

@@ -12,7 +12,7 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -87,6 +87,10 @@ class CheckpointStore(Protocol):
         """Replace the path's completed record by `record` (the local-file action's intent)
         while it is still the record of the same stream; False, writing nothing, otherwise."""
 
+    async def restore_completed_files(self, records: Sequence[CompletedRecord]) -> int:
+        """Write back records the store forgot (it was flushed, its file deleted): each one for
+        its path unless the store holds a record of that path now. Returns how many it wrote."""
+
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         """Newest first."""
 
@@ -130,6 +134,10 @@ class CheckpointStore(Protocol):
 
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         """Extend our lease; False when it is not ours any more (then writes raise LeaseLost)."""
+
+    async def renew_leases(self, stream_ids: Sequence[str], ttl_s: float) -> dict[str, bool]:
+        """`renew_lease` of every stream named, in one round trip to the store: each stream id
+        -> still ours (and extended). One stream's lost lease leaves the others' renewed."""
 
     async def release_lease(self, stream_id: str) -> None:
         """Give our lease up so another agent need not wait for it to expire."""

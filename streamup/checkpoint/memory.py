@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from streamup.checkpoint.codec import (
@@ -170,6 +170,13 @@ class MemoryStore:
         self._completed_files[record.path] = completed_to_json(record)
         return True
 
+    async def restore_completed_files(self, records: Sequence[CompletedRecord]) -> int:
+        self._check()
+        missing = {r.path: r for r in records if r.path not in self._completed_files}
+        for path, record in missing.items():
+            self._completed_files[path] = completed_to_json(record)
+        return len(missing)
+
     def _completed_stream(self, path: str) -> str | None:
         text = self._completed_files.get(path)
         return None if text is None else completed_from_json(text, where=path).stream_id
@@ -250,6 +257,10 @@ class MemoryStore:
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         self._check()
         return True
+
+    async def renew_leases(self, stream_ids: Sequence[str], ttl_s: float) -> dict[str, bool]:
+        self._check()
+        return dict.fromkeys(stream_ids, True)
 
     async def release_lease(self, stream_id: str) -> None:
         self._check()

@@ -24,7 +24,7 @@ translated here, once: connection trouble is retryable, anything else is not.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -129,6 +129,14 @@ end
 return 1
 """
 )
+
+# KEYS[1]: completed_files. ARGV: path, record JSON, in pairs. Each unless its path has one.
+_RESTORE_COMPLETED = """
+local written = 0
+for i = 1, #ARGV, 2 do written = written + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return written
+"""
+_RESTORE_BATCH = 1000  # records per script: Redis is not held up long by one
 
 _CONNECT_TIMEOUT_S = 5.0
 _COMMAND_TIMEOUT_S = 10.0
@@ -443,6 +451,15 @@ class RedisStore:
         with self._translate("updating a completed file"):
             return bool(await self._script(_UPDATE_OF_STREAM, [COMPLETED_FILES], args))
 
+    async def restore_completed_files(self, records: Sequence[CompletedRecord]) -> int:
+        pairs = [text for r in records for text in (r.path, completed_to_json(r))]
+        written = 0
+        with self._translate(f"restoring {len(records)} completed files"):
+            for start in range(0, len(pairs), 2 * _RESTORE_BATCH):
+                batch = pairs[start : start + 2 * _RESTORE_BATCH]
+                written += int(await self._script(_RESTORE_COMPLETED, [COMPLETED_FILES], batch))
+        return written
+
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         if limit <= 0:
             return []
@@ -509,7 +526,11 @@ class RedisStore:
 
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         with self._translate(f"renewing the lease of stream {stream_id}"):
-            return await self._leases.renew(stream_id, meta_key(stream_id), ttl_s)
+            return (await self._leases.renew([stream_id], meta_key, ttl_s))[stream_id]
+
+    async def renew_leases(self, stream_ids: Sequence[str], ttl_s: float) -> dict[str, bool]:
+        with self._translate(f"renewing the leases of {len(stream_ids)} streams"):
+            return await self._leases.renew(stream_ids, meta_key, ttl_s)
 
     async def release_lease(self, stream_id: str) -> None:
         with self._translate(f"releasing the lease of stream {stream_id}"):

@@ -18,7 +18,7 @@ The write scripts live here rather than in `redis.py` because each one starts wi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from streamup.errors import CheckpointCorrupt, LeaseLost
@@ -258,20 +258,30 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
 return token
 """
 
-# KEYS: lease, meta. ARGV: our lease value, ttl in ms.
+# Every lease an agent holds, renewed in one round trip (stream.ownership: once per TTL/3).
+# KEYS: lease and meta of each stream, in pairs. ARGV: ttl in ms, then our lease value of each
+# stream, in the same order. Returns one 1 (still ours, extended) or 0 (lost) per stream.
 _RENEW_SCRIPT = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+local replies = {}
+for i = 2, #ARGV do
+  local lease, meta = KEYS[2 * i - 3], KEYS[2 * i - 2]
+  local holder = redis.call('GET', lease)
+  local ours = 0
+  if holder == ARGV[i] then
+    redis.call('PEXPIRE', lease, ARGV[1])
+    ours = 1
+  elseif not holder and redis.call('EXISTS', meta) == 1 then
+    -- Expired and nobody took it: still ours. Unless the stream is gone too (see fenced_out).
+    redis.call('SET', lease, ARGV[i], 'PX', ARGV[1])
+    ours = 1
+  end
+  replies[i - 1] = ours
 end
--- Expired and nobody took it: still ours. Unless the stream is gone too (see fenced_out).
-if not holder and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
+return replies
 """
+# Streams per renewal script: a thousand GET + PEXPIRE keep Redis busy for about a millisecond,
+# so a larger fleet of leases cannot stall the server's other clients for long.
+RENEW_BATCH = 1000
 
 # KEYS: lease. ARGV: our lease value.
 _RELEASE_SCRIPT = """
@@ -358,13 +368,23 @@ class Leases:
         self._held[stream_id] = f"{owner}|{token}"
         return int(token)
 
-    async def renew(self, stream_id: str, meta_key: str, ttl_s: float) -> bool:
+    async def renew(
+        self, stream_ids: Sequence[str], meta_key: Callable[[str], str], ttl_s: float
+    ) -> dict[str, bool]:
+        """Whether each lease is still ours, extended by `ttl_s`: one script per RENEW_BATCH
+        streams. A stream this store holds no lease on is not ours."""
         # A lost lease stays remembered: the writes that follow must keep meeting the fence.
-        value = self._held.get(stream_id)
-        if value is None:
-            return False
-        keys = [lease_key(stream_id), meta_key]
-        return bool(await self._run(_RENEW_SCRIPT, keys, [value, _ttl_ms(ttl_s)]))
+        held = [sid for sid in dict.fromkeys(stream_ids) if sid in self._held]
+        ours = dict.fromkeys(stream_ids, False)
+        ttl_ms = _ttl_ms(ttl_s)
+        for start in range(0, len(held), RENEW_BATCH):
+            batch = held[start : start + RENEW_BATCH]
+            keys = [key for sid in batch for key in (lease_key(sid), meta_key(sid))]
+            reply = await self._run(_RENEW_SCRIPT, keys, [ttl_ms, *(self._held[s] for s in batch)])
+            if not isinstance(reply, list) or len(reply) != len(batch):
+                raise CheckpointCorrupt(f"renewing leases: unexpected reply from Redis: {reply!r}")
+            ours.update(zip(batch, (bool(r) for r in reply), strict=True))
+        return ours
 
     async def release(self, stream_id: str) -> None:
         value = self._held.get(stream_id)

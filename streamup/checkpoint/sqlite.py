@@ -22,7 +22,7 @@ import fcntl
 import itertools
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -146,9 +146,14 @@ class SqliteStore:
             return False
         return (found.st_dev, found.st_ino) != self._db_identity
 
-    async def replace_lost(self, streams: list[tuple[StreamRecord, list[PartRecord]]]) -> None:
-        """A fresh database at db_path holding `streams` (what the agent knows), swapped in as
-        one call: no other call runs between the new file's creation and its write-back."""
+    async def replace_lost(
+        self,
+        streams: list[tuple[StreamRecord, list[PartRecord]]],
+        completed: Sequence[CompletedRecord] = (),
+    ) -> None:
+        """A fresh database at db_path holding `streams` and `completed` (what the agent knows),
+        swapped in as one call: no other call runs between the new file's creation and its
+        write-back."""
 
         def swap(old: sqlite3.Connection) -> None:
             self._unlock()  # the lock may be gone with the folder; a new one is taken
@@ -160,6 +165,7 @@ class SqliteStore:
                     conn.execute(INSERT_STREAM, stream_to_row(stream))
                     for part in parts:
                         _insert_part(conn, stream.stream_id, part)
+                _insert_completed(conn, completed)
 
             transaction(self._conn, write_back)
             old.close()
@@ -289,6 +295,11 @@ class SqliteStore:
 
         return await self._call(lambda conn: transaction(conn, write))
 
+    async def restore_completed_files(self, records: Sequence[CompletedRecord]) -> int:
+        return await self._call(
+            lambda conn: transaction(conn, lambda c: _insert_completed(c, records))
+        )
+
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
         sql = "SELECT seq, record FROM completions ORDER BY seq DESC LIMIT ?"
         rows = await self._call(lambda conn: conn.execute(sql, (max(limit, 0),)).fetchall())
@@ -342,6 +353,9 @@ class SqliteStore:
 
     async def renew_lease(self, stream_id: str, ttl_s: float) -> bool:
         return True
+
+    async def renew_leases(self, stream_ids: Sequence[str], ttl_s: float) -> dict[str, bool]:
+        return dict.fromkeys(stream_ids, True)
 
     async def release_lease(self, stream_id: str) -> None:
         self._lease_owners.pop(stream_id, None)
@@ -447,6 +461,12 @@ def _completed_row(record: CompletedRecord) -> dict[str, str | int]:
     row["device"] = to_i64(record.identity.device)
     row["inode"] = to_i64(record.identity.inode)
     return row
+
+
+def _insert_completed(conn: sqlite3.Connection, records: Sequence[CompletedRecord]) -> int:
+    """Each record unless its path has one: how many were written."""
+    sql = f"INSERT OR IGNORE INTO completed_files ({COMPLETED_COLUMNS}) VALUES ({COMPLETED_VALUES})"
+    return sum(conn.execute(sql, _completed_row(record)).rowcount for record in records)
 
 
 def _insert_part(conn: sqlite3.Connection, stream_id: str, part: PartRecord) -> None:

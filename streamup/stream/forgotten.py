@@ -11,18 +11,25 @@ lacks are dropped from memory and go up again. Nothing is sent again that S3 has
 
 A deleted SQLite file raises nothing (the connection writes on into the unlinked file): the
 agent looks for it every few seconds and rebuilds the file the same way (`rebuild_lost_sqlite`).
+
+Completed-file records (what keeps a finished file from being uploaded again after a restart)
+go back too: into the rebuilt SQLite file, and into Redis once a stream was written back
+(`CompletedWriteBack`). The recent-completions history is not written back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import structlog
 
+from streamup.checkpoint import CheckpointStore
 from streamup.checkpoint.sqlite import SqliteStore
 from streamup.errors import NoSuchUpload, StreamupError
 from streamup.faults import crash_point
-from streamup.models import PartRecord, StreamRecord
+from streamup.models import CompletedRecord, PartRecord, StreamRecord
 from streamup.retry import retrying
 from streamup.s3.client import RemotePart
 from streamup.stream.worker import StreamWorker
@@ -31,9 +38,12 @@ log = structlog.get_logger("streamup")
 Acquire = Callable[[], Awaitable[bool]]
 
 
-async def restore_forgotten(worker: StreamWorker, acquire: Acquire) -> bool:
-    """True when the store had lost the stream and now holds it again, leased to this agent;
-    False when the stream is not this agent's any more (the caller backs off as before)."""
+async def restore_forgotten(
+    worker: StreamWorker, acquire: Acquire, restored: Callable[[], None] = lambda: None
+) -> bool:
+    """True when the store had lost the stream and now holds it again, leased to this agent
+    (then `restored` is called: the store forgot more than this stream, likely); False when the
+    stream is not this agent's any more (the caller backs off as before)."""
     store, stream_id = worker.ctx.store, worker.record.stream_id
     try:
         if await retrying(lambda: store.load_stream(stream_id)) is not None:
@@ -54,6 +64,7 @@ async def restore_forgotten(worker: StreamWorker, acquire: Acquire) -> bool:
         detail="the checkpoint store had lost this stream; written back from memory and"
         " ListParts, the upload goes on",
     )
+    restored()
     return True
 
 
@@ -94,10 +105,13 @@ async def _record(worker: StreamWorker, part: PartRecord, uploaded_bytes: int) -
     await retrying(lambda: store.record_part(stream_id, part, uploaded_bytes, part.uploaded_at))
 
 
-async def rebuild_lost_sqlite(store: SqliteStore, workers: list[StreamWorker]) -> None:
+async def rebuild_lost_sqlite(
+    store: SqliteStore, workers: list[StreamWorker], completed: Iterable[CompletedRecord] = ()
+) -> None:
     """The SQLite file was deleted under the running agent (nothing it writes would survive a
     restart): a new file, holding every stream the agent works on with the parts S3 holds as
-    recorded, swapped in as one step; one log line."""
+    recorded and the completed-file records it holds (`completed`, of files still there),
+    swapped in as one step; one log line."""
     snapshot: list[tuple[StreamRecord, list[PartRecord]]] = []
     for worker in workers:
         remote = await _remote_parts(worker)
@@ -108,12 +122,70 @@ async def rebuild_lost_sqlite(store: SqliteStore, workers: list[StreamWorker]) -
         ]
         worker.drop_from_memory([n for n in worker.parts if n not in {p.number for p in known}])
         snapshot.append((worker.record, known))
-    await retrying(lambda: store.replace_lost(snapshot))
+    done = still_there(completed)
+    await retrying(lambda: store.replace_lost(snapshot, done))
     log.warning(
         "checkpoint.store_rebuilt",
         path=str(store.db_path),
         streams=len(snapshot),
         parts=sum(len(parts) for _, parts in snapshot),
-        detail="the SQLite file was deleted; a new one holds what this agent knows (completed"
-        " files' records are in memory only until they are seen again)",
+        completed_files=len(done),
+        detail="the SQLite file was deleted; a new one holds what this agent knows",
     )
+
+
+def still_there(records: Iterable[CompletedRecord]) -> list[CompletedRecord]:
+    """The records whose path still names a file: a record of a file deleted or moved since (the
+    local-file action forgets it a moment later) would outlive its file."""
+    return [record for record in records if os.path.lexists(record.path)]
+
+
+class CompletedWriteBack:
+    """Writes the completed-file records the agent holds in memory back to a Redis that forgot
+    them (flushed, restarted empty), so that a restart does not upload those files again.
+
+    Asked after every stream written back (`restore_forgotten`): one write covers every stream
+    that asked before it began, so a thousand streams restored in one renewal round cost one or
+    two writes. Each record is written only where the store has none for its path now. A write
+    the store refuses for good is one error line: the records stay in memory (this agent does
+    not upload those files again) and the next stream written back tries again.
+    """
+
+    def __init__(
+        self, store: CheckpointStore, records: Callable[[], Mapping[str, CompletedRecord]]
+    ) -> None:
+        self.store = store
+        self._records = records
+        self._lock = asyncio.Lock()
+        self._asked = 0
+        self._covered = 0  # asks that a write begun after them answers
+
+    async def write_back(self) -> None:
+        self._asked += 1
+        asked = self._asked
+        async with self._lock:
+            if self._covered >= asked:
+                return
+            self._covered = self._asked
+            records = still_there(list(self._records().values()))
+            try:
+                written = await retrying(lambda: self.store.restore_completed_files(records))
+            except StreamupError as exc:
+                log.error(
+                    "checkpoint.completed_restore_failed",
+                    store=self.store.name,
+                    files=len(records),
+                    error=str(exc),
+                    detail="the records are kept in memory; after a restart these files would"
+                    " be uploaded again. The next stream written back tries again",
+                )
+                self._covered = 0
+                return
+        if written:
+            log.warning(
+                "checkpoint.completed_restored",
+                store=self.store.name,
+                files=written,
+                detail="the checkpoint store had lost these completed files' records; written"
+                " back from memory, so a restart does not upload them again",
+            )

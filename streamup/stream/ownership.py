@@ -1,10 +1,11 @@
 """Stream ownership when several agents share one checkpoint store (one Redis for a fleet).
 
 Only the owner of a stream's lease uploads its parts, completes it and writes its metadata.
-The owner renews the lease a few times per TTL; if it dies, its lease lapses and another agent
-that can see the file takes the stream over and resumes it from the checkpoint, exactly as after
-a restart. An agent of the same host whose process is gone (files.liveness: the kernel dropped
-its lock) is not waited for: its leases are taken over at once.
+The owner renews its leases three times per TTL, all of them in one round trip per round
+(stream.renewal); if it dies, its lease lapses and another agent that can see the file takes the
+stream over and resumes it from the checkpoint, exactly as after a restart. An agent of the
+same host whose process is gone (files.liveness: the kernel dropped its lock) is not waited for:
+its leases are taken over at once.
 
 An owner that was paused past its lease (SIGSTOP, a VM freeze) finds out at its next
 renewal or its next checkpoint write (the store fences those writes) and backs off.
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -25,6 +28,7 @@ from streamup.errors import StreamupError
 from streamup.files.liveness import AgentMarks
 from streamup.files.source import stat_path
 from streamup.models import StreamRecord
+from streamup.stream.renewal import lost_leases
 
 log = structlog.get_logger("streamup")
 
@@ -32,6 +36,12 @@ log = structlog.get_logger("streamup")
 def host_of(agent_id: str) -> str:
     """`host:pid` -> `host`; an identity without a colon is a host name already."""
     return agent_id.rsplit(":", 1)[0] if ":" in agent_id else agent_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    registration: int  # which `keep` of the stream this is (stream.renewal)
+    on_lost: Callable[[], None]
 
 
 class Ownership:
@@ -55,7 +65,9 @@ class Ownership:
         self.ttl_s = ttl_s
         self.stopping = stopping
         self._take_over = take_over
-        self._renewals: dict[str, asyncio.Task[None]] = {}
+        self._kept: dict[str, _Kept] = {}  # leases renewed each round, by stream id
+        self._registrations = itertools.count()
+        self._renewer: asyncio.Task[None] | None = None
         self._held: set[str] = set()  # leases of unfinished streams, released on shutdown
         self._standby: dict[str, asyncio.Task[None]] = {}
         # path -> inode of each file whose stream another agent owns: discovery leaves it alone.
@@ -96,11 +108,15 @@ class Ownership:
     # ------------------------------------------------------------- leases we hold
 
     def keep(self, stream_id: str, on_lost: Callable[[], None]) -> None:
-        """Renew the lease in the background; call `on_lost` if another agent took it."""
+        """Renew the lease with the others in the background; call `on_lost` if another agent
+        took it (once; `keep` again after a write-back)."""
         self._held.add(stream_id)
-        self._renewals[stream_id] = asyncio.create_task(self._renew(stream_id, on_lost))
+        self._kept[stream_id] = _Kept(next(self._registrations), on_lost)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_all())
 
-    async def _renew(self, stream_id: str, on_lost: Callable[[], None]) -> None:
+    async def _renew_all(self) -> None:
+        """One round per TTL/3 for every lease held (stream.renewal): one store round trip."""
         period_s = self.ttl_s / 3
         while not self.stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -108,21 +124,29 @@ class Ownership:
             if self.stopping.is_set():
                 return
             try:
-                still_ours = await self.store.renew_lease(stream_id, self.ttl_s)
-            except StreamupError as exc:
-                # The store is unreachable: keep trying; the lease may lapse meanwhile, and
-                # the fenced writes will tell.
-                log.warning("lease.renew_failed", stream_id=stream_id, error=str(exc))
-                continue
-            if not still_ours:
-                on_lost()
-                return
+                await self.renew_round()
+            except Exception as exc:  # a bug; a renewer that died would let every lease lapse
+                log.error("lease.renew_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def renew_round(self) -> None:
+        """Renew every lease held now, in one call; each lost one's `on_lost`, once."""
+        sent = {stream_id: kept.registration for stream_id, kept in self._kept.items()}
+        if not sent:
+            return
+        try:
+            reply = await self.store.renew_leases(list(sent), self.ttl_s)
+        except StreamupError as exc:
+            # The store is unreachable: keep trying; the leases may lapse meanwhile, and the
+            # fenced writes will tell.
+            log.warning("lease.renew_failed", streams=len(sent), error=str(exc))
+            return
+        now = {stream_id: kept.registration for stream_id, kept in self._kept.items()}
+        for stream_id in lost_leases(sent, reply, now):
+            self._kept.pop(stream_id).on_lost()
 
     def drop(self, stream_id: str, *, held: bool) -> None:
         """Stop renewing. `held`: the stream is unfinished and still ours (release it later)."""
-        task = self._renewals.pop(stream_id, None)
-        if task is not None:
-            task.cancel()
+        self._kept.pop(stream_id, None)
         if not held:
             self._held.discard(stream_id)
 
@@ -135,6 +159,8 @@ class Ownership:
                 await self.store.release_lease(stream_id)
         for task in self._standby.values():
             task.cancel()
+        if self._renewer is not None:
+            self._renewer.cancel()
 
     # ------------------------------------------------------------- streams others own
 
