@@ -1,4 +1,4 @@
-"""Workload 1, bulk: a finished file copied into the watched folder, for each file size, against
+"""Workload 1, bulk: a finished file put into the watched folder, for each file size, against
 `aws s3 cp` and `rclone copyto` of the same file and the server's own ceiling.
 
 For each size: the ceiling (moto accepting the file's bytes from parallel in-memory
@@ -7,8 +7,9 @@ in the proof mode the server needs (`S3_INTEGRITY_MODE=auto`: the start-up probe
 each forced mode asked for (`checksum` by default: no MD5 at all) at the fastest of those
 settings; the peers; moto's CompleteMultipartUpload of the file alone, for each checksum.
 
-streamup's time runs from the start of the copy to `stream.completed` (object complete and its
-metadata written), so it includes the end-of-stream detection and the end-of-stream check.
+streamup's time runs from the file's arrival (a rename into the folder, or the start of a copy
+into it: `--bulk-arrivals`) to `stream.completed` (object complete and its metadata written), so
+it includes the end-of-stream detection and the end-of-stream check.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ COMPLETE_PART_BYTES = 8 * MiB
 
 
 def run(bench: Bench, opts: argparse.Namespace) -> dict[str, Any]:
-    result: dict[str, Any] = {"reps": opts.reps, "sizes": []}
+    result: dict[str, Any] = {"reps": opts.reps, "arrivals": opts.bulk_arrivals, "sizes": []}
     for number, size_mib in enumerate(opts.bulk_mib):
         profile_dir = opts.results if number == 0 and opts.profile else None
         result["sizes"].append(one_size(bench, opts, size_mib * MiB, profile_dir))
@@ -48,11 +49,17 @@ def one_size(
     for concurrency in opts.concurrency:
         for chunk_mib in opts.chunk_mib:
             settings = agent_settings(concurrency, chunk_mib * MiB)
-            result["streamup"].append(streamup_runs(bench, settings, source, sha, opts.reps))
+            result["streamup"].append(
+                streamup_runs(bench, settings, source, sha, opts.reps, opts.bulk_arrivals[0])
+            )
     fastest = min(result["streamup"], key=lambda c: median_of(c["runs"], "complete_s"))
     for mode in opts.bulk_modes:
         settings = {**fastest["settings"], "S3_INTEGRITY_MODE": mode}
         result["streamup"].append(streamup_runs(bench, settings, source, sha, opts.reps))
+    for arrival in opts.bulk_arrivals[1:]:
+        result["streamup"].append(
+            streamup_runs(bench, fastest["settings"], source, sha, opts.reps, arrival)
+        )
     for peer in bench.peers:
         result["peers"][peer.label] = peer_runs(bench, peer, source, opts.reps)
     spans = calibrate.file_spans(size, COMPLETE_PART_BYTES)
@@ -82,15 +89,21 @@ def start_agent(bench: Bench, settings: dict[str, str]) -> tuple[Agent, Path]:
 
 
 def streamup_runs(
-    bench: Bench, settings: dict[str, str], source: Path, sha: str, reps: int
+    bench: Bench,
+    settings: dict[str, str],
+    source: Path,
+    sha: str,
+    reps: int,
+    arrival: str = "move",
 ) -> dict[str, Any]:
-    """One agent with these settings; `reps` copies of the file, one after the other."""
+    """One agent with these settings; `reps` arrivals of the file, one after the other."""
     agent, workdir = start_agent(bench, settings)
     integrity = agent.named("s3.integrity")[-1]
-    runs = [copy_once(bench, agent, source, sha, f"bulk-{rep}.mp4") for rep in range(reps)]
+    runs = [copy_once(bench, agent, source, sha, f"bulk-{rep}.mp4", arrival) for rep in range(reps)]
     agent.stop()
     shutil.rmtree(workdir)
     return {
+        "arrival": arrival,
         "settings": settings,
         "command": agent.command(),
         "mode": integrity["mode"],
@@ -99,13 +112,25 @@ def streamup_runs(
     }
 
 
-def copy_once(bench: Bench, agent: Agent, source: Path, sha: str, name: str) -> dict[str, Any]:
+def copy_once(
+    bench: Bench, agent: Agent, source: Path, sha: str, name: str, arrival: str = "move"
+) -> dict[str, Any]:
+    """The file arrives in the watched folder and goes up. `move`: written beside the folder
+    (same filesystem) and synced before the clock starts, then renamed in: a finished file, as
+    `aws s3 cp` reads one. `copy`: copied in while the clock runs (the copy, and the writeback of
+    its pages, are inside the time)."""
     size = source.stat().st_size
     target = agent.watch_dir / name
+    staged = agent.workdir / name
+    if arrival == "move":
+        shutil.copyfile(source, staged)
     os.sync()  # the same amount of dirty page cache before every measurement
     agent_cpu, moto_cpu = cpu_seconds(agent.pid), cpu_seconds(bench.moto.pid)
     started = time.time()
-    shutil.copyfile(source, target)
+    if arrival == "move":
+        os.rename(staged, target)
+    else:
+        shutil.copyfile(source, target)
     copied = time.time()
     done = agent.wait_for("stream.completed", path=target, deadline_s=120 + size / (5 * MiB))
     agent_cpu, moto_cpu = cpu_seconds(agent.pid) - agent_cpu, cpu_seconds(bench.moto.pid) - moto_cpu

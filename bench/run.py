@@ -55,6 +55,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--reps", type=int, default=3, help="repetitions of workloads 1 and 2 (default 3)")
     add("--bulk-mib", type=numbers(int), default=[1024, 400],
         help="bulk file sizes, MiB (default 1024,400); the first is profiled")  # fmt: skip
+    add(
+        "--bulk-arrivals",
+        type=lambda t: [a for a in t.split(",") if a],
+        default=["move", "copy"],
+        help="how the file arrives in the watched folder: move (renamed in, already written and "
+        "synced, as aws reads it) or copy (copied in while the clock runs); the first for every "
+        "setting, the others at the fastest (default move,copy)",
+    )
     add("--bulk-modes", type=lambda t: [m for m in t.split(",") if m], default=["checksum"],
         help="S3_INTEGRITY_MODE values forced beside auto, at the fastest setting "
              "(default checksum)")  # fmt: skip
