@@ -95,6 +95,8 @@ async def _checked(worker: StreamWorker) -> tuple[list[PartRecord], str, int] | 
         return await EndCheck(worker).run()
     except SourceChanged as exc:
         worker.log.info("stream.changed_during_verification", detail=str(exc))
+        if worker.unconfirmed_end is not None:  # started on a close its writer took back
+            worker.check_early = False
     except NoSuchUpload as exc:
         await worker.restart_upload(str(exc))
     await worker.set_status(Status.ACTIVE)
