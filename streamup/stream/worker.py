@@ -28,14 +28,7 @@ from streamup.files.container import HEAD_BYTES, header_patched
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
-from streamup.models import (
-    CompletedRecord,
-    PartRecord,
-    ReadMark,
-    Status,
-    StreamRecord,
-    utc_now,
-)
+from streamup.models import CompletedRecord, PartRecord, ReadMark, Status, StreamRecord, utc_now
 from streamup.retry import Backoff, retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
