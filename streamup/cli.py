@@ -186,7 +186,7 @@ def _status(args: argparse.Namespace) -> int:
     from streamup.checkpoint.sqlite import DB_NAME
     from streamup.ops.report import collect, empty_document, render
     from streamup.s3.bandwidth import describe as describe_bandwidth
-    from streamup.service import make_store
+    from streamup.seams import make_store
     from streamup.settings import load_settings
 
     # Looking must change nothing: no WATCH_DIR, no STATE_DIR, no database is created.

@@ -33,8 +33,9 @@ ALLOWED: dict[str, set[str]] = {
     "after": {"files", "s3", "checkpoint"},
     "stream": {"files", "s3", "checkpoint", "after"},
     "ops": {"files", "checkpoint"},
-    "service": {"files", "s3", "checkpoint", "after", "stream", "ops"},
-    "cli": {"files", "s3", "checkpoint", "after", "stream", "ops", "service"},
+    "seams": {"files", "s3", "checkpoint", "stream", "ops"},
+    "service": {"files", "s3", "checkpoint", "after", "stream", "ops", "seams"},
+    "cli": {"files", "s3", "checkpoint", "after", "stream", "ops", "seams", "service"},
     "__main__": {"cli"},
 }
 # The demo runs a whole agent on a local S3: it is a client of the product, like the CLI.

@@ -18,7 +18,9 @@ import pytest
 from streamup.errors import StorageError
 from streamup.s3.client import S3Storage
 from streamup.s3.object_options import ObjectOptions
+from streamup.s3.opening import refused_setting
 from streamup.s3.placement import ensure_tags, refused_option
+from streamup.settings import load_settings
 from tests import servers
 from tests.agent import (
     MiB,
@@ -324,3 +326,22 @@ async def test_the_start_up_check_names_the_option_the_server_refuses(
     finally:
         await storage.close()
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+ALL_OPTIONS = "S3_SSE, S3_STORAGE_CLASS, S3_OBJECT_TAGS, S3_OBJECT_METADATA"
+
+
+@pytest.mark.parametrize(
+    ("setting", "values", "shown"),
+    [
+        ("S3_STORAGE_CLASS", {"s3_storage_class": "GLACIER"}, "S3_STORAGE_CLASS=GLACIER"),
+        ("S3_SSE", {"s3_sse": "AES256"}, "S3_SSE=AES256"),
+        ("S3_SSE", {}, "S3_SSE"),  # unset: named without a value
+        (ALL_OPTIONS, {"s3_sse": "AES256"}, ALL_OPTIONS),  # refused together: the names only
+    ],
+)
+def test_a_refused_option_is_named_with_its_value(
+    tmp_path: Path, setting: str, values: dict[str, str], shown: str
+) -> None:
+    settings = load_settings({"watch_dir": str(tmp_path / "watch"), **values})
+    assert refused_setting(setting, settings) == shown

@@ -64,6 +64,7 @@ from streamup.files.writers import WriterIndex
 from streamup.models import CompletedRecord, FileState, utc_now
 from streamup.retry import retrying
 from streamup.s3.client import S3Storage
+from streamup.settings import Settings
 
 log = structlog.get_logger("streamup")
 
@@ -91,6 +92,22 @@ class Policy:
     host: str
     agent_id: str
     lease_ttl_s: float
+
+    @classmethod
+    def of(cls, s: Settings, *, host: str) -> Policy:
+        """The policy the settings ask for; `host` is this agent's host (stream.ownership)."""
+        return cls(
+            action=Action(s.after_upload),
+            watch_dir=os.path.abspath(s.watch_dir),
+            target_dir=None if s.after_upload_dir is None else os.path.abspath(s.after_upload_dir),
+            keep_local_s=s.keep_local_seconds,
+            accept_unproven=s.after_upload_unproven == "accept",
+            min_free=s.min_free_floor,
+            shared=s.redis_url is not None,
+            host=host,
+            agent_id=s.agent_id,
+            lease_ttl_s=s.lease_ttl_seconds,
+        )
 
 
 class LocalFiles:
