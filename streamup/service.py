@@ -16,7 +16,8 @@ import structlog
 
 from streamup import metrics
 from streamup.after.delivery import Dispatcher
-from streamup.after.local_action import LocalFiles, Policy
+from streamup.after.local_action import Policy
+from streamup.after.local_files import LocalFiles
 from streamup.checkpoint import CheckpointStore
 from streamup.checkpoint.sqlite import SqliteStore
 from streamup.errors import StreamupError
@@ -314,7 +315,7 @@ class Agent:
         return self.local.short or True
 
     def _local_files(self) -> LocalFiles:
-        """The local-file action and the free-space guard (after.local_action)."""
+        """The local-file action and the free-space guard (after.local_files)."""
         policy = Policy.of(self.settings, host=host_of(self.settings.agent_id))
         return LocalFiles(
             policy, self.store, self.storage,

@@ -11,18 +11,23 @@ from pathlib import Path
 import pytest
 
 from streamup.after.lifecycle import (
+    Action,
     Keep,
     Local,
     Remote,
     Resume,
+    carried_out,
     due,
+    host_may_act,
     local_verdict,
     move_target,
     oldest_first,
     partial_path,
     remote_verdict,
     resume_intent,
+    resumed_trigger,
 )
+from streamup.after.local_action import Policy
 from streamup.errors import ConfigError
 from streamup.models import CompletedRecord, EndReason, FileIdentity, FileState, Status
 from streamup.settings import load_settings
@@ -145,6 +150,62 @@ def test_resume_intent(
     assert resume_intent(record, source, target, target_is_copy=is_copy) is expected
 
 
+@pytest.mark.parametrize(
+    ("record_host", "shared", "expected"),
+    [
+        ("edge-a", False, True),  # alone on its store: every file is this agent's
+        ("edge-b", False, True),
+        ("edge-a", True, True),
+        ("edge-b", True, False),  # another host finished it: that one acts
+        ("", True, True),  # a record that names no host
+    ],
+)
+def test_host_may_act(record_host: str, shared: bool, expected: bool) -> None:
+    record = dataclasses.replace(RECORD, host=record_host)
+    assert host_may_act(record, shared=shared, host="edge-a") is expected
+
+
+DELETE = dataclasses.replace(RECORD, local_action="delete")
+OTHER = FileState(FileIdentity(2049, 90), 5, 5)  # another file at the path
+
+
+@pytest.mark.parametrize(
+    ("record", "source", "target", "expected"),
+    [
+        (DELETE, None, None, True),  # unlinked
+        (DELETE, OTHER, None, True),  # unlinked; a new file took the path since
+        (DELETE, SAME.state, None, False),  # still there
+        (DELETE, FileState(ID, 2000, 8), None, False),  # still there, written since
+        (MOVE, None, SAME.state, True),  # the link is at the target, the source gone
+        (MOVE, None, COPY, True),  # the copy is at the target, the source gone
+        (MOVE, None, None, False),  # nothing at the target: it went elsewhere, not by us
+        (MOVE, SAME.state, SAME.state, False),  # linked, not yet unlinked
+    ],
+)
+def test_carried_out(
+    record: CompletedRecord,
+    source: FileState | None,
+    target: FileState | None,
+    expected: bool,
+) -> None:
+    assert carried_out(record, source, target) is expected
+
+
+@pytest.mark.parametrize(
+    ("local_action", "after_upload", "expected"),
+    [
+        ("delete", Action.DELETE, "after_upload"),
+        ("delete", Action.KEEP, "min_free"),  # only the free-space guard deletes under keep
+        ("delete", Action.MOVE, "min_free"),
+        ("move", Action.MOVE, "after_upload"),
+        ("move", Action.KEEP, "after_upload"),  # AFTER_UPLOAD changed across the restart
+    ],
+)
+def test_resumed_trigger(local_action: str, after_upload: Action, expected: str) -> None:
+    record = dataclasses.replace(RECORD, local_action=local_action)
+    assert resumed_trigger(record, after_upload) == expected
+
+
 # ---------------------------------------------------------------------- settings
 
 
@@ -200,3 +261,18 @@ def test_a_bad_after_upload_setting_stops_run_with_one_line_and_exit_2(tmp_path:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("streamup: error: AFTER_UPLOAD=move needs")
+
+
+def test_policy_of_the_settings(tmp_path: Path) -> None:
+    watch, done = tmp_path / "watch", tmp_path / "done"
+    settings = load_settings({"watch_dir": str(watch), "after_upload": "move",
+                              "after_upload_dir": str(done), "keep_local_seconds": "30",
+                              "after_upload_unproven": "accept"})  # fmt: skip
+    policy = Policy.of(settings, host="edge-a")
+    assert (policy.action, policy.watch_dir, policy.target_dir) == (
+        Action.MOVE, str(watch), str(done)
+    )  # fmt: skip
+    assert (policy.keep_local_s, policy.accept_unproven, policy.shared) == (30.0, True, False)
+    assert (policy.host, policy.agent_id) == ("edge-a", settings.agent_id)
+    kept = Policy.of(load_settings({"watch_dir": str(watch)}), host="edge-a")
+    assert (kept.action, kept.target_dir, kept.accept_unproven) == (Action.KEEP, None, False)

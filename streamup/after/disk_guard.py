@@ -1,7 +1,7 @@
 """The free-space guard (MIN_FREE_BYTES) on WATCH_DIR's filesystem.
 
 Below the floor, files already in S3 are deleted oldest recording first, each through the
-local-file action and every proof it takes (`after.local_action` passes its delete in), until
+local-file action and every proof it takes (`after.local_files` passes its delete in), until
 the floor holds again. When nothing more can go (what is left is still uploading, or kept for a
 reason) the disk is *short*: one `disk.short` warning, `streamup_disk_short` = 1 and /healthz
 degraded, until it recovers.

@@ -205,3 +205,29 @@ def resume_intent(
     if target.identity == source.identity or target_is_copy:
         return Resume.UNLINK_SOURCE
     return Resume.CONFLICT
+
+
+def host_may_act(record: CompletedRecord, *, shared: bool, host: str) -> bool:
+    """With a shared store, the host that finished the stream acts on its file (a record that
+    names no host is anyone's); alone on its store, an agent acts on every file."""
+    return not shared or record.host in ("", host)
+
+
+def carried_out(
+    record: CompletedRecord, source: FileState | None, target: FileState | None
+) -> bool:
+    """After a crash: did the intent's step happen? The verified file is gone from its path
+    (another file there is not ours) and, for a move, something is at the target (the link or
+    the verified copy is put there before the source is unlinked)."""
+    if source is not None and source.identity == record.identity:
+        return False  # still there (changed since): nothing was deleted or moved
+    return record.local_action != Action.MOVE.value or target is not None
+
+
+def resumed_trigger(record: CompletedRecord, action: Action) -> str:
+    """What asked for an intent finished after a crash (the metrics' `trigger`). The intent
+    does not say: a delete under another AFTER_UPLOAD came from the free-space guard (unless
+    the setting changed across the restart)."""
+    if record.local_action == Action.DELETE.value and action is not Action.DELETE:
+        return "min_free"
+    return "after_upload"

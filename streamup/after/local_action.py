@@ -1,6 +1,7 @@
-"""The local-file action: delete or move each completed file once S3 provably holds it
-(`after.lifecycle` decides; this module observes and acts; `after.disk_guard` asks it to delete
-when WATCH_DIR's filesystem runs short).
+"""The local-file action: delete or move one completed file once S3 provably holds it
+(`after.lifecycle` decides; this module observes and acts; `after.local_files` runs it for
+every completed file, `after.disk_guard` asks it to delete when WATCH_DIR's filesystem runs
+short, `after.local_recovery` finishes what a crash interrupted).
 
 One action, each step a precondition of the next:
 1. the local proof: the record, the file as it is now, who writes it (cheap, so it goes first);
@@ -14,9 +15,9 @@ One action, each step a precondition of the next:
 7. the record forgotten (it has done its job) and, in the same store step, the `file.deleted`
    or `file.moved` event put in the outbox; metrics, the log line.
 
-A crash between 4 and 7 is resolved at the next start (`recover`): done (then step 7 runs, so
-the event is written once, under its stable id), finished, or the whole action again with every
-check. The window between step 5 and the unlink is a few system calls.
+A crash between 4 and 7 is resolved at the next start (`after.local_recovery`): done (then
+step 7 runs, so the event is written once, under its stable id), finished, or the whole action
+again with every check. The window between step 5 and the unlink is a few system calls.
 """
 
 from __future__ import annotations
@@ -26,56 +27,38 @@ import contextlib
 import dataclasses
 import errno
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
 
 from streamup import metrics
-from streamup.after.disk_guard import DiskGuard
 from streamup.after.events import file_event
+from streamup.after.kept import KeptFiles
 from streamup.after.lifecycle import (
     Action,
     Keep,
     Local,
     Remote,
-    Resume,
-    due,
+    host_may_act,
     local_verdict,
     move_target,
-    partial_path,
     record_verdict,
     remote_verdict,
-    resume_intent,
 )
 from streamup.checkpoint import CheckpointStore
 from streamup.errors import StorageError, StreamupError
 from streamup.faults import crash_point
-from streamup.files.relocate import (
-    copy_verified,
-    fsync_dir,
-    observe_now,
-    regular_state,
-    sha256_of,
-    unlink_durably,
-)
+from streamup.files.relocate import copy_verified, fsync_dir, observe_now, unlink_durably
 from streamup.files.writers import WriterIndex
-from streamup.models import CompletedRecord, FileState, utc_now
+from streamup.models import CompletedRecord, utc_now
 from streamup.retry import retrying
 from streamup.s3.client import S3Storage
 from streamup.settings import Settings
 
 log = structlog.get_logger("streamup")
 
-ROUND_S = 1.0  # how often completed files are looked at (a completion wakes the loop at once)
-RECHECK_S = 10.0  # a file kept for a reason is looked at again after this long
 _NO_LINK = (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS)
-_SHOWN_KEPT = 50  # files listed in /status as kept (the counts cover all)
-
-for _reason in Keep:
-    metrics.LOCAL_FILES_KEPT.labels(reason=_reason.value)
-    metrics.LOCAL_FILES_WAITING.labels(reason=_reason.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +93,11 @@ class Policy:
         )
 
 
-class LocalFiles:
-    """Acts on the completed records the agent holds (`records`: path -> record, shared with it).
+class LocalAction:
+    """Deletes or moves one completed file when every proof holds (the steps above).
 
-    `busy(path)`: a stream is uploading that path; `lag_bytes()`: local bytes not yet in S3;
-    `event_written()`: an event entered the outbox (the dispatcher reads it at once).
+    `records()`: the agent's completed records (path -> record, shared with it); `busy(path)`:
+    a stream is uploading that path; `event_written()`: an event entered the outbox.
     """
 
     def __init__(
@@ -122,71 +105,20 @@ class LocalFiles:
         policy: Policy,
         store: CheckpointStore,
         storage: S3Storage,
+        kept: KeptFiles,
         *,
         records: Callable[[], dict[str, CompletedRecord]],
         busy: Callable[[str], bool],
-        lag_bytes: Callable[[], int],
-        stopping: asyncio.Event,
-        event_written: Callable[[], None] = lambda: None,
+        event_written: Callable[[], None],
     ) -> None:
         self.policy = policy
         self.store = store
         self.storage = storage
-        self._records = records
+        self.kept = kept
+        self.records = records
         self._busy = busy
-        self._stopping = stopping
         self._event_written = event_written
-        self._wake = asyncio.Event()
-        self._kept: dict[str, tuple[str, Keep, str]] = {}  # path -> (stream id, reason, detail)
-        self._rest_until: dict[str, float] = {}  # path -> monotonic time of the next look
         self._writers = WriterIndex(max_age_s=0.5)
-        self.guard = DiskGuard(policy.watch_dir, policy.min_free, lag_bytes=lag_bytes)
-
-    @property
-    def short(self) -> str | None:
-        """Why the disk is short (MIN_FREE_BYTES, nothing deletable), while it is."""
-        return self.guard.short
-
-    # ------------------------------------------------------------------ the loop
-
-    def kick(self) -> None:
-        """A stream completed: look now rather than at the next round."""
-        self._wake.set()
-
-    async def run(self) -> None:
-        await self.recover()
-        while not self._stopping.is_set():
-            try:
-                await self.round()
-            except StreamupError as exc:  # the store is down: the next round tries again
-                log.warning("local.round_failed", error=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), ROUND_S)
-            self._wake.clear()
-
-    async def round(self) -> None:
-        """One look at every completed file: the action where it is due, then the guard."""
-        self.guard.measure()
-        if self.policy.action is not Action.KEEP:
-            now = utc_now()
-            for path, record in list(self._records().items()):
-                if self._stopping.is_set():
-                    return
-                if due(record, self.policy.keep_local_s, now) and not self._resting(path):
-                    await self.attempt(path, record, self.policy.action, "after_upload")
-        await self.guard.hold(self._records().values(), self._free, self._stopping)
-        self._count_kept()
-
-    async def _free(self, record: CompletedRecord) -> bool:
-        """The guard's delete: the same action and proofs, whatever AFTER_UPLOAD says."""
-        if self._resting(record.path):
-            return False
-        return await self.attempt(record.path, record, Action.DELETE, "min_free")
-
-    def _resting(self, path: str) -> bool:
-        return time.monotonic() < self._rest_until.get(path, 0.0)
-
-    # ------------------------------------------------------------------ one file
 
     async def attempt(
         self, path: str, record: CompletedRecord, action: Action, trigger: str
@@ -194,35 +126,35 @@ class LocalFiles:
         """Delete or move the file when every proof holds; True when it is gone from WATCH_DIR."""
         fresh = await self.store.completed_file(path)
         if fresh is None or fresh.stream_id != record.stream_id:
-            self._drop(path, record.stream_id)  # forgotten, or a newer stream's record now
+            self.drop(path, record.stream_id)  # forgotten, or a newer stream's record now
             return False
         record = fresh
         reason = self._record_reason(record)  # no look at the file needed: the cheap part first
         if reason is not None:
-            self._keep(record, reason)
+            self.kept.keep(record, reason)
             return False
-        local = await self._observe(path, fresh_writers=False)
+        local = await self.observe(path, fresh_writers=False)
         if local.state is None and not local.symlink:
-            await self._forget(record)  # the file is gone already: nothing to free
+            await self.forget(record)  # the file is gone already: nothing to free
             return False
-        reason = self._local_reason(record, local)
+        reason = self.local_reason(record, local)
         if reason is not None:
-            self._keep(record, reason)
+            self.kept.keep(record, reason)
             return False
         target = None
         if action is Action.MOVE:
             assert self.policy.target_dir is not None
             target = move_target(path, self.policy.watch_dir, self.policy.target_dir)
             if target is None or os.path.lexists(target):
-                self._keep(record, Keep.TARGET_EXISTS, f"{target} exists")
+                self.kept.keep(record, Keep.TARGET_EXISTS, f"{target} exists")
                 return False
         async with self._leased(record) as ours:
             if not ours:
-                self._keep(record, Keep.NOT_OWNER)
+                self.kept.keep(record, Keep.NOT_OWNER)
                 return False
             verdict = await self._remote_verdict(record)
             if verdict is not None:
-                self._keep(record, *verdict)
+                self.kept.keep(record, *verdict)
                 return False
             intent = dataclasses.replace(
                 record, local_action=action.value, local_target=target or ""
@@ -248,11 +180,11 @@ class LocalFiles:
 
     async def _carry_out(self, intent: CompletedRecord, trigger: str) -> bool:
         """The irreversible step, after the local proof is taken once more, freshly."""
-        local = await self._observe(intent.path)
-        reason = self._local_reason(intent, local)
+        local = await self.observe(intent.path)
+        reason = self.local_reason(intent, local)
         if reason is not None:
-            await self._clear(intent)
-            self._keep(intent, reason)
+            await self.clear(intent)
+            self.kept.keep(intent, reason)
             return False
         try:
             if intent.local_action == Action.MOVE.value:
@@ -260,11 +192,11 @@ class LocalFiles:
             else:
                 await asyncio.to_thread(unlink_durably, intent.path)
         except OSError as exc:
-            await self._clear(intent)
-            self._keep(intent, Keep.ACTION_FAILED, f"{type(exc).__name__}: {exc}")
+            await self.clear(intent)
+            self.kept.keep(intent, Keep.ACTION_FAILED, f"{type(exc).__name__}: {exc}")
             return False
         crash_point("after_local_unlink")
-        await self._done(intent, trigger)
+        await self.done(intent, trigger)
         return True
 
     def _move(self, intent: CompletedRecord) -> None:
@@ -281,7 +213,7 @@ class LocalFiles:
             crash_point("after_local_copy")
             # The copy took a while: the source must still be the verified file, unwritten.
             local = observe_now(source)
-            reason = self._local_reason(intent, local)
+            reason = self.local_reason(intent, local)
             if reason is not None:
                 raise OSError(errno.EBUSY, f"the file changed during the copy ({reason})") from None
         else:
@@ -294,23 +226,24 @@ class LocalFiles:
             record,
             accept_unproven=p.accept_unproven,
             busy=self._busy(record.path),
-            host_ok=not p.shared or record.host in ("", p.host),
+            host_ok=host_may_act(record, shared=p.shared, host=p.host),
         )
 
-    def _local_reason(
+    def local_reason(
         self, record: CompletedRecord, local: Local, *, check_ctime: bool = True
     ) -> Keep | None:
+        """Why the file must stay, from its record and how it looks now; None: go on."""
         p = self.policy
         return local_verdict(
             record,
             local,
             accept_unproven=p.accept_unproven,
             busy=self._busy(record.path),
-            host_ok=not p.shared or record.host in ("", p.host),
+            host_ok=host_may_act(record, shared=p.shared, host=p.host),
             check_ctime=check_ctime,
         )
 
-    async def _observe(self, path: str, *, fresh_writers: bool = True) -> Local:
+    async def observe(self, path: str, *, fresh_writers: bool = True) -> Local:
         """The file now. The /proc scan (about 2 ms) is fresh right before an action, and shared
         by the files of one round for the first look."""
         if fresh_writers:
@@ -323,7 +256,7 @@ class LocalFiles:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    async def _done(self, intent: CompletedRecord, trigger: str) -> None:
+    async def done(self, intent: CompletedRecord, trigger: str) -> None:
         """The step is done: the record goes and its event comes, in one store step."""
         moved = intent.local_action == Action.MOVE.value
         event = file_event(intent, host=self.policy.host, created_at=utc_now())
@@ -331,7 +264,7 @@ class LocalFiles:
             lambda: self.store.forget_completed_file(intent.path, intent.stream_id, event)
         )
         self._event_written()
-        self._drop(intent.path, intent.stream_id)
+        self.drop(intent.path, intent.stream_id)
         if moved:
             metrics.LOCAL_FILES_MOVED.inc()
         else:
@@ -348,43 +281,21 @@ class LocalFiles:
             event_id=event.event_id,
         )
 
-    async def _clear(self, intent: CompletedRecord) -> None:
+    async def clear(self, intent: CompletedRecord) -> None:
+        """The intent is withdrawn: the record is as it was before the action began."""
         cleared = dataclasses.replace(intent, local_action="", local_target="")
         await retrying(lambda: self.store.update_completed_file(cleared))
 
-    async def _forget(self, record: CompletedRecord) -> None:
+    async def forget(self, record: CompletedRecord) -> None:
+        """The file is gone (not by us): its record has done its job."""
         await retrying(lambda: self.store.forget_completed_file(record.path, record.stream_id))
-        self._drop(record.path, record.stream_id)
+        self.drop(record.path, record.stream_id)
 
-    def _drop(self, path: str, stream_id: str) -> None:
-        records = self._records()
+    def drop(self, path: str, stream_id: str) -> None:
+        records = self.records()
         if path in records and records[path].stream_id == stream_id:
             del records[path]
-        self._kept.pop(path, None)
-        self._rest_until.pop(path, None)
-
-    def _keep(self, record: CompletedRecord, reason: Keep, detail: str = "") -> None:
-        """The file stays: logged and counted once per file and reason; looked at again later."""
-        self._rest_until[record.path] = time.monotonic() + RECHECK_S
-        seen = self._kept.get(record.path)
-        self._kept[record.path] = (record.stream_id, reason, detail)
-        if seen is not None and seen[:2] == (record.stream_id, reason):
-            return
-        metrics.LOCAL_FILES_KEPT.labels(reason=reason.value).inc()
-        log.info(
-            "file.kept",
-            stream_id=record.stream_id,
-            path=record.path,
-            reason=reason.value,
-            detail=detail or None,
-        )
-
-    def _count_kept(self) -> None:
-        counts = dict.fromkeys(Keep, 0)
-        for _, reason, _ in self._kept.values():
-            counts[reason] += 1
-        for reason, count in counts.items():
-            metrics.LOCAL_FILES_WAITING.labels(reason=reason.value).set(count)
+        self.kept.forget(path)
 
     @contextlib.asynccontextmanager
     async def _leased(self, record: CompletedRecord) -> AsyncIterator[bool]:
@@ -415,87 +326,3 @@ class LocalFiles:
             renewing.cancel()
             with contextlib.suppress(StreamupError):
                 await self.store.release_lease(lease_id)
-
-    # ------------------------------------------------------------------ start-up
-
-    async def recover(self) -> None:
-        """Finish what a crash interrupted: every record that still holds an intent."""
-        for path, record in list(self._records().items()):
-            if record.local_action:
-                try:
-                    await self._resume(path, record)
-                except StreamupError as exc:
-                    log.warning("local.recovery_failed", path=path, error=str(exc))
-
-    async def _resume(self, path: str, record: CompletedRecord) -> None:
-        source = await self._observe(path)
-        target = record.local_target
-        target_state = regular_state(target) if target else None
-        is_copy = False
-        if (
-            source.state is not None
-            and target_state is not None
-            and target_state.identity != source.state.identity
-        ):
-            is_copy = await asyncio.to_thread(sha256_of, target) == record.sha256_hex
-        outcome = resume_intent(record, source.state, target_state, target_is_copy=is_copy)
-        log.info("file.action_resumed", stream_id=record.stream_id, path=path,
-                 action=record.local_action, outcome=outcome.value)  # fmt: skip
-        if target:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial_path(target, record.stream_id))
-        if outcome is Resume.DONE and _carried_out(record, source.state, target_state):
-            # The crash came after the step, before its record and event were written.
-            await self._done(record, _resumed_trigger(record, self.policy.action))
-        elif outcome is Resume.DONE:  # the file is still there, changed, or went elsewhere
-            await self._forget(record)
-        elif outcome is Resume.REDO:
-            await self._clear(record)
-            self._records()[path] = dataclasses.replace(record, local_action="", local_target="")
-        elif outcome is Resume.CONFLICT:
-            await self._clear(record)
-            self._keep(record, Keep.TARGET_EXISTS, f"{target} holds another file")
-        else:  # the copy is whole at the target: only the unlink of the source is left
-            reason = self._local_reason(record, source, check_ctime=False)
-            if reason is not None:
-                self._keep(record, reason)
-                return
-            try:
-                await asyncio.to_thread(unlink_durably, path)
-            except OSError as exc:
-                self._keep(record, Keep.ACTION_FAILED, str(exc))
-                return
-            await self._done(record, "after_upload")
-
-    # ------------------------------------------------------------------ status
-
-    def view(self) -> dict[str, object]:
-        """The `disk` block of /status."""
-        kept = sorted(self._kept.items())[:_SHOWN_KEPT]
-        return {
-            **self.guard.view(),
-            "after_upload": self.policy.action.value,
-            "files_kept": [
-                {"path": path, "stream_id": sid, "reason": reason.value, "detail": detail or None}
-                for path, (sid, reason, detail) in kept
-            ],
-        }
-
-
-def _carried_out(
-    record: CompletedRecord, source: FileState | None, target: FileState | None
-) -> bool:
-    """After a crash: did the intent's step happen? The verified file is gone from its path
-    (another file there is not ours) and, for a move, something is at the target (the link or
-    the verified copy is put there before the source is unlinked)."""
-    if source is not None and source.identity == record.identity:
-        return False  # still there (changed since): nothing was deleted or moved
-    return record.local_action != Action.MOVE.value or target is not None
-
-
-def _resumed_trigger(record: CompletedRecord, action: Action) -> str:
-    # The intent does not say what asked for it: a delete under another AFTER_UPLOAD came from
-    # the free-space guard (unless the setting changed across the restart).
-    if record.local_action == Action.DELETE.value and action is not Action.DELETE:
-        return "min_free"
-    return "after_upload"
