@@ -199,7 +199,9 @@ def test_a_file_changed_after_verification_with_its_mtime_put_back_stays(
     with local.open("r+b") as handle:  # same size, same mtime: only the ctime tells
         handle.seek(1000)
         handle.write(b"changed")
-    os.utime(local, ns=(before.st_atime_ns, before.st_mtime_ns))
+        handle.flush()
+        # Put back before the close: the close (inotify) makes the agent look at once.
+        os.utime(local, ns=(before.st_atime_ns, before.st_mtime_ns))
     wait_kept(process, "file_changed", local)
     time.sleep(3)
     assert local.exists() and sha256_file(local) != sha256_file(source)
