@@ -364,3 +364,30 @@ def test_an_idle_recording_gives_its_descriptor_to_a_waiting_file(
     assert_exact(s3_client, bucket, doc, idle, tmp_path)
     assert "Traceback" not in process.log_text()
     assert process.stop() == 0
+
+
+def test_a_file_to_delete_whose_record_the_store_lost_stays_and_is_not_sent_again(
+    agent: Any, redis_url: str, watch_dir: Path, s3_client: Any, bucket: str
+) -> None:
+    """AFTER_UPLOAD=delete, and Redis flushed between the completion and the action: with no
+    record to checkpoint the intent in, the file stays (`record_lost`), and the record the agent
+    keeps in memory still stops it from being uploaded a second time."""
+    process: AgentProcess = agent(
+        REDIS_URL=redis_url, AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="2"
+    )
+    wait_for(lambda: process.events_named("agent.started"), deadline_s=30, what="start")
+    done = watch_dir / "done.mp4"
+    _finished_file(done, 1 * MiB)
+    wait_metadata(s3_client, bucket, "done.mp4", deadline_s=30)
+    redis_sync.Redis.from_url(redis_url).flushall()
+    kept = wait_for(
+        lambda: [e for e in process.events_named("file.kept") if e["reason"] == "record_lost"],
+        deadline_s=20, what="the file kept for its lost record",
+    )  # fmt: skip
+    assert kept[0]["path"] == str(done)
+    time.sleep(2.5)  # two more scans of the folder (SCAN_INTERVAL_SECONDS=1)
+    assert done.exists()
+    assert [e["path"] for e in process.events_named("stream.discovered")] == [str(done)]
+    assert not process.events_named("file.deleted")
+    assert len(object_keys(s3_client, bucket)) == 2
+    assert process.stop() == 0

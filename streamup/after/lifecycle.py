@@ -50,6 +50,7 @@ class Keep(StrEnum):
     OBJECT_MISMATCH = "object_mismatch"  # the object's size or digests are not the record's
     TARGET_EXISTS = "target_exists"  # the move's target is another file
     ACTION_FAILED = "action_failed"  # the delete or move itself failed (permissions, space)
+    RECORD_LOST = "record_lost"  # the store lost the completed record (flushed): written back
 
 
 @dataclass(frozen=True, slots=True)

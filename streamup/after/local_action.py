@@ -124,9 +124,8 @@ class LocalAction:
         self, path: str, record: CompletedRecord, action: Action, trigger: str
     ) -> bool:
         """Delete or move the file when every proof holds; True when it is gone from WATCH_DIR."""
-        fresh = await self.store.completed_file(path)
-        if fresh is None or fresh.stream_id != record.stream_id:
-            self.drop(path, record.stream_id)  # forgotten, or a newer stream's record now
+        fresh = await self._stored(path, record)
+        if fresh is None:
             return False
         record = fresh
         reason = self._record_reason(record)  # no look at the file needed: the cheap part first
@@ -290,6 +289,20 @@ class LocalAction:
         """The file is gone (not by us): its record has done its job."""
         await retrying(lambda: self.store.forget_completed_file(record.path, record.stream_id))
         self.drop(record.path, record.stream_id)
+
+    async def _stored(self, path: str, record: CompletedRecord) -> CompletedRecord | None:
+        """The store's record of this stream's file, or None (the file is left alone)."""
+        fresh = await self.store.completed_file(path)
+        if fresh is None and os.path.lexists(path):
+            # The store lost it (a flushed Redis, a deleted database): the record in memory
+            # still keeps the file from going up again, and is written back (stream.forgotten);
+            # with no intent to checkpoint, nothing is done to the file meanwhile.
+            self.kept.keep(record, Keep.RECORD_LOST)
+            return None
+        if fresh is None or fresh.stream_id != record.stream_id:
+            self.drop(path, record.stream_id)  # forgotten, or a newer stream's record now
+            return None
+        return fresh
 
     def drop(self, path: str, stream_id: str) -> None:
         records = self.records()
