@@ -55,6 +55,31 @@ def test_a_credited_file_still_needs_one_unchanged_look() -> None:
 
 
 @pytest.mark.parametrize(
+    ("changed_s", "idle_s"),
+    [
+        (None, 0.0),  # when it changed is not known: now
+        (104.0, 6.0),  # its mtime says 4 s after the last look at 100: idle since then
+        (95.0, 10.0),  # an mtime before the last look (set back): no older than that look
+        (120.0, 0.0),  # an mtime in the future (skew): now
+    ],
+)
+def test_a_late_look_places_the_change_by_the_mtime_within_the_window(
+    changed_s: float | None, idle_s: float
+) -> None:
+    """Seen at 100 growing, looked at again only at 110 (the loop was busy sending)."""
+    seen = Activity.first(FileState(ID, 100, 5), now_s=100.0)
+    later = seen.observe(FileState(ID, 200, 9), now_s=110.0, changed_s=changed_s)
+    assert later.idle_for_s(110.0) == idle_s
+    assert later.looked_at_s == 110.0
+
+
+def test_an_unchanged_look_moves_only_the_last_look() -> None:
+    seen = Activity.first(FileState(ID, 100, 5), now_s=100.0)
+    again = seen.observe(FileState(ID, 100, 5), now_s=103.0, changed_s=50.0)
+    assert (again.changed_at_s, again.looked_at_s) == (100.0, 103.0)
+
+
+@pytest.mark.parametrize(
     ("idle_s", "seen", "now", "ends"),
     [
         (29.9, False, None, False),  # nothing visible: the idle timeout rules

@@ -5,6 +5,7 @@ Time is an argument (`now_s`, a monotonic reading), so every rule is tested with
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -61,13 +62,24 @@ class Activity:
     @classmethod
     def first(cls, state: FileState, now_s: float, *, credit_s: float = 0.0) -> Activity:
         """The first look at a file; `credit_s` of idleness already granted (see idle_credit_s)."""
-        return cls(state.size_bytes, state.mtime_ns, now_s - credit_s)
+        return cls(state.size_bytes, state.mtime_ns, now_s - credit_s, now_s)
 
-    def observe(self, state: FileState, now_s: float) -> Activity:
-        """A file is unchanged only when both size and mtime are; either one moving resets it."""
+    looked_at_s: float = float("-inf")  # the last look that found it like this
+
+    def observe(
+        self, state: FileState, now_s: float, *, changed_s: float | None = None
+    ) -> Activity:
+        """A file is unchanged only when both size and mtime are; either one moving resets it.
+
+        The change happened since the last look: `changed_s` (when the file says it changed, its
+        mtime on this clock, for a local file) places it within that window, else it counts as
+        now. A look that comes late (the loop was busy sending a backlog) then does not make a
+        file that stopped changing long ago look fresh.
+        """
         if state.size_bytes == self.size_bytes and state.mtime_ns == self.mtime_ns:
-            return self
-        return Activity(state.size_bytes, state.mtime_ns, now_s)
+            return dataclasses.replace(self, looked_at_s=now_s)
+        at = now_s if changed_s is None else min(now_s, max(changed_s, self.looked_at_s))
+        return Activity(state.size_bytes, state.mtime_ns, at, now_s)
 
     def idle_for_s(self, now_s: float) -> float:
         return max(0.0, now_s - self.changed_at_s)

@@ -28,7 +28,15 @@ from streamup.files.container import HEAD_BYTES, header_patched
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, SourceFile
 from streamup.files.writers import WriterIndex
-from streamup.models import CompletedRecord, PartRecord, ReadMark, Status, StreamRecord, utc_now
+from streamup.models import (
+    CompletedRecord,
+    FileState,
+    PartRecord,
+    ReadMark,
+    Status,
+    StreamRecord,
+    utc_now,
+)
 from streamup.retry import Backoff, retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
@@ -474,7 +482,7 @@ class StreamWorker:
         looked = False  # the end is judged only once the file was seen across one nap at least
         while not self.ctx.stopping.is_set():
             state = self.source.fstat()
-            activity = activity.observe(state, self.ctx.clock())
+            activity = activity.observe(state, self.ctx.clock(), changed_s=self._changed_s(state))
             if state.size_bytes != self.record.size_bytes or state.mtime_ns != self.record.mtime_ns:
                 self.record = self.record.evolve(
                     size_bytes=state.size_bytes, mtime_ns=state.mtime_ns
@@ -510,7 +518,7 @@ class StreamWorker:
         closes = self.ctx.closes
         closed = closes is not None and closes.closed_after(self.record.path, state.mtime_ns)
         self.writer_seen = seen = self.writer_seen or bool(writer_now) or closed
-        activity = activity.observe(state, self.ctx.clock())
+        activity = activity.observe(state, self.ctx.clock(), changed_s=self._changed_s(state))
         idle_s, timeout_s = activity.idle_for_s(self.ctx.clock()), self.ctx.timeout_s
         self.unconfirmed_end = None
         if should_end(idle_s, timeout_s, writer_seen=seen, writer_now=writer_now):
@@ -521,6 +529,13 @@ class StreamWorker:
             self.unconfirmed_end = UnconfirmedEnd(activity, state, ctime_ns)
             return True
         return False
+
+    def _changed_s(self, state: FileState) -> float | None:
+        """When the file last changed by its mtime, on the loop's clock; None where the mtime is
+        not this host's clock (a network filesystem stamps the server's)."""
+        if self.source is None or not self.source.local:
+            return None
+        return self.ctx.clock() - (time.time() - state.mtime_ns / 1e9)
 
     async def give_way(self) -> None:
         """Idle while other streams wait for a descriptor: close the file, queue for a place
