@@ -8,6 +8,7 @@ from typing import Any
 import boto3
 import pytest
 import redis as redis_sync
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
 
 from streamup.s3.client import S3Storage
@@ -70,6 +71,16 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server_url
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A plain client, to look at (or damage) what a Redis store wrote."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture(scope="session")

@@ -542,16 +542,6 @@ async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
         await opened.close()
 
 
-@pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    """A plain client, to look at (or damage) what the store wrote."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def members(raw: aioredis.Redis, name: str) -> set[str]:
     return {str(member) for member in await raw.smembers(name)}
 

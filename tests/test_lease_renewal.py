@@ -47,15 +47,6 @@ def test_a_loss_counts_only_for_the_registration_the_round_was_sent_for(
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
 async def agent_a(redis_url: str) -> AsyncIterator[RedisStore]:
     opened = RedisStore(redis_url)
     await opened.open()
