@@ -68,7 +68,7 @@ async def test_closes_and_renames_into_place_are_seen_in_new_folders_too(tmp_pat
         # A folder made after the start, a file renamed into place there from a temporary name.
         day = tmp_path / "day-2"
         day.mkdir()
-        await asyncio.sleep(0.1)
+        await _wait(lambda: str(day) in watch._folders.values())  # watched as it appeared
         temporary = day / "next.mp4.part"
         temporary.write_bytes(b"z" * 100)
         final = day / "next.mp4"
