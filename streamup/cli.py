@@ -33,7 +33,11 @@ _RUN_FLAGS: list[tuple[str, type, str]] = [
     ("--s3-endpoint-url", str, "S3-compatible endpoint (S3_ENDPOINT_URL)"),
     ("--s3-bucket-name", str, "bucket (S3_BUCKET_NAME)"),
     ("--s3-region-name", str, "region (S3_REGION_NAME)"),
-    ("--s3-integrity-mode", str, "auto, checksum, content_md5, etag, none (S3_INTEGRITY_MODE)"),
+    (
+        "--s3-integrity-mode",
+        str,
+        "auto, checksum, reported, content_md5, etag, none (S3_INTEGRITY_MODE)",
+    ),
     ("--state-dir", str, "embedded checkpoint store folder (STATE_DIR)"),
     ("--ffprobe-path", str, "ffprobe binary (FFPROBE_PATH)"),
     ("--prom-port", int, "metrics port, 0 = off (PROM_PORT)"),

@@ -60,7 +60,9 @@ class Settings(BaseSettings):
     s3_object_tags: str | None = None
     s3_object_metadata: str | None = None
     # How each part is proven to be in S3 byte for byte (s3.integrity); `auto` asks the server.
-    s3_integrity_mode: Literal["auto", "checksum", "content_md5", "etag", "none"] = "auto"
+    s3_integrity_mode: Literal["auto", "checksum", "reported", "content_md5", "etag", "none"] = (
+        "auto"
+    )
 
     redis_url: SecretStr | None = None
     state_dir: Path = Path("./.streamup")
@@ -340,8 +342,8 @@ _RANGES = {
     "after_upload": "must be keep, delete or move",
     "after_upload_unproven": "must be refuse (the default) or accept",
     "s3_integrity_mode": (
-        "must be auto (ask the server), checksum, content_md5, etag or none; leave it at auto "
-        "unless the server is known"
+        "must be auto (ask the server), checksum, reported, content_md5, etag or none; leave it at "
+        "auto unless the server is known"
     ),
     "chunk_size_bytes": (
         f"must be between {MIN_PART_SIZE_BYTES} (5 MiB, S3's smallest part) and "

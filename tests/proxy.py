@@ -25,6 +25,10 @@ from urllib.parse import unquote
 
 from tests.servers import free_port
 
+# The headers by which a request asks the server to prove its body: a digest to check, or (the
+# algorithm alone) a request for the server's own checksum of what it received.
+INTEGRITY = (b"content-md5", b"x-amz-checksum-crc32c", b"x-amz-sdk-checksum-algorithm")
+
 
 class FaultProxy:
     def __init__(self, target_url: str) -> None:
@@ -35,7 +39,7 @@ class FaultProxy:
         self.bytes_up = 0  # agent -> S3: what the agent sent
         self.bytes_up_by_path: dict[str, int] = {}  # the same per request path (/bucket/key)
         self.sent: list[tuple[float, int]] = []  # (monotonic time, bytes) of each block up
-        self.content_md5_headers = 0  # requests that carried an integrity header
+        self.integrity_headers = 0  # Content-MD5 and checksum headers the requests carried
         self.before_forward: Callable[[bytes], None] | None = None
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -118,7 +122,9 @@ class FaultProxy:
                     with self._lock:
                         self.bytes_up += len(data)
                         self.sent.append((time.monotonic(), len(data)))
-                        self.content_md5_headers += data.lower().count(b"\r\ncontent-md5: ")
+                        self.integrity_headers += sum(
+                            data.lower().count(b"\r\n" + name + b": ") for name in INTEGRITY
+                        )
                     if self.before_forward is not None:
                         self.before_forward(data)
                     data = framer.feed(data)

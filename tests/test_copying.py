@@ -22,7 +22,7 @@ def part(body: bytes, number: int = 1, offset: int = 0) -> PartData:
 
 async def completed(storage: S3Storage, key: str, body: bytes) -> None:
     upload_id = await storage.create_upload(key, "video/mp4")
-    etag = await storage.upload_part(key, upload_id, 1, body, md5=md5_of(body))
+    etag = (await storage.upload_part(key, upload_id, 1, body, md5=md5_of(body))).etag
     await storage.complete_upload(key, upload_id, [(1, etag, None)])
 
 

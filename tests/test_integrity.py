@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streamup.checksums import crc32c_of, md5_of, multipart_etag
+from streamup.checksums import b64, crc32c_of, md5_of, multipart_etag
 from streamup.files.hashing import PrefixHash
 from streamup.files.mounts import filesystem_type, mounts
 from streamup.models import PartRecord, ReadMark
-from streamup.s3.client import RemoteObject, S3Storage
+from streamup.s3.client import PartAnswer, RemoteObject, S3Storage
 from streamup.s3.integrity import (
     Capabilities,
     Proof,
@@ -21,6 +21,7 @@ from streamup.s3.integrity import (
     object_mismatch,
     part_proof,
     probe,
+    sent_part_mismatch,
     weakest,
 )
 from streamup.s3.parts import PartSpan
@@ -42,8 +43,9 @@ def part(number: int, body: bytes, *, etag: str | None = None, md5: bool = True)
     ("caps", "mode"),
     [
         (Capabilities(True, True, True, True), ProofMode.CHECKSUM),  # AWS S3
+        (Capabilities(True, False, False, True, True), ProofMode.REPORTED),  # moto
         (Capabilities(True, False, True, True), ProofMode.CONTENT_MD5),  # Ceph RGW
-        (Capabilities(True, False, False, True), ProofMode.ETAG),  # moto
+        (Capabilities(True, False, False, True), ProofMode.ETAG),  # moto, forced
         (Capabilities(False, False, False, False), ProofMode.NONE),
     ],
 )
@@ -52,9 +54,21 @@ def test_the_best_proof_the_server_offers_is_chosen(caps: Capabilities, mode: Pr
     assert Capabilities.forced(mode).mode is mode
 
 
+def test_an_upload_from_before_checksums_is_proven_by_md5_where_the_server_allows() -> None:
+    aws = Capabilities(True, True, True, True)
+    moto = Capabilities(True, False, False, True, True)
+    assert aws.mode_for(with_checksum=False) is ProofMode.CONTENT_MD5
+    assert moto.mode_for(with_checksum=False) is ProofMode.ETAG
+    assert moto.mode_for(with_checksum=True) is ProofMode.REPORTED
+    forced = Capabilities.forced(ProofMode.REPORTED)
+    assert forced.mode_for(with_checksum=False) is ProofMode.NONE
+    assert not ProofMode.REPORTED.needs_md5
+
+
 def test_a_part_is_proven_by_the_servers_check_or_by_its_etag() -> None:
     body = b"x" * 100
-    aws, rgw, moto = (Capabilities.forced(m) for m in ProofMode if m is not ProofMode.NONE)
+    modes = (ProofMode.CHECKSUM, ProofMode.CONTENT_MD5, ProofMode.ETAG)
+    aws, rgw, moto = (Capabilities.forced(m) for m in modes)
     assert part_proof(part(1, body, md5=False), aws, with_checksum=True) is Proof.SERVER_VERIFIED
     # An upload created before checksums: its parts carried Content-MD5 only.
     assert part_proof(part(1, body, md5=False), aws, with_checksum=False) is Proof.UNVERIFIED
@@ -64,12 +78,41 @@ def test_a_part_is_proven_by_the_servers_check_or_by_its_etag() -> None:
     assert part_proof(damaged, moto, with_checksum=True) is Proof.UNVERIFIED
     none = Capabilities.forced(ProofMode.NONE)
     assert part_proof(part(1, body), none, with_checksum=True) is Proof.UNVERIFIED
+    # The server reported each part's CRC32C, which matched (a part is recorded only then).
+    reported = Capabilities.forced(ProofMode.REPORTED)
+    no_md5 = part(1, body, md5=False)
+    assert part_proof(no_md5, reported, with_checksum=True) is Proof.CHECKSUM_COMPARED
+    # A part from before checksums (Content-MD5 only) is proven by nothing the mode has.
+    assert part_proof(no_md5, reported, with_checksum=False) is Proof.UNVERIFIED
+
+
+def test_the_servers_answer_to_a_part_proves_it_or_says_why_not() -> None:
+    body, other = b"x" * 100, b"y" * 100
+    crc, md5 = crc32c_of(body), md5_of(body)
+    right = PartAnswer(f'"{md5.hex()}"', b64(crc))
+    for mode in ProofMode:
+        assert sent_part_mismatch(mode, right, md5=md5, crc32c=crc, asked=True) is None
+    reported = ProofMode.REPORTED
+    damaged = PartAnswer(right.etag, b64(crc32c_of(other)))
+    assert sent_part_mismatch(reported, damaged, md5=None, crc32c=crc, asked=True) == (
+        "checksum mismatch",
+        f"the server reports CRC32C {b64(crc32c_of(other))}, the bytes sent have {b64(crc)}",
+    )
+    silent = PartAnswer(right.etag, None)
+    reason = sent_part_mismatch(reported, silent, md5=None, crc32c=crc, asked=True)
+    assert reason is not None and reason[0] == "no checksum reported"
+    # Not asked (an upload created without checksums): nothing to compare.
+    assert sent_part_mismatch(reported, silent, md5=None, crc32c=crc, asked=False) is None
+    wrong_etag = PartAnswer(f'"{md5_of(other).hex()}"', None)
+    reason = sent_part_mismatch(ProofMode.ETAG, wrong_etag, md5=md5, crc32c=crc, asked=False)
+    assert reason is not None and reason[0] == "ETag mismatch"
 
 
 def test_an_object_is_only_as_proven_as_its_weakest_part() -> None:
     assert weakest([Proof.SERVER_VERIFIED, Proof.ETAG_COMPARED]) is Proof.ETAG_COMPARED
     assert weakest([Proof.SERVER_VERIFIED] * 3) is Proof.SERVER_VERIFIED
     assert weakest([Proof.ETAG_COMPARED, Proof.UNVERIFIED]) is Proof.UNVERIFIED
+    assert weakest([Proof.ETAG_COMPARED, Proof.CHECKSUM_COMPARED]) is Proof.CHECKSUM_COMPARED
     assert weakest([]) is Proof.UNVERIFIED
 
 
@@ -157,14 +200,23 @@ async def test_the_running_hash_takes_parts_in_order_and_restarts_before_a_chang
 
 
 # moto accepts CRC32C uploads, checks neither a checksum nor Content-MD5, and its part ETags
-# are MD5s: the agent compares them itself. Ceph RGW accepts and ignores checksums but refuses a
+# are MD5s; asked for a CRC32C without a value, it computes one of the body it received: the
+# agent compares that. Ceph RGW accepts and ignores checksums (reports none) but refuses a
 # wrong Content-MD5 (compat/README.md).
 SEEN_ON = {
     "moto": Capabilities(
-        checksums_accepted=True, checksum_verified=False, md5_verified=False, etag_is_md5=True
+        checksums_accepted=True,
+        checksum_verified=False,
+        md5_verified=False,
+        etag_is_md5=True,
+        checksum_reported=True,
     ),
     "rgw": Capabilities(
-        checksums_accepted=True, checksum_verified=False, md5_verified=True, etag_is_md5=True
+        checksums_accepted=True,
+        checksum_verified=False,
+        md5_verified=True,
+        etag_is_md5=True,
+        checksum_reported=False,
     ),
 }
 
@@ -175,5 +227,5 @@ async def test_the_probe_finds_what_the_server_checks_and_leaves_nothing_behind(
 ) -> None:
     caps = await probe(storage, "streams")
     assert caps == SEEN_ON[s3_backend]
-    assert caps.mode is {"moto": ProofMode.ETAG, "rgw": ProofMode.CONTENT_MD5}[s3_backend]
+    assert caps.mode is {"moto": ProofMode.REPORTED, "rgw": ProofMode.CONTENT_MD5}[s3_backend]
     assert await storage.list_uploads("streams/") == []

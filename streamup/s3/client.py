@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import errno
 import socket
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,16 @@ from streamup.s3.body import PartBody
 from streamup.s3.object_options import ObjectOptions, encode_tags
 
 T = TypeVar("T")
+
+# Set around one UploadPart that asks the server for the CRC32C of what it received: botocore,
+# given ChecksumAlgorithm, would compute the checksum itself, so the header is added here instead.
+_ASK_CRC32C: contextvars.ContextVar[bool] = contextvars.ContextVar("ask_crc32c", default=False)
+
+
+def _name_crc32c_if_asked(params: dict[str, Any], **_: Any) -> None:
+    if _ASK_CRC32C.get():
+        params["headers"]["x-amz-sdk-checksum-algorithm"] = "CRC32C"
+
 
 _NETWORK_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
 _WIRE_ERRORS = (ClientError, *_NETWORK_ERRORS)
@@ -103,8 +114,9 @@ class RemoteObject:
 
 
 @dataclass(frozen=True, slots=True)
-class CopiedPart:
-    """What UploadPartCopy answers: the new part's ETag, and its CRC32C (base64) if reported."""
+class PartAnswer:
+    """What UploadPart or UploadPartCopy answers: the part's ETag, and the CRC32C (base64) the
+    server reports for it, if it reports one."""
 
     etag: str
     crc32c: str | None = None
@@ -228,6 +240,7 @@ class S3Storage:
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", **self._client_args)
         )
+        self._client.meta.events.register("before-call.s3.UploadPart", _name_crc32c_if_asked)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -320,27 +333,38 @@ class S3Storage:
         *,
         crc32c: bytes | None = None,
         md5: bytes | None = None,
-    ) -> str:
+        ask_crc32c: bool = False,
+    ) -> PartAnswer:
         """Send one part with the checksums given (raw digests), of exactly these bytes (paced
-        while sent, s3.pacing, under BANDWIDTH_LIMIT). Returns the part's ETag."""
+        while sent, s3.pacing, under BANDWIDTH_LIMIT). Returns the part's ETag, and the CRC32C
+        the server reports of what it received where it reports one.
+
+        `ask_crc32c` (and no `crc32c`): name the algorithm without a value, which asks a server
+        that computes checksums itself (moto) for the CRC32C of the body it received; AWS S3
+        refuses such a request (s3.integrity's probe finds out which)."""
         extra = {}
         if crc32c is not None:
             extra["ChecksumCRC32C"] = b64(crc32c)
         if md5 is not None:
             extra["ContentMD5"] = b64(md5)
-        response = await self._about_upload(key, upload_id, lambda: self._call(
-            f"uploading part {number} of {key!r}",
-            lambda: self._client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                Body=body if isinstance(body, PartBody) else PartBody(body),
-                **extra,
-            ),
-        ))  # fmt: skip
-        return str(response["ETag"])
+        token = _ASK_CRC32C.set(ask_crc32c and crc32c is None)
+        try:
+            response = await self._about_upload(key, upload_id, lambda: self._call(
+                f"uploading part {number} of {key!r}",
+                lambda: self._client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                    Body=body if isinstance(body, PartBody) else PartBody(body),
+                    **extra,
+                ),
+            ))  # fmt: skip
+        finally:
+            _ASK_CRC32C.reset(token)
+        crc = response.get("ChecksumCRC32C")
+        return PartAnswer(str(response["ETag"]), str(crc) if crc else None)
 
     async def copy_part(
         self, key: str, upload_id: str, number: int, source_key: str, first: int, last: int
-    ) -> CopiedPart:
+    ) -> PartAnswer:
         """Part `number` of the upload made by the server from bytes `first`..`last` (inclusive)
         of the completed object `source_key`: nothing is sent but the request. The answer's ETag
         (and CRC32C, where the server reports one) is what the caller proves the part by."""
@@ -354,7 +378,7 @@ class S3Storage:
         ))  # fmt: skip
         result = response.get("CopyPartResult", {})
         crc = result.get("ChecksumCRC32C")
-        return CopiedPart(str(result.get("ETag", "")), str(crc) if crc else None)
+        return PartAnswer(str(result.get("ETag", "")), str(crc) if crc else None)
 
     async def list_parts(self, key: str, upload_id: str) -> dict[int, RemotePart]:
         """Every part S3 holds for the upload, following pagination past 1,000 parts."""

@@ -6,14 +6,17 @@ itself, or a digest it returns that the agent can compare. Servers differ, so th
 once per endpoint and bucket, at start-up (`probe`), which proof this one offers, best first:
 
 1. `checksum`: it refuses a part whose additional checksum (CRC32C) is wrong (AWS S3).
-2. `content_md5`: it refuses a part whose Content-MD5 is wrong (Ceph RGW).
-3. `etag`: its part ETag is the MD5 of what it received; the agent compares (moto).
-4. `none`: nothing can be proven, and the agent says so (start-up, status, metadata).
+2. `reported`: asked for a CRC32C algorithm without a value, it answers with the CRC32C of the
+   body it received; the agent compares (moto).
+3. `content_md5`: it refuses a part whose Content-MD5 is wrong (Ceph RGW).
+4. `etag`: its part ETag is the MD5 of what it received; the agent compares (moto, RGW).
+5. `none`: nothing can be proven, and the agent says so (start-up, status, metadata).
 
-Only the hashing the proof needs is done: CRC32C for every part (hardware, GIL released: the
-fast checksum every comparison uses), MD5 only in modes 2 and 3. The whole object is then proven
-too: the server's ETag and whole-object CRC32C, where it reports them, against the values the
-agent computes from its parts. The decisions here are pure; `probe` alone does I/O.
+Cheapest first: modes 1 and 2 need only the CRC32C every part gets anyway (hardware, GIL
+released: the fast checksum every comparison uses); MD5, three times the CPU of everything else
+the agent does per byte, only modes 3 and 4. The whole object is then proven too: the server's
+ETag and whole-object CRC32C, where it reports them, against the values the agent computes from
+its parts. The decisions here are pure; `probe` alone does I/O.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from enum import StrEnum
 from typing import TypeVar
 
 from streamup import checksums
-from streamup.checksums import crc32c_of, etag_hex, md5_of, multipart_etag
+from streamup.checksums import b64, crc32c_of, etag_hex, md5_of, multipart_etag
 from streamup.errors import StorageError
 from streamup.models import PartRecord
 from streamup.retry import Backoff
-from streamup.s3.client import DIGEST_REFUSED, RemoteObject, S3Storage
+from streamup.s3.client import DIGEST_REFUSED, PartAnswer, RemoteObject, S3Storage
 
 T = TypeVar("T")
 # Each probe request is tried this many times over a few seconds before the probe gives up (and
@@ -43,6 +46,7 @@ class ProofMode(StrEnum):
     """How parts are proven on this endpoint (`S3_INTEGRITY_MODE`; `auto` probes)."""
 
     CHECKSUM = "checksum"
+    REPORTED = "reported"
     CONTENT_MD5 = "content_md5"
     ETAG = "etag"
     NONE = "none"
@@ -56,12 +60,15 @@ class Proof(StrEnum):
     """How an object was proven, as the metadata records it (`integrity_proof`)."""
 
     SERVER_VERIFIED = "server_verified"
+    CHECKSUM_COMPARED = "checksum_compared"
     ETAG_COMPARED = "etag_compared"
     UNVERIFIED = "unverified"
 
 
-# Weakest first: an object is only as proven as its least proven part.
-_STRENGTH = (Proof.UNVERIFIED, Proof.ETAG_COMPARED, Proof.SERVER_VERIFIED)
+# Weakest first: an object is only as proven as its least proven part. A digest the server
+# computed and the agent compared proves what a check the server made does; MD5 (the ETag) is
+# the longer digest, but either finds any damage a wire or a disk does.
+_STRENGTH = (Proof.UNVERIFIED, Proof.CHECKSUM_COMPARED, Proof.ETAG_COMPARED, Proof.SERVER_VERIFIED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,11 +79,25 @@ class Capabilities:
     checksum_verified: bool  # a part with a wrong CRC32C is refused
     md5_verified: bool  # a part with a wrong Content-MD5 is refused
     etag_is_md5: bool  # a part's ETag is the MD5 of its body
+    checksum_reported: bool = False  # asked, it answers with the CRC32C of the body it received
 
     @property
     def mode(self) -> ProofMode:
         if self.checksum_verified:
             return ProofMode.CHECKSUM
+        if self.checksum_reported:
+            return ProofMode.REPORTED
+        if self.md5_verified:
+            return ProofMode.CONTENT_MD5
+        if self.etag_is_md5:
+            return ProofMode.ETAG
+        return ProofMode.NONE
+
+    def mode_for(self, *, with_checksum: bool) -> ProofMode:
+        """The mode for one stream's upload: without a checksum algorithm (an upload created
+        before checksums) only the proofs by MD5 are left."""
+        if with_checksum:
+            return self.mode
         if self.md5_verified:
             return ProofMode.CONTENT_MD5
         if self.etag_is_md5:
@@ -91,6 +112,7 @@ class Capabilities:
             checksum_verified=mode is ProofMode.CHECKSUM,
             md5_verified=mode is ProofMode.CONTENT_MD5,
             etag_is_md5=mode is ProofMode.ETAG,
+            checksum_reported=mode is ProofMode.REPORTED,
         )
 
     def describe(self) -> dict[str, object]:
@@ -100,23 +122,44 @@ class Capabilities:
             "checksum_verified": self.checksum_verified,
             "content_md5_verified": self.md5_verified,
             "etag_is_md5": self.etag_is_md5,
+            "checksum_reported": self.checksum_reported,
         }
 
 
 def part_proof(part: PartRecord, caps: Capabilities, *, with_checksum: bool) -> Proof:
     """How well `part` is proven: by a check the server made when it accepted the part (a
-    CRC32C sent with it, its Content-MD5), or by its ETag equal to its MD5.
+    CRC32C sent with it, its Content-MD5), by the CRC32C the server reported for it, or by its
+    ETag equal to its MD5. Only a part that passed its proof is ever recorded (stream.worker),
+    so in the modes whose proof leaves no trace in the record, the record's CRC32C stands for it.
 
     `with_checksum`: the stream's upload carries CRC32C (parts were sent with it). Parts from
     before checksums existed carried Content-MD5 only.
     """
     if with_checksum and part.crc32c_hex and caps.checksum_verified:
         return Proof.SERVER_VERIFIED
+    if with_checksum and part.crc32c_hex and caps.checksum_reported:
+        return Proof.CHECKSUM_COMPARED
     if part.md5_hex and caps.md5_verified:
         return Proof.SERVER_VERIFIED
     if part.md5_hex and caps.etag_is_md5 and etag_hex(part.etag) == part.md5_hex:
         return Proof.ETAG_COMPARED
     return Proof.UNVERIFIED
+
+
+def sent_part_mismatch(
+    mode: ProofMode, answer: PartAnswer, *, md5: bytes | None, crc32c: bytes, asked: bool
+) -> tuple[str, str] | None:
+    """Why the server's answer to an UploadPart does not prove the part (reason, detail), or
+    None when it does or the mode proves parts otherwise (a refusal, before any answer)."""
+    if mode is ProofMode.REPORTED and asked:
+        if answer.crc32c is None:
+            return "no checksum reported", "the server reported no CRC32C of the part it received"
+        if answer.crc32c != b64(crc32c):
+            detail = f"the server reports CRC32C {answer.crc32c}, the bytes sent have {b64(crc32c)}"
+            return "checksum mismatch", detail
+    if mode is ProofMode.ETAG and md5 is not None and etag_hex(answer.etag) != md5.hex():
+        return "ETag mismatch", f"ETag {answer.etag} is not the MD5 of the bytes sent ({md5.hex()})"
+    return None
 
 
 def weakest(proofs: Iterable[Proof]) -> Proof:
@@ -188,17 +231,38 @@ async def probe(storage: S3Storage, key_prefix: str) -> Capabilities:
         md5_refused = await _refused(
             lambda: storage.upload_part(key, upload_id, 2, body, crc32c=crc, md5=bad_md5)
         )
-        etag = await _patient(
+        answer = await _patient(
             lambda: storage.upload_part(key, upload_id, 2, body, crc32c=crc, md5=good_md5)
         )
+        reported = accepted and not checksum_verified and await _reports(storage, key, upload_id)
     finally:
         await _patient(lambda: storage.abort_upload(key, upload_id))
     return Capabilities(
         checksums_accepted=accepted,
         checksum_verified=checksum_verified,
         md5_verified=md5_refused,
-        etag_is_md5=etag_hex(etag) == good_md5.hex(),
+        etag_is_md5=etag_hex(answer.etag) == good_md5.hex(),
+        checksum_reported=reported,
     )
+
+
+async def _reports(storage: S3Storage, key: str, upload_id: str) -> bool:
+    """Whether the server, asked for a CRC32C without being given one, answers with the CRC32C
+    of the very body it received: two different bodies, each answered with its own. (AWS S3
+    refuses the request; Ceph RGW answers with none.) Not asked where the server verifies the
+    checksums it is sent: that proof is as cheap, and the better one."""
+    for body in (PROBE_BODY, PROBE_BODY + b"!"):
+        try:
+            answer = await _patient(
+                lambda b=body: storage.upload_part(key, upload_id, 3, b, ask_crc32c=True)  # type: ignore[misc]
+            )
+        except StorageError as exc:
+            if exc.retryable and exc.code not in DIGEST_REFUSED:
+                raise
+            return False
+        if answer.crc32c != b64(crc32c_of(body)):
+            return False
+    return True
 
 
 async def _refused(request: Callable[[], Awaitable[object]]) -> bool:

@@ -65,7 +65,7 @@ async def integrity(storage: S3Storage, settings: Settings, note: Note) -> Capab
         except StorageError as exc:
             raise ConfigError(
                 f"S3_INTEGRITY_MODE=auto could not ask the server what it checks ({exc}); "
-                "set S3_INTEGRITY_MODE to checksum, content_md5, etag or none"
+                "set S3_INTEGRITY_MODE to checksum, reported, content_md5, etag or none"
             ) from None
     else:
         caps = Capabilities.forced(ProofMode(mode))
@@ -73,8 +73,8 @@ async def integrity(storage: S3Storage, settings: Settings, note: Note) -> Capab
     if caps.mode is ProofMode.NONE:
         log.warning(
             "s3.integrity_unproven",
-            detail="this server proves no part's bytes (no checksum or Content-MD5 check,"
-            " ETags are not MD5s): objects are completed but marked unverified",
+            detail="this server proves no part's bytes (no checksum or Content-MD5 check, no"
+            " checksum reported, ETags are not MD5s): objects are completed but marked unverified",
         )
     return caps
 

@@ -19,7 +19,7 @@ import structlog
 from streamup import metrics
 from streamup.after.metadata import content_type_for
 from streamup.checkpoint import CheckpointStore
-from streamup.checksums import etag_hex, md5_of
+from streamup.checksums import md5_of
 from streamup.errors import LeaseLost, NoSuchUpload, StorageError, StreamupError
 from streamup.faults import crash_point
 from streamup.files.budget import MAX_OPEN_FILES, FileBudget, FileGone
@@ -39,7 +39,7 @@ from streamup.models import (
 )
 from streamup.retry import Backoff, retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
-from streamup.s3.integrity import Capabilities, ProofMode
+from streamup.s3.integrity import Capabilities, ProofMode, sent_part_mismatch
 from streamup.s3.object_options import ObjectOptions
 from streamup.s3.pacing import STOPPED_MESSAGE, Pacer, PrioritySlots
 from streamup.s3.parts import (
@@ -309,12 +309,15 @@ class StreamWorker:
 
     async def _upload_proven(self, upload_id: str, data: PartData) -> str:
         number = data.span.number
-        crc = data.crc32c if self.record.checksum_algorithm else None
+        mode = self.proof_mode
+        # In `reported` mode the server is asked for the CRC32C of what it received instead.
+        ask = mode is ProofMode.REPORTED
+        crc = data.crc32c if self.record.checksum_algorithm and not ask else None
         pacer = self.ctx.pacer  # a new paced body for every attempt: a body is sent only once
         body = data.body if pacer is None else pacer.body(data.body, self.priority)
         try:
-            etag = await self.ctx.storage.upload_part(
-                self.record.key, upload_id, number, body, crc32c=crc, md5=data.md5
+            answer = await self.ctx.storage.upload_part(
+                self.record.key, upload_id, number, body, crc32c=crc, md5=data.md5, ask_crc32c=ask
             )
         except StorageError as exc:
             if exc.code in DIGEST_REFUSED:  # the server's own check caught damaged bytes
@@ -322,30 +325,31 @@ class StreamWorker:
             if pacer is not None and pacer.stopped:  # the grace is over: not retried
                 raise StorageError(STOPPED_MESSAGE, code="Stopping") from exc
             raise
-        md5 = data.md5
-        if (
-            self.ctx.integrity.mode is ProofMode.ETAG
-            and md5 is not None
-            and etag_hex(etag) != md5.hex()
-        ):
-            detail = f"ETag {etag} is not the MD5 of the bytes sent ({md5.hex()})"
-            self._proof_failed(number, "ETag mismatch", detail)
+        failed = sent_part_mismatch(mode, answer, md5=data.md5, crc32c=data.crc32c, asked=ask)
+        if failed is not None:
+            reason, detail = failed
+            self._proof_failed(number, reason, detail)
             raise StorageError(
                 f"part {number} of {self.record.key!r}: the server stored other bytes than"
                 f" were sent ({detail})",
                 code="ProofFailed",
                 retryable=True,
             )
-        return etag
+        return answer.etag
 
     def _proof_failed(self, number: int, reason: str, detail: str) -> None:
         metrics.PARTS_PROOF_FAILED.inc()
         self.log.warning("part.proof_failed", part=number, reason=reason, detail=detail)
 
     @property
+    def proof_mode(self) -> ProofMode:
+        """How this stream's parts are proven (an upload from before checksums: by MD5)."""
+        return self.ctx.integrity.mode_for(with_checksum=bool(self.record.checksum_algorithm))
+
+    @property
     def with_md5(self) -> bool:
         """Whether parts read for sending need their MD5 (the proof uses it)."""
-        return self.ctx.integrity.mode.needs_md5
+        return self.proof_mode.needs_md5
 
     async def read(self, span: PartSpan, *, with_md5: bool) -> PartData | None:
         """Read a part, feed it to the running SHA-256, then take its MD5 if asked.
