@@ -153,16 +153,20 @@ def moto_command(port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def moto_server(workdir: Path) -> Iterator[Moto]:
-    """Start moto in server mode on a free loopback port; stop it on exit."""
+def moto_server(workdir: Path, spool_dir: Path | None = None) -> Iterator[Moto]:
+    """Start moto in server mode on a free loopback port; stop it on exit.
+
+    `spool_dir`: where moto keeps the bodies it spools to temporary files (every part and object
+    over 8 MiB), its TMPDIR; by default the system's temporary folder."""
     port = free_port()
     log_path = workdir / "moto.log"
+    extra = {"TMPDIR": str(spool_dir)} if spool_dir is not None else {}
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             moto_command(port),
             stdout=log,
             stderr=log,
-            env=clean_env(MOTO_ALLOW_NONEXISTENT_REGION="true"),
+            env=clean_env(MOTO_ALLOW_NONEXISTENT_REGION="true", **extra),
         )
     try:
         _wait_for_port(port, proc)

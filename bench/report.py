@@ -34,6 +34,16 @@ def size(n_bytes: float) -> str:
     return f"{n_bytes / MiB:.0f} MiB"
 
 
+def spool_text(results: dict[str, Any]) -> str:
+    spool = results.get("moto_spool")
+    if not spool:
+        return "on the disk the agent's checkpoints and the recordings are on"
+    return (
+        f"in `{spool}` (`--moto-spool`), off the disk the agent's checkpoints and the recordings"
+        " are on, as a remote server's storage would be"
+    )
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -91,11 +101,12 @@ figures of this same run.
 - **One S3 server for everything**: moto in server mode on a loopback port, started once per run;
   every tool talks to it, and it shares the machine's {m["cores"]} cores with the tool being
   measured, so its CPU (Python) is part of every time (column *moto CPU*). moto keeps objects in
-  memory and in spooled temporary files, closes the connection after every response (every
-  request opens a new TCP connection, for every tool) and builds a completed multipart object
-  by copying it in Python: CompleteMultipartUpload costs time proportional to the object, which
-  real S3 does not, and more when the object's checksum is FULL_OBJECT (asked for, or the
-  default without a checksum algorithm: moto copies the object once more to checksum it whole).
+  memory and in spooled temporary files ({spool_text(results)}), closes the connection
+  after every response (every request opens a new TCP connection, for every tool) and builds a
+  completed multipart object by copying it in Python: CompleteMultipartUpload costs time
+  proportional to the object, which real S3 does not, and more when the object's checksum is
+  FULL_OBJECT (asked for, or the default without a checksum algorithm: moto copies the object
+  once more to checksum it whole).
   moto's own figures are measured alone in the same run (`bench/calibrate.py`): the *server
   ceiling* (how fast it accepts the bytes at all) and its CompleteMultipartUpload time for each
   checksum. No size was scaled down for moto: its peak RSS over this run was

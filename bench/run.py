@@ -39,6 +39,7 @@ from harness import (
 from objects import s3_client
 
 ROOT = Path(__file__).resolve().parent.parent
+SHM = Path("/dev/shm")
 WORKLOADS = {"bulk": bulk.run, "durable": durable.run, "many": many.run, "folders": folders.run}
 
 
@@ -94,6 +95,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--folder-watch-s", type=float, default=15,
         help="how long the second start is watched, s (default 15: three scans)")  # fmt: skip
     add("--workdir", type=Path, help="scratch folder (default: a new one under /tmp)")
+    add("--moto-spool", type=Path, default=SHM if SHM.is_dir() else None,
+        help="moto's TMPDIR, where it keeps part and object bodies over 8 MiB (default /dev/shm "
+             "where there is one: moto's writes stay off the disk the agent's checkpoints and "
+             "the recordings share, as a remote server's would; on that disk its completion "
+             "times vary by seconds, and the agent's fsyncs wait behind them)")  # fmt: skip
     add("--results", type=Path, default=ROOT / "bench" / "results", help="raw results folder")
     add("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md", help="summary to write")
     opts = parser.parse_args(argv)
@@ -123,7 +129,7 @@ def main(argv: list[str]) -> int:
     opts.results.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="streamup-bench-", dir=opts.workdir) as scratch:
         workdir = Path(scratch).resolve()
-        with moto_server(workdir) as moto:
+        with moto_server(workdir, opts.moto_spool) as moto:
             s3 = s3_client(moto.endpoint)
             s3.create_bucket(Bucket=PEER_BUCKET)
             bench = Bench(moto, s3, workdir, peers.available(moto.endpoint))
@@ -134,6 +140,7 @@ def main(argv: list[str]) -> int:
                 "started_at": started.strftime("%Y-%m-%d %H:%M UTC"),
                 "machine": machine.describe(bench.peers),
                 "moto_command": shlex.join(["python", *moto_command(0)[1:-1], "PORT"]),
+                "moto_spool": str(opts.moto_spool) if opts.moto_spool else None,
                 "workloads": {},
             }
             for name in opts.workloads:
