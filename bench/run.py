@@ -39,7 +39,6 @@ from harness import (
 from objects import s3_client
 
 ROOT = Path(__file__).resolve().parent.parent
-SHM = Path("/dev/shm")
 WORKLOADS = {"bulk": bulk.run, "durable": durable.run, "many": many.run, "folders": folders.run}
 
 
@@ -95,11 +94,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--folder-watch-s", type=float, default=15,
         help="how long the second start is watched, s (default 15: three scans)")  # fmt: skip
     add("--workdir", type=Path, help="scratch folder (default: a new one under /tmp)")
-    add("--moto-spool", type=Path, default=SHM if SHM.is_dir() else None,
-        help="moto's TMPDIR, where it keeps part and object bodies over 8 MiB (default /dev/shm "
-             "where there is one: moto's writes stay off the disk the agent's checkpoints and "
-             "the recordings share, as a remote server's would; on that disk its completion "
-             "times vary by seconds, and the agent's fsyncs wait behind them)")  # fmt: skip
+    add("--moto-spool", type=lambda t: Path(t) if t not in ("", "none") else None,
+        default=None,
+        help="moto's TMPDIR, where it keeps part and object bodies over 8 MiB (default: the "
+             "system's temporary folder, on the disk the agent's checkpoints and the "
+             "recordings share; /dev/shm keeps moto's writes off it, as a remote server's "
+             "would be: the agent's fsyncs then never wait behind them, and moto's 2 GiB "
+             "completion varies less, but it takes moto more CPU)")  # fmt: skip
     add("--results", type=Path, default=ROOT / "bench" / "results", help="raw results folder")
     add("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md", help="summary to write")
     opts = parser.parse_args(argv)
