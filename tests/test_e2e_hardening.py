@@ -232,7 +232,9 @@ def test_completed_files_the_store_forgot_are_written_back_and_not_sent_again_af
             (tmp_path / "state" / name).unlink(missing_ok=True)
         said, count = "checkpoint.store_rebuilt", "completed_files"
     told = wait_for(lambda: first.events_named(said), deadline_s=30, what="the write-back")
-    assert [e[count] for e in told] == [1]
+    # done.mp4; and live.mp4 too where a busy machine let it complete first (its completion can
+    # be the very write that finds the loss). That done.mp4 was among them, the restart shows.
+    assert [e[count] for e in told] in ([1], [2])
     writer.join()
     wait_metadata(s3_client, bucket, "live.mp4", deadline_s=60)
     assert first.stop() == 0
