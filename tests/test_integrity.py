@@ -91,20 +91,18 @@ def test_the_servers_answer_to_a_part_proves_it_or_says_why_not() -> None:
     crc, md5 = crc32c_of(body), md5_of(body)
     right = PartAnswer(f'"{md5.hex()}"', b64(crc))
     for mode in ProofMode:
-        assert sent_part_mismatch(mode, right, md5=md5, crc32c=crc, asked=True) is None
+        assert sent_part_mismatch(mode, right, md5=md5, crc32c=crc) is None
     reported = ProofMode.REPORTED
     damaged = PartAnswer(right.etag, b64(crc32c_of(other)))
-    assert sent_part_mismatch(reported, damaged, md5=None, crc32c=crc, asked=True) == (
+    assert sent_part_mismatch(reported, damaged, md5=None, crc32c=crc) == (
         "checksum mismatch",
         f"the server reports CRC32C {b64(crc32c_of(other))}, the bytes sent have {b64(crc)}",
     )
     silent = PartAnswer(right.etag, None)
-    reason = sent_part_mismatch(reported, silent, md5=None, crc32c=crc, asked=True)
+    reason = sent_part_mismatch(reported, silent, md5=None, crc32c=crc)
     assert reason is not None and reason[0] == "no checksum reported"
-    # Not asked (an upload created without checksums): nothing to compare.
-    assert sent_part_mismatch(reported, silent, md5=None, crc32c=crc, asked=False) is None
     wrong_etag = PartAnswer(f'"{md5_of(other).hex()}"', None)
-    reason = sent_part_mismatch(ProofMode.ETAG, wrong_etag, md5=md5, crc32c=crc, asked=False)
+    reason = sent_part_mismatch(ProofMode.ETAG, wrong_etag, md5=md5, crc32c=crc)
     assert reason is not None and reason[0] == "ETag mismatch"
 
 

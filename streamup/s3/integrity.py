@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import TypeVar
 
 from streamup import checksums
@@ -87,11 +88,7 @@ class Capabilities:
             return ProofMode.CHECKSUM
         if self.checksum_reported:
             return ProofMode.REPORTED
-        if self.md5_verified:
-            return ProofMode.CONTENT_MD5
-        if self.etag_is_md5:
-            return ProofMode.ETAG
-        return ProofMode.NONE
+        return self.mode_for(with_checksum=False)
 
     def mode_for(self, *, with_checksum: bool) -> ProofMode:
         """The mode for one stream's upload: without a checksum algorithm (an upload created
@@ -147,11 +144,12 @@ def part_proof(part: PartRecord, caps: Capabilities, *, with_checksum: bool) -> 
 
 
 def sent_part_mismatch(
-    mode: ProofMode, answer: PartAnswer, *, md5: bytes | None, crc32c: bytes, asked: bool
+    mode: ProofMode, answer: PartAnswer, *, md5: bytes | None, crc32c: bytes
 ) -> tuple[str, str] | None:
     """Why the server's answer to an UploadPart does not prove the part (reason, detail), or
-    None when it does or the mode proves parts otherwise (a refusal, before any answer)."""
-    if mode is ProofMode.REPORTED and asked:
+    None when it does or the mode proves parts otherwise (a refusal, before any answer). In
+    `reported` mode every part was sent asking for the server's CRC32C."""
+    if mode is ProofMode.REPORTED:
         if answer.crc32c is None:
             return "no checksum reported", "the server reported no CRC32C of the part it received"
         if answer.crc32c != b64(crc32c):
@@ -254,7 +252,7 @@ async def _reports(storage: S3Storage, key: str, upload_id: str) -> bool:
     for body in (PROBE_BODY, PROBE_BODY + b"!"):
         try:
             answer = await _patient(
-                lambda b=body: storage.upload_part(key, upload_id, 3, b, ask_crc32c=True)  # type: ignore[misc]
+                partial(storage.upload_part, key, upload_id, 3, body, ask_crc32c=True)
             )
         except StorageError as exc:
             if exc.retryable and exc.code not in DIGEST_REFUSED:

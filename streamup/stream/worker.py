@@ -325,7 +325,7 @@ class StreamWorker:
             if pacer is not None and pacer.stopped:  # the grace is over: not retried
                 raise StorageError(STOPPED_MESSAGE, code="Stopping") from exc
             raise
-        failed = sent_part_mismatch(mode, answer, md5=data.md5, crc32c=data.crc32c, asked=ask)
+        failed = sent_part_mismatch(mode, answer, md5=data.md5, crc32c=data.crc32c)
         if failed is not None:
             reason, detail = failed
             self._proof_failed(number, reason, detail)
