@@ -96,6 +96,16 @@ class FileState:
     mtime_ns: int
 
 
+class Proof(StrEnum):
+    """How the server proved bytes it holds: a part when it stored it, an object as its least
+    proven part (the metadata's `integrity_proof`; s3.integrity)."""
+
+    SERVER_VERIFIED = "server_verified"
+    CHECKSUM_COMPARED = "checksum_compared"
+    ETAG_COMPARED = "etag_compared"
+    UNVERIFIED = "unverified"
+
+
 @dataclass(frozen=True, slots=True)
 class PartRecord:
     """A part S3 has acknowledged and the agent has proven (see s3.integrity).
@@ -115,6 +125,7 @@ class PartRecord:
     # Made by the server from a completed object (UploadPartCopy), not sent: no byte of it
     # crossed the network (an extended object's prefix, stream.extension).
     copied: bool = False
+    proof: Proof | None = None
 
     @property
     def end_bytes(self) -> int:

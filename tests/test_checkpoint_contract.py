@@ -21,7 +21,8 @@ import redis.asyncio as aioredis
 from streamup.checkpoint.base import CheckpointStore
 from streamup.checkpoint.codec import completed_to_json
 from streamup.checkpoint.memory import MemoryStore
-from streamup.checkpoint.redis import RedisStore, parse_part_value
+from streamup.checkpoint.redis import RedisStore
+from streamup.checkpoint.redis_parts import parse_part_value
 from streamup.checkpoint.sqlite import SqliteStore
 from streamup.errors import CheckpointCorrupt, CheckpointError, LeaseLost
 from streamup.models import (
@@ -34,6 +35,7 @@ from streamup.models import (
     FileIdentity,
     OutboxEvent,
     PartRecord,
+    Proof,
     Status,
     StreamRecord,
     iso,
@@ -178,6 +180,18 @@ async def test_save_stream_replaces_the_whole_record(store: CheckpointStore) -> 
     replacement = make_stream(status=Status.PENDING_COMPLETION, upload_id="u2")
     await store.save_stream(replacement)
     assert await store.load_stream("s1") == replacement
+
+
+@pytest.mark.parametrize("proof", [*Proof, None], ids=[*Proof, "none-recorded"])
+async def test_a_part_round_trips_with_how_it_was_proven(
+    store: CheckpointStore, proof: Proof | None
+) -> None:
+    await store.save_stream(make_stream())
+    part = dataclasses.replace(make_part(1), proof=proof)
+    await store.record_part("s1", part, 8 * MiB, T0)
+    copied = dataclasses.replace(make_part(2), copied=True, proof=proof)
+    await store.record_part("s1", copied, 16 * MiB, T0)
+    assert await store.load_parts("s1") == {1: part, 2: copied}
 
 
 async def test_an_extending_stream_and_its_copied_parts_round_trip(
@@ -584,7 +598,11 @@ async def test_redis_writes_the_seed_key_schema(
     assert await raw.hgetall("stream:s1:parts") == {
         "1": f'"{1:032x}":{8 * MiB}:2024-05-01T12:00:01.123457+00:00'
     }
-    assert await raw.hgetall("stream:s1:checksums") == {"1": f"0:{1:032x}:{1:08x}"}
+    assert await raw.hgetall("stream:s1:checksums") == {"1": f"0:{1:032x}:{1:08x}::"}
+    proven = dataclasses.replace(make_part(2), copied=True, proof=Proof.CHECKSUM_COMPARED)
+    await redis_store.record_part("s1", proven, 16 * MiB, T0)
+    checksums = await raw.hgetall("stream:s1:checksums")
+    assert checksums["2"] == f"{8 * MiB}:{2:032x}:{2:08x}:copied:checksum_compared"
     assert await members(raw, "streams:active") == {"s1"}
 
 
@@ -600,6 +618,21 @@ async def test_redis_parts_checkpointed_before_crc32c_load_with_their_md5_only(
     assert stream is not None and stream.checksum_algorithm == ""
     parts = await redis_store.load_parts("s1")
     assert parts == {1: dataclasses.replace(make_part(1), crc32c_hex="")}
+
+
+@pytest.mark.parametrize(
+    ("value", "copied"),
+    [(f"0:{1:032x}:{1:08x}", False), (f"0:{1:032x}:{1:08x}:copied", True)],
+)
+async def test_redis_parts_checkpointed_before_proofs_load_with_none_recorded(
+    redis_store: RedisStore, raw: aioredis.Redis, value: str, copied: bool
+) -> None:
+    # What an agent from before proofs were kept wrote: the value ends at the flag.
+    await redis_store.save_stream(make_stream(upload_id="up-1"))
+    await redis_store.record_part("s1", make_part(1), 8 * MiB, T0)
+    await raw.hset("stream:s1:checksums", "1", value)
+    parts = await redis_store.load_parts("s1")
+    assert parts == {1: dataclasses.replace(make_part(1), copied=copied, proof=None)}
 
 
 @pytest.mark.parametrize(
@@ -725,6 +758,10 @@ def test_parse_part_value_reports_malformed_values(value: str) -> None:
         ("stream:s1:parts", "one", f'"e":1:{iso(T0)}'),
         ("stream:s1:checksums", "1", "nonsense"),
         ("stream:s1:checksums", "2", "0:abc"),  # a checksum of no part
+        ("stream:s1:checksums", "1", "0:abc:def::proven-by-hope"),
+        ("stream:s1:checksums", "1", "0:abc:def:moved:"),
+        ("stream:s1:checksums", "1", "0:abc:def::unverified:more"),
+        ("stream:s1:checksums", "1", "x:abc:def::"),
     ],
 )
 async def test_redis_corrupt_part_state_makes_load_parts_raise(
@@ -1066,6 +1103,21 @@ async def test_sqlite_non_exclusive_store_reads_while_the_agent_runs(tmp_path: P
         await agent.close()
 
 
+async def test_sqlite_part_with_an_unknown_proof_is_corrupt(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    try:
+        await store.save_stream(make_stream())
+        await store.record_part("s1", make_part(1), 8 * MiB, T0)
+        with sqlite3.connect(tmp_path / "streamup.db") as conn:
+            conn.execute("UPDATE parts SET proof = 'proven-by-hope'")
+        conn.close()
+        with pytest.raises(CheckpointCorrupt, match=r"unknown proof 'proven-by-hope'.*part 1"):
+            await store.load_parts("s1")
+    finally:
+        await store.close()
+
+
 async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     await store.open()
@@ -1080,6 +1132,7 @@ async def test_sqlite_database_without_later_columns_is_migrated(tmp_path: Path)
         for column in ("bytes_sent", "rebuild"):
             conn.execute(f"ALTER TABLE streams DROP COLUMN {column}")
         conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
+        conn.execute("ALTER TABLE parts DROP COLUMN proof")
     conn.close()
     await store.open()
     try:

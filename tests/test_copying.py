@@ -7,6 +7,7 @@ import os
 
 from streamup.checksums import crc32c_of, md5_of
 from streamup.files.source import PartData, read_mark
+from streamup.models import Proof
 from streamup.s3.client import S3Storage
 from streamup.s3.integrity import Capabilities, ProofMode
 from streamup.s3.parts import MiB, PartSpan
@@ -32,8 +33,9 @@ async def test_a_copy_of_the_files_bytes_is_proven_and_any_other_is_sent_instead
     old = os.urandom(6 * MiB)
     await completed(storage, "rec", old)
     upload_id = await storage.create_upload("rec", "video/mp4")
-    etag = await copy_or_none(storage, "rec", upload_id, part(old[: 5 * MiB]), ETAG_MODE)
-    assert etag is not None and etag.strip('"') == md5_of(old[: 5 * MiB]).hex()
+    proven = await copy_or_none(storage, "rec", upload_id, part(old[: 5 * MiB]), ETAG_MODE)
+    assert proven is not None and proven.etag.strip('"') == md5_of(old[: 5 * MiB]).hex()
+    assert proven.proof is Proof.ETAG_COMPARED  # the copy's ETag is the MD5 of the file's bytes
     # The file holds other bytes there than the object (it changed after the plan): not copied.
     changed = bytes([old[0] ^ 1]) + old[1 : 5 * MiB]
     assert await copy_or_none(storage, "rec", upload_id, part(changed), ETAG_MODE) is None

@@ -188,6 +188,40 @@ def test_a_stream_checkpointed_before_checksums_resumes_and_completes(
     assert process.stop() == 0
 
 
+def test_parts_sent_while_nothing_was_proven_are_proven_before_the_object_is(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    # Three runs on one recording: the first proves part 1 (moto reports its CRC32C); the
+    # second, told to prove nothing, sends part 2 to the same upload (with its CRC32C, which
+    # moto does not check); the third can prove again. Part 2 is recorded as unverified, so
+    # the third sends it again before completing, rather than count it compared because the
+    # server reports checksums now. Part 1 is kept: it was proven when it was sent.
+    local = watch_dir / "unproven.mp4"
+    data = os.urandom(12 * MiB + 4321)
+    first = agent()
+    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
+    with local.open("wb") as handle:
+        handle.write(data[: 5 * MiB + 1])
+        handle.flush()
+        wait_for(lambda: first.events_named("part.uploaded"), deadline_s=30, what="part 1")
+        first.kill()
+        second = agent(S3_INTEGRITY_MODE="none")
+        wait_for(lambda: second.events_named("stream.reconciled"), deadline_s=30, what="resume")
+        handle.write(data[5 * MiB + 1 : 10 * MiB + 1])
+        handle.flush()
+        wait_for(lambda: second.events_named("part.uploaded"), deadline_s=30, what="part 2")
+        second.kill()
+        third = agent()
+        wait_for(lambda: third.events_named("stream.reconciled"), deadline_s=30, what="resume")
+        handle.write(data[10 * MiB + 1 :])
+    doc = wait_metadata(s3_client, bucket, "unproven.mp4", deadline_s=60)
+    assert_proven(s3_client, bucket, doc, local, tmp_path)
+    assert doc["sha256"] == sha256_file(local)
+    sent = sorted(e["part"] for e in third.events_named("part.uploaded"))
+    assert sent == [2, 3]  # the unverified part again, and the tail; part 1 stays
+    assert third.stop() == 0
+
+
 def write_old_checkpoint(state_dir: Path, stream: StreamRecord, parts: list[PartRecord]) -> None:
     """A SQLite checkpoint as a streamup from before checksums wrote it."""
 
@@ -203,6 +237,7 @@ def write_old_checkpoint(state_dir: Path, stream: StreamRecord, parts: list[Part
     with sqlite3.connect(state_dir / "streamup.db") as conn:
         conn.execute("ALTER TABLE streams DROP COLUMN checksum_algorithm")
         conn.execute("ALTER TABLE parts DROP COLUMN crc32c_hex")
+        conn.execute("ALTER TABLE parts DROP COLUMN proof")
     conn.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from datetime import UTC, datetime
@@ -11,11 +12,10 @@ import pytest
 from streamup.checksums import b64, crc32c_of, md5_of, multipart_etag
 from streamup.files.hashing import PrefixHash
 from streamup.files.mounts import filesystem_type, mounts
-from streamup.models import PartRecord, ReadMark
+from streamup.models import PartRecord, Proof, ReadMark
 from streamup.s3.client import PartAnswer, RemoteObject, S3Storage
 from streamup.s3.integrity import (
     Capabilities,
-    Proof,
     ProofMode,
     composite_crc32c,
     object_mismatch,
@@ -84,6 +84,28 @@ def test_a_part_is_proven_by_the_servers_check_or_by_its_etag() -> None:
     assert part_proof(no_md5, reported, with_checksum=True) is Proof.CHECKSUM_COMPARED
     # A part from before checksums (Content-MD5 only) is proven by nothing the mode has.
     assert part_proof(no_md5, reported, with_checksum=False) is Proof.UNVERIFIED
+
+
+@pytest.mark.parametrize(
+    ("mode", "proof"),
+    [
+        (ProofMode.CHECKSUM, Proof.SERVER_VERIFIED),
+        (ProofMode.REPORTED, Proof.CHECKSUM_COMPARED),
+        (ProofMode.CONTENT_MD5, Proof.SERVER_VERIFIED),
+        (ProofMode.ETAG, Proof.ETAG_COMPARED),
+        (ProofMode.NONE, Proof.UNVERIFIED),
+    ],
+)
+def test_a_part_is_recorded_with_the_proof_of_the_mode_it_was_sent_in(
+    mode: ProofMode, proof: Proof
+) -> None:
+    assert mode.proof is proof
+    # Recorded, the proof stands whatever the later run can prove: a part sent while nothing
+    # was proven is not counted as compared because the server now reports checksums.
+    body = b"x" * 100
+    recorded = dataclasses.replace(part(1, body), proof=proof)
+    for caps in (Capabilities.forced(m) for m in ProofMode):
+        assert part_proof(recorded, caps, with_checksum=True) is proof
 
 
 def test_the_servers_answer_to_a_part_proves_it_or_says_why_not() -> None:

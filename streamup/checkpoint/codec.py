@@ -22,6 +22,7 @@ from streamup.models import (
     EndReason,
     Extension,
     FileIdentity,
+    Proof,
     Status,
     StreamRecord,
     iso,
@@ -61,6 +62,12 @@ def parse_count(text: str) -> int:
     if not (text.isascii() and text.isdigit()):
         raise ValueError("not a non-negative integer")
     return int(text)
+
+
+def parse_proof(text: str) -> Proof | None:
+    """A part's stored proof: a Proof value, or empty for a part recorded before proofs were
+    kept. ValueError for anything else."""
+    return Proof(text) if text else None
 
 
 # -- completed record <-> JSON ------------------------------------------------------------------

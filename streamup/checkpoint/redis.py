@@ -1,12 +1,10 @@
 """The Redis checkpoint store (when REDIS_URL is set), on the seed's key schema.
 
 Per stream: `stream:{id}:meta` (hash of the record, see `codec.stream_to_meta`),
-`stream:{id}:parts` (part number -> `"{etag}:{size_bytes}:{uploaded_at_iso}"`) and
-`stream:{id}:checksums` (part number -> `"{offset_bytes}:{md5_hex}:{crc32c_hex}[:copied]"`;
-either checksum may be empty; records from before CRC32C end at the MD5; `:copied` marks a part
-the server copied from a completed object). A stream sits in the one
-status set its status names: `streams:active`, `streams:pending_completion` (pending_completion,
-s3_completed), `streams:failed` (failed_*), `streams:completed`; aborted_no_parts in none.
+`stream:{id}:parts` and `stream:{id}:checksums` (part number -> the part's record, see
+`redis_parts.py`). A stream sits in the one status set its status names: `streams:active`,
+`streams:pending_completion` (pending_completion, s3_completed), `streams:failed` (failed_*),
+`streams:completed`; aborted_no_parts in none.
 
 The event outbox (`streams:outbox`, `streams:outbox_queue`, `event:{id}:deliveries`,
 `streams:events`) is `redis_outbox.py`'s; the finish script writes each stream's event, the
@@ -40,7 +38,6 @@ from streamup.checkpoint.codec import (
     completed_from_json,
     completed_to_json,
     missing_stream,
-    parse_count,
     quote,
     stream_from_meta,
     stream_to_meta,
@@ -74,6 +71,7 @@ from streamup.checkpoint.redis_outbox import (
     build_entries,
     deliveries_key,
 )
+from streamup.checkpoint.redis_parts import build_parts, checksums_key, part_values, parts_key
 from streamup.errors import CheckpointCorrupt, CheckpointError
 from streamup.models import (
     Claim,
@@ -85,7 +83,6 @@ from streamup.models import (
     Status,
     StreamRecord,
     iso,
-    parse_iso,
 )
 
 ACTIVE = "streams:active"
@@ -146,14 +143,6 @@ def meta_key(stream_id: str) -> str:
     return f"stream:{stream_id}:meta"
 
 
-def parts_key(stream_id: str) -> str:
-    return f"stream:{stream_id}:parts"
-
-
-def checksums_key(stream_id: str) -> str:
-    return f"stream:{stream_id}:checksums"
-
-
 def stream_keys(stream_id: str) -> list[str]:
     """KEYS[1..4] of the fenced progress and finish scripts."""
     return [
@@ -173,74 +162,6 @@ def status_set(status: Status) -> str | None:
     if status.is_failed:
         return FAILED
     return COMPLETED if status is Status.COMPLETED else None
-
-
-def parse_part_value(stream_id: str, number: str, value: str) -> tuple[str, int, datetime]:
-    """`"{etag}:{size_bytes}:{uploaded_at_iso}"` -> (etag, size, uploaded_at).
-
-    Split at most twice from the left: ETags hold no colon, ISO timestamps do.
-    """
-    where = f"{parts_key(stream_id)} field {number}"
-    pieces = value.split(":", 2)
-    if len(pieces) != 3:
-        raise _corrupt(where, "expected 'etag:size_bytes:uploaded_at'", value)
-    etag, size_text, stamp = pieces
-    if not etag:
-        raise _corrupt(where, "empty ETag", value)
-    try:
-        size_bytes = parse_count(size_text)
-    except ValueError:
-        raise _corrupt(where, "size is not a non-negative integer", value) from None
-    try:
-        uploaded_at = parse_iso(stamp)
-    except ValueError:
-        raise _corrupt(where, "unreadable upload time", value) from None
-    return etag, size_bytes, uploaded_at
-
-
-def parse_checksum_value(stream_id: str, number: str, value: str) -> tuple[int, str, str, bool]:
-    """`"{offset_bytes}:{md5_hex}[:{crc32c_hex}[:copied]]"` -> (offset, md5_hex, crc32c_hex,
-    copied)."""
-    where = f"{checksums_key(stream_id)} field {number}"
-    offset_text, _, digests = value.partition(":")
-    md5_hex, _, rest = digests.partition(":")
-    crc32c_hex, _, flag = rest.partition(":")
-    if flag not in ("", "copied"):
-        raise _corrupt(where, "unknown part flag", value)
-    try:
-        offset_bytes = parse_count(offset_text)
-    except ValueError:
-        raise _corrupt(where, "expected 'offset_bytes:md5_hex:crc32c_hex'", value) from None
-    if not (md5_hex or crc32c_hex):
-        raise _corrupt(where, "no checksum", value)
-    return offset_bytes, md5_hex, crc32c_hex, flag == "copied"
-
-
-def build_parts(
-    stream_id: str, parts: dict[str, str], checksums: dict[str, str]
-) -> dict[int, PartRecord]:
-    """Join a stream's parts and checksums hashes; both are written together, so a part without
-    a checksum (or the reverse) means the store was damaged."""
-    orphans = sorted(set(checksums) - set(parts))
-    if orphans:
-        raise CheckpointCorrupt(f"{checksums_key(stream_id)}: checksums of unknown parts {orphans}")
-    records = {}
-    for field, value in parts.items():
-        try:
-            number = parse_count(field)
-        except ValueError:
-            raise _corrupt(parts_key(stream_id), "part number is not an integer", field) from None
-        etag, size_bytes, uploaded_at = parse_part_value(stream_id, field, value)
-        if field not in checksums:
-            raise CheckpointCorrupt(f"{checksums_key(stream_id)}: no checksum of part {field}")
-        offset_bytes, md5_hex, crc, copied = parse_checksum_value(
-            stream_id, field, checksums[field]
-        )
-        records[number] = PartRecord(
-            number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex=crc,
-            copied=copied,
-        )  # fmt: skip
-    return dict(sorted(records.items()))
 
 
 def redact_url(url: str) -> str:
@@ -346,9 +267,7 @@ class RedisStore:
     ) -> None:
         if ":" in part.etag:
             raise CheckpointError(f"part {part.number} of stream {stream_id}: ETag with a colon")
-        value = f"{part.etag}:{part.size_bytes}:{iso(part.uploaded_at)}"
-        checksum = f"{part.offset_bytes}:{part.md5_hex}:{part.crc32c_hex}"
-        checksum += ":copied" if part.copied else ""
+        value, checksum = part_values(part)
         keys = stream_keys(stream_id)
         args = [self._leases.held(stream_id), str(part.number), value, checksum]
         args += [str(uploaded_bytes), iso(last_activity_at)]

@@ -36,6 +36,7 @@ from streamup.checkpoint.codec import (
     completed_to_json,
     from_i64,
     missing_stream,
+    parse_proof,
     stream_from_row,
     stream_to_row,
     to_i64,
@@ -204,7 +205,7 @@ class SqliteStore:
     async def load_parts(self, stream_id: str) -> dict[int, PartRecord]:
         sql = (
             "SELECT number, offset_bytes, size_bytes, etag, md5_hex, uploaded_at, crc32c_hex,"
-            " copied FROM parts"
+            " copied, proof FROM parts"
             " WHERE stream_id = ? ORDER BY number"
         )
         rows = await self._call(lambda conn: conn.execute(sql, (stream_id,)).fetchall())
@@ -472,10 +473,11 @@ def _insert_completed(conn: sqlite3.Connection, records: Sequence[CompletedRecor
 def _insert_part(conn: sqlite3.Connection, stream_id: str, part: PartRecord) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO parts (stream_id, number, offset_bytes, size_bytes, etag,"
-        " md5_hex, uploaded_at, crc32c_hex, copied) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " md5_hex, uploaded_at, crc32c_hex, copied, proof) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             stream_id, part.number, part.offset_bytes, part.size_bytes, part.etag,
             part.md5_hex, iso(part.uploaded_at), part.crc32c_hex, int(part.copied),
+            part.proof or "",
         ),
     )  # fmt: skip
 
@@ -493,13 +495,15 @@ def _update_progress(
 
 
 def _part_from_row(stream_id: str, row: sqlite3.Row) -> PartRecord:
+    where = f"in table parts for stream {stream_id!r}, part {row['number']}"
     try:
         uploaded_at = parse_iso(row["uploaded_at"])
     except (TypeError, ValueError) as exc:
-        raise CheckpointCorrupt(
-            f"unreadable uploaded_at {row['uploaded_at']!r} in table parts for stream"
-            f" {stream_id!r}, part {row['number']}"
-        ) from exc
+        raise CheckpointCorrupt(f"unreadable uploaded_at {row['uploaded_at']!r} {where}") from exc
+    try:
+        proof = parse_proof(row["proof"])
+    except ValueError as exc:
+        raise CheckpointCorrupt(f"unknown proof {row['proof']!r} {where}") from exc
     return PartRecord(
         number=row["number"],
         offset_bytes=row["offset_bytes"],
@@ -509,4 +513,5 @@ def _part_from_row(stream_id: str, row: sqlite3.Row) -> PartRecord:
         uploaded_at=uploaded_at,
         crc32c_hex=row["crc32c_hex"],
         copied=bool(row["copied"]),
+        proof=proof,
     )

@@ -37,6 +37,7 @@ _ADDED_COLUMNS = {
     "parts": {
         "crc32c_hex": "TEXT NOT NULL DEFAULT ''",
         "copied": "INTEGER NOT NULL DEFAULT 0",
+        "proof": "TEXT NOT NULL DEFAULT ''",
     },
     "completed_files": {
         "ctime_ns": "INTEGER NOT NULL DEFAULT 0",
@@ -65,7 +66,7 @@ CREATE TABLE IF NOT EXISTS parts (
     stream_id TEXT NOT NULL, number INTEGER NOT NULL, offset_bytes INTEGER NOT NULL,
     size_bytes INTEGER NOT NULL, etag TEXT NOT NULL, md5_hex TEXT NOT NULL,
     uploaded_at TEXT NOT NULL, crc32c_hex TEXT NOT NULL DEFAULT '',
-    copied INTEGER NOT NULL DEFAULT 0,
+    copied INTEGER NOT NULL DEFAULT 0, proof TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (stream_id, number)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS completed_files (

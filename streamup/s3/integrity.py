@@ -27,12 +27,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from streamup import checksums
 from streamup.checksums import b64, crc32c_of, etag_hex, md5_of, multipart_etag
 from streamup.errors import StorageError
-from streamup.models import PartRecord
+from streamup.models import PartRecord, Proof
 from streamup.retry import Backoff
 from streamup.s3.client import DIGEST_REFUSED, PartAnswer, RemoteObject, S3Storage
 
@@ -56,14 +56,26 @@ class ProofMode(StrEnum):
     def needs_md5(self) -> bool:
         return self in (ProofMode.CONTENT_MD5, ProofMode.ETAG)
 
+    @property
+    def proof(self) -> Proof:
+        """What a part sent in this mode, and accepted, is proven by."""
+        return _MODE_PROOF[self]
 
-class Proof(StrEnum):
-    """How an object was proven, as the metadata records it (`integrity_proof`)."""
 
-    SERVER_VERIFIED = "server_verified"
-    CHECKSUM_COMPARED = "checksum_compared"
-    ETAG_COMPARED = "etag_compared"
-    UNVERIFIED = "unverified"
+class Proven(NamedTuple):
+    """A part the server holds: its ETag, and how its bytes were proven."""
+
+    etag: str
+    proof: Proof
+
+
+_MODE_PROOF = {
+    ProofMode.CHECKSUM: Proof.SERVER_VERIFIED,
+    ProofMode.REPORTED: Proof.CHECKSUM_COMPARED,
+    ProofMode.CONTENT_MD5: Proof.SERVER_VERIFIED,
+    ProofMode.ETAG: Proof.ETAG_COMPARED,
+    ProofMode.NONE: Proof.UNVERIFIED,
+}
 
 
 # Weakest first: an object is only as proven as its least proven part. A digest the server
@@ -124,14 +136,16 @@ class Capabilities:
 
 
 def part_proof(part: PartRecord, caps: Capabilities, *, with_checksum: bool) -> Proof:
-    """How well `part` is proven: by a check the server made when it accepted the part (a
-    CRC32C sent with it, its Content-MD5), by the CRC32C the server reported for it, or by its
-    ETag equal to its MD5. Only a part that passed its proof is ever recorded (stream.worker),
-    so in the modes whose proof leaves no trace in the record, the record's CRC32C stands for it.
+    """How well `part` is proven: as its record says, the proof of the run that sent it (a part
+    sent while nothing was proven stays unverified, whatever a later run can prove).
 
-    `with_checksum`: the stream's upload carries CRC32C (parts were sent with it). Parts from
-    before checksums existed carried Content-MD5 only.
+    A part recorded before proofs were kept is judged by what the server proves now: by a check
+    it made when it accepted the part (a CRC32C sent with it, its Content-MD5), by the CRC32C it
+    reported for it, or by its ETag equal to its MD5. `with_checksum`: the stream's upload
+    carries CRC32C (parts were sent with it); parts from before checksums carried Content-MD5.
     """
+    if part.proof is not None:
+        return part.proof
     if with_checksum and part.crc32c_hex and caps.checksum_verified:
         return Proof.SERVER_VERIFIED
     if with_checksum and part.crc32c_hex and caps.checksum_reported:

@@ -28,8 +28,8 @@ from streamup.checksums import md5_of
 from streamup.errors import SourceChanged
 from streamup.files.hashing import PrefixHash
 from streamup.files.source import PartData, read_mark
-from streamup.models import PartRecord
-from streamup.s3.integrity import Proof, ProofMode, part_proof
+from streamup.models import PartRecord, Proof
+from streamup.s3.integrity import ProofMode, part_proof
 from streamup.s3.parts import PartSpan, final_layout
 from streamup.stream.lifecycle import unchanged_since_read
 from streamup.stream.worker import StreamWorker
@@ -117,8 +117,9 @@ class EndCheck:
         return known
 
     def _unproven(self, known: PartRecord | None) -> bool:
-        """A part the server's proof does not cover (say, from before the proof existed)."""
-        if known is None or self.caps.mode is ProofMode.NONE:
+        """A part no proof covers that this run could prove by sending it again: one from before
+        the proof existed, or one sent while the agent proved nothing (S3_INTEGRITY_MODE=none)."""
+        if known is None or self.worker.proof_mode is ProofMode.NONE:
             return False
         with_checksum = bool(self.worker.record.checksum_algorithm)
         return part_proof(known, self.caps, with_checksum=with_checksum) is Proof.UNVERIFIED

@@ -15,8 +15,9 @@ from streamup import metrics
 from streamup.checksums import b64, etag_hex
 from streamup.errors import NoSuchUpload, StorageError
 from streamup.files.source import PartData
+from streamup.models import Proof
 from streamup.s3.client import S3Storage
-from streamup.s3.integrity import Capabilities, ProofMode
+from streamup.s3.integrity import Capabilities, ProofMode, Proven
 from streamup.stream.extension import copy_proven
 
 log = structlog.get_logger("streamup")
@@ -39,10 +40,10 @@ async def copy_or_none(
     caps: Capabilities,
     *,
     first: int | None = None,
-) -> str | None:
+) -> Proven | None:
     """The ETag of part `data.span` copied from the object at `key` (its bytes from offset
-    `first`, by default the part's own offset), or None when it must be sent instead. Retryable
-    errors (and a vanished upload) propagate to the caller's retry."""
+    `first`, by default the part's own offset) and how the copy was proven, or None when it must
+    be sent instead. Retryable errors (and a vanished upload) propagate to the caller's retry."""
     span = data.span
     if _REFUSED:
         return None
@@ -81,4 +82,6 @@ async def copy_or_none(
         log.warning("part.copy_mismatch", key=key, part=span.number, reason=reason,
                     action="sending the bytes instead")  # fmt: skip
         return None
-    return copied.etag
+    if copied.crc32c is not None:
+        return Proven(copied.etag, Proof.CHECKSUM_COMPARED)
+    return Proven(copied.etag, Proof.ETAG_COMPARED if md5 is not None else Proof.UNVERIFIED)

@@ -30,10 +30,11 @@ from streamup.models import (
     EndReason,
     FileState,
     PartRecord,
+    Proof,
     Status,
     utc_now,
 )
-from streamup.s3.integrity import Proof, composite_crc32c, object_mismatch, part_proof, weakest
+from streamup.s3.integrity import composite_crc32c, object_mismatch, part_proof, weakest
 from streamup.s3.placement import ensure_tags
 from streamup.stream.check import EndCheck
 from streamup.stream.ending import end_confirmed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from streamup.checksums import etag_hex
 from streamup.errors import NoSuchUpload
-from streamup.models import PartRecord, Status, utc_now
+from streamup.models import PartRecord, Proof, Status, utc_now
 from streamup.stream.finalize import already_completed
 from streamup.stream.lifecycle import contiguous_prefix
 from streamup.stream.worker import StreamWorker
@@ -75,6 +75,7 @@ async def _adopt(worker: StreamWorker, number: int, etag: str, size_bytes: int) 
             utc_now(),
             crc32c_hex=crc32c_hex,
             copied=worker.is_copy(number),
+            proof=Proof.ETAG_COMPARED,
         )
     )
     return True

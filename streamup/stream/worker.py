@@ -39,7 +39,7 @@ from streamup.models import (
 )
 from streamup.retry import Backoff, retrying
 from streamup.s3.client import DIGEST_REFUSED, S3Storage
-from streamup.s3.integrity import Capabilities, ProofMode, sent_part_mismatch
+from streamup.s3.integrity import Capabilities, ProofMode, Proven, sent_part_mismatch
 from streamup.s3.object_options import ObjectOptions
 from streamup.s3.pacing import STOPPED_MESSAGE, Pacer, PrioritySlots
 from streamup.s3.parts import (
@@ -265,24 +265,24 @@ class StreamWorker:
             copy_from = data.span.offset_bytes
         span = data.span
         started = self.ctx.clock()
-        etag = None
+        proven = None
         if copy_from is not None:
             first = copy_from
-            etag = await self.persist(
+            proven = await self.persist(
                 lambda: self._copy_proven(upload_id, data, first), f"copy part {span.number}"
             )
-        copied = etag is not None
-        if etag is None:
-            etag = await self.persist(
+        copied = proven is not None
+        if proven is None:
+            proven = await self.persist(
                 lambda: self._upload_proven(upload_id, data), f"upload part {span.number}"
             )
         crash_point("after_part_copy" if copied else "after_part_upload")
         if not copied:
             self.record = self.record.evolve(bytes_sent=self.record.bytes_sent + span.size_bytes)
         part = PartRecord(
-            span.number, span.offset_bytes, span.size_bytes, etag,
+            span.number, span.offset_bytes, span.size_bytes, proven.etag,
             data.md5.hex() if data.md5 is not None else "", utc_now(),
-            crc32c_hex=data.crc32c.hex(), copied=copied,
+            crc32c_hex=data.crc32c.hex(), copied=copied, proof=proven.proof,
         )  # fmt: skip
         await self.keep_part(part)
         self.read_marks[span.number] = data.read_at
@@ -302,12 +302,12 @@ class StreamWorker:
         """Part `number` is made by the server from the object this stream extends."""
         return isinstance(self.schedule, ExtendedLayout) and self.schedule.is_copy(number)
 
-    async def _copy_proven(self, upload_id: str, data: PartData, first: int) -> str | None:
+    async def _copy_proven(self, upload_id: str, data: PartData, first: int) -> Proven | None:
         return await copy_or_none(
             self.ctx.storage, self.record.key, upload_id, data, self.ctx.integrity, first=first
         )
 
-    async def _upload_proven(self, upload_id: str, data: PartData) -> str:
+    async def _upload_proven(self, upload_id: str, data: PartData) -> Proven:
         number = data.span.number
         mode = self.proof_mode
         # In `reported` mode the server is asked for the CRC32C of what it received instead.
@@ -335,7 +335,7 @@ class StreamWorker:
                 code="ProofFailed",
                 retryable=True,
             )
-        return answer.etag
+        return Proven(answer.etag, mode.proof)
 
     def _proof_failed(self, number: int, reason: str, detail: str) -> None:
         metrics.PARTS_PROOF_FAILED.inc()
