@@ -1,11 +1,12 @@
 """Workload 1, bulk: a finished file put into the watched folder, for each file size, against
 `aws s3 cp` and `rclone copyto` of the same file and the server's own ceiling.
 
-For each size: the ceiling (moto accepting the file's bytes from parallel in-memory
-UploadParts, calibrate.py); streamup for a few settings of UPLOAD_CONCURRENCY x CHUNK_SIZE_BYTES
-in the proof mode the server needs (`S3_INTEGRITY_MODE=auto`: the start-up probe decides), then
-each forced mode asked for (`checksum` by default: no MD5 at all) at the fastest of those
-settings; the peers; moto's CompleteMultipartUpload of the file alone, for each checksum.
+For each size: the ceiling (moto accepting the file's bytes from parallel in-memory UploadParts,
+calibrate.py), measured before streamup's copies and again after them; streamup for a few
+settings of UPLOAD_CONCURRENCY x CHUNK_SIZE_BYTES in the proof mode the server needs
+(`S3_INTEGRITY_MODE=auto`: the start-up probe decides), then each forced mode asked for
+(`checksum` by default: no MD5 at all) at the fastest of those settings; the peers; moto's
+CompleteMultipartUpload of the file alone, for each checksum.
 
 streamup's time runs from the file's arrival (a rename into the folder, or the start of a copy
 into it: `--bulk-arrivals`) to `stream.completed` (object complete and its metadata written), so
@@ -60,6 +61,11 @@ def one_size(
         result["streamup"].append(
             streamup_runs(bench, fastest["settings"], source, sha, opts.reps, arrival)
         )
+    # Measured again after streamup's copies, which it brackets: moto's throughput drifts as its
+    # process ages over a run, and the ceiling's time must be the same server's as streamup's.
+    result["ceiling"] = calibrate.ceiling(
+        bench, source, opts.ceiling_in_flight, opts.reps, earlier=result["ceiling"]
+    )
     for peer in bench.peers:
         result["peers"][peer.label] = peer_runs(bench, peer, source, opts.reps)
     spans = calibrate.file_spans(size, COMPLETE_PART_BYTES)

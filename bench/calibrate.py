@@ -141,18 +141,32 @@ def file_spans(size: int, part_bytes: int) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------------- the ceiling
 
 
-def ceiling(bench: Bench, source: Path, in_flight: list[int], reps: int) -> dict[str, Any]:
+def ceiling(
+    bench: Bench,
+    source: Path,
+    in_flight: list[int],
+    reps: int,
+    *,
+    earlier: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Seconds moto takes to accept every byte of `source` as 8 MiB in-memory UploadParts, for
-    each number in flight (interleaved), `reps` times each."""
+    each number in flight (interleaved), `reps` times each. `earlier`: a ceiling measured before
+    (the same sizes and numbers in flight), whose repetitions count with these (each run says
+    which measurement it belongs to, `round`)."""
     size = source.stat().st_size
     with source.open("rb") as handle:
         bodies = [handle.read(length) for _, length in file_spans(size, CEILING_PART_BYTES)]
     by_in_flight: dict[str, list[dict[str, float]]] = {str(n): [] for n in in_flight}
+    if earlier is not None:
+        by_in_flight = {n: list(runs) for n, runs in earlier["by_in_flight"].items()}
+    earlier_rounds = [r.get("round", 0) for runs in by_in_flight.values() for r in runs]
+    round_ = 1 + max(earlier_rounds, default=-1)
     senders = {n: Senders(bench.moto.endpoint, n) for n in in_flight}
     try:
         for _ in range(reps):
             for n in in_flight:
-                by_in_flight[str(n)].append(accept_once(bench, senders[n], bodies))
+                run = accept_once(bench, senders[n], bodies)
+                by_in_flight[str(n)].append({**run, "round": round_})
     finally:
         for pool in senders.values():
             pool.close()
