@@ -264,7 +264,25 @@ def bulk_targets(bulk: dict[str, Any]) -> list[str]:
         f"{small['size_bytes'] / MiB / median(best['runs'], 'complete_s'):.0f} MiB/s = "
         f"**{share:.0%}** ({label_of(best)}): {verdict(share >= CEILING_TARGET)}"
     )
+    lines.append(_where_the_time_goes(small, best["runs"]))
     return lines
+
+
+def _where_the_time_goes(entry: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """The tool's time in its steps, beside what moto alone needs for the same two steps."""
+    alone = entry["moto_complete"]["kinds"].get("crc32c")
+    completion = (
+        ""
+        if alone is None
+        else f" (moto's completion alone: {median(alone['runs'], 'complete_s'):.1f} s)"
+    )
+    return (
+        f"  - where the time goes: every part sent by {median(runs, 'last_part_s'):.1f} s "
+        f"(moto accepts the bytes alone in {entry['ceiling']['best_accept_s']:.1f} s), "
+        f"verified by {median(runs, 'verified_s'):.1f} s, then CompleteMultipartUpload, "
+        f"HeadObject, ffprobe and the metadata in "
+        f"{median(runs, 'complete_s') - median(runs, 'verified_s'):.1f} s{completion}"
+    )
 
 
 def durable_target(durable: dict[str, Any]) -> str:
