@@ -1103,6 +1103,60 @@ async def test_sqlite_non_exclusive_store_reads_while_the_agent_runs(tmp_path: P
         await agent.close()
 
 
+async def test_a_lost_sqlite_file_is_rebuilt_with_what_it_still_held(tmp_path: Path) -> None:
+    # The file is deleted and a stream finishes into it before the loss is noticed (the open
+    # connection writes on). The rebuild from memory, which still saw that stream active, must
+    # neither lose its completion nor bring the stream back, and keeps what memory never held:
+    # the history, a stream no worker drives. A record of a file deleted since is not kept.
+    files = tmp_path / "watch"
+    files.mkdir()
+    live, idle, gone = (make_stream(n, path=str(files / f"{n}.mp4")) for n in ("s1", "s2", "s3"))
+    for stream in (live, idle):
+        Path(stream.path).touch()
+    store = SqliteStore(tmp_path / "state")
+    await store.open()
+    try:
+        for stream in (live, idle, gone):
+            await store.save_stream(stream)
+        await store.record_part("s1", make_part(1), 8 * MiB, T0)
+        await store.record_part("s2", make_part(1), 8 * MiB, T0)
+        await store.finish_stream(gone, completed_of(gone))
+        for name in ("streamup.db", "streamup.db-wal", "streamup.db-shm"):
+            (tmp_path / "state" / name).unlink(missing_ok=True)
+        assert store.file_lost()
+        await store.finish_stream(live, completed_of(live))  # into the deleted file
+        # A write queued behind the swap goes to the new file, not the closed old one.
+        later = make_stream("s4", path=str(files / "s4.mp4"))
+        held, _ = await asyncio.gather(
+            store.replace_lost([(live, [make_part(1)])]), store.save_stream(later)
+        )
+        assert not store.file_lost()
+        assert held == 1
+        assert await store.load_stream("s4") == later
+        assert await store.load_stream("s1") is None  # finished, and stays so
+        assert await store.completed_file(live.path) == completed_of(live)
+        assert await store.completed_file(gone.path) is None
+        assert await store.load_stream("s2") == dataclasses.replace(idle, uploaded_bytes=8 * MiB)
+        assert await store.load_parts("s2") == {1: make_part(1)}
+        history = await store.recent_completions(5)
+        assert [r.stream_id for r in history] == ["s1", "s3"]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_writes_taken_before_close_are_committed(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    await asyncio.gather(store.save_stream(make_stream()), store.close())
+    with pytest.raises(CheckpointError, match="not open"):
+        await store.save_stream(make_stream("s2"))
+    await store.open()
+    try:
+        assert await store.load_stream("s1") == make_stream()
+    finally:
+        await store.close()
+
+
 async def test_sqlite_part_with_an_unknown_proof_is_corrupt(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path)
     await store.open()

@@ -49,6 +49,7 @@ from streamup.checkpoint.sqlite_outbox import (
     upsert_delivery,
 )
 from streamup.checkpoint.sqlite_schema import (
+    CARRIED_TABLES,
     COMPLETED_COLUMNS,
     COMPLETED_OF_FILE,
     COMPLETED_VALUES,
@@ -56,6 +57,7 @@ from streamup.checkpoint.sqlite_schema import (
     INSERT_STREAM,
     STREAM_COLUMNS,
     UNFINISHED_OF_FILE,
+    copy_rows,
     prepare,
     transaction,
 )
@@ -119,14 +121,18 @@ class SqliteStore:
             raise
 
     async def close(self) -> None:
-        executor, conn = self._executor, self._conn
-        self._executor, self._conn = None, None
+        executor, self._executor = self._executor, None  # no call is taken from now on
         if executor is None:
             return
-        try:
+
+        def close_connection() -> None:
+            conn, self._conn = self._conn, None
             if conn is not None:
-                # Queued behind any call still running, so a pending commit is not cut off.
-                await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+                conn.close()
+
+        try:
+            # Queued behind every call already taken, so a pending commit is not cut off.
+            await asyncio.get_running_loop().run_in_executor(executor, close_connection)
         finally:
             executor.shutdown(wait=True)
             self._unlock()
@@ -151,27 +157,39 @@ class SqliteStore:
         self,
         streams: list[tuple[StreamRecord, list[PartRecord]]],
         completed: Sequence[CompletedRecord] = (),
-    ) -> None:
+    ) -> int:
         """A fresh database at db_path holding `streams` and `completed` (what the agent knows),
         swapped in as one call: no other call runs between the new file's creation and its
-        write-back."""
+        write-back. Returns how many completed-file records the new file holds.
 
-        def swap(old: sqlite3.Connection) -> None:
+        The lost file is then read through the connection still open on it (its name is gone,
+        not its bytes) for what memory does not hold: a completion written there while the
+        rebuild ran, the history, events not yet delivered, streams no worker drives. The
+        agent's own records win; a stream of `streams` the lost file shows finished meanwhile
+        stays finished; parts of `streams` come from memory only (S3 may lack the others)."""
+
+        def swap(old: sqlite3.Connection) -> int:
             self._unlock()  # the lock may be gone with the folder; a new one is taken
             self._open_sync()
             assert self._conn is not None
+            finished = _finished_in(old)
+            live = [(s, parts) for s, parts in streams if s.stream_id not in finished]
+            ours = {stream.stream_id for stream, _ in streams}
 
-            def write_back(conn: sqlite3.Connection) -> None:
-                for stream, parts in streams:
+            def write_back(conn: sqlite3.Connection) -> int:
+                for stream, parts in live:
                     conn.execute(INSERT_STREAM, stream_to_row(stream))
                     for part in parts:
                         _insert_part(conn, stream.stream_id, part)
                 _insert_completed(conn, completed)
+                _carry_over(old, conn, ours)
+                return int(conn.execute("SELECT COUNT(*) FROM completed_files").fetchone()[0])
 
-            transaction(self._conn, write_back)
+            held = transaction(self._conn, write_back)
             old.close()
+            return held
 
-        await self._call(swap)
+        return await self._call(swap)
 
     async def save_stream(self, stream: StreamRecord) -> None:
         row = stream_to_row(stream)
@@ -401,11 +419,20 @@ class SqliteStore:
             self._lock_fd = None
 
     async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        executor, conn = self._executor, self._conn
-        if executor is None or conn is None:
+        executor = self._executor
+        if executor is None or self._conn is None:
             raise CheckpointError(f"the SQLite store {self.db_path} is not open")
+
+        def run() -> T:
+            # The connection as it is when the call's turn comes on the store's one thread: a
+            # call queued behind replace_lost goes to the new file, not the closed old one.
+            conn = self._conn
+            if conn is None:
+                raise CheckpointError(f"the SQLite store {self.db_path} is not open")
+            return work(conn)
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, work, conn)
+            return await asyncio.get_running_loop().run_in_executor(executor, run)
         except sqlite3.OperationalError as exc:
             # Busy, locked, disk full, I/O error: conditions that can clear up.
             raise CheckpointError(f"SQLite {self.db_path}: {exc}", retryable=True) from exc
@@ -462,6 +489,32 @@ def _completed_row(record: CompletedRecord) -> dict[str, str | int]:
     row["device"] = to_i64(record.identity.device)
     row["inode"] = to_i64(record.identity.inode)
     return row
+
+
+def _finished_in(old: sqlite3.Connection) -> set[str]:
+    """The streams a lost file shows finished: a completed-file record, and no stream row."""
+    try:
+        rows = old.execute(
+            "SELECT stream_id FROM completed_files"
+            " WHERE stream_id NOT IN (SELECT stream_id FROM streams)"
+        ).fetchall()
+    except sqlite3.Error:
+        return set()  # unreadable: memory is all there is
+    return {row[0] for row in rows}
+
+
+def _carry_over(old: sqlite3.Connection, new: sqlite3.Connection, ours: set[str]) -> None:
+    """Copy what a lost file holds beyond the agent's memory (replace_lost)."""
+    keep = {
+        "completed_files": lambda row: os.path.lexists(row["path"]),  # forgotten.still_there
+        "streams": lambda row: row["stream_id"] not in ours,
+        "parts": lambda row: row["stream_id"] not in ours,
+    }
+    try:
+        for table in CARRIED_TABLES:
+            copy_rows(old, new, table, keep.get(table, lambda _row: True))
+    except sqlite3.Error:
+        pass  # what could be read went in; the rest is the agent's memory, as before
 
 
 def _insert_completed(conn: sqlite3.Connection, records: Sequence[CompletedRecord]) -> int:

@@ -152,6 +152,29 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
 
+# The tables a lost database file is read back from (rebuilt: SqliteStore.replace_lost), in an
+# order that keeps every row's references: the streams before their parts, events before their
+# deliveries.
+CARRIED_TABLES = ("completed_files", "completions", "outbox", "deliveries", "streams", "parts")
+
+
+def copy_rows(
+    old: sqlite3.Connection,
+    new: sqlite3.Connection,
+    table: str,
+    keep: Callable[[sqlite3.Row], bool] = lambda _row: True,
+) -> int:
+    """Copy the rows of `table` that `keep` keeps from `old` into `new`, where `new` has none
+    with the same key yet (what `new` already holds wins): how many were copied."""
+    rows = [row for row in old.execute(f"SELECT * FROM {table}") if keep(row)]
+    if not rows:
+        return 0
+    names = rows[0].keys()
+    columns = ", ".join(f'"{name}"' for name in names)
+    sql = f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})"
+    return sum(new.execute(sql, tuple(row)).rowcount for row in rows)
+
+
 def transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
     """Run `work` in one write transaction; roll back on any exception."""
     # IMMEDIATE takes the write lock up front, so a transaction never fails halfway on a lock.

@@ -10,11 +10,13 @@ record and every part S3 holds with the ETag the agent recorded are written back
 lacks are dropped from memory and go up again. Nothing is sent again that S3 has.
 
 A deleted SQLite file raises nothing (the connection writes on into the unlinked file): the
-agent looks for it every few seconds and rebuilds the file the same way (`rebuild_lost_sqlite`).
+agent looks for it every few seconds and rebuilds the file the same way (`rebuild_lost_sqlite`),
+then reads the deleted file, still open, for what memory lacks (SqliteStore.replace_lost).
 
 Completed-file records (what keeps a finished file from being uploaded again after a restart)
 go back too: into the rebuilt SQLite file, and into Redis once a stream was written back
-(`CompletedWriteBack`). The recent-completions history is not written back.
+(`CompletedWriteBack`). The recent-completions history goes back into SQLite only (Redis has
+lost it).
 """
 
 from __future__ import annotations
@@ -123,14 +125,15 @@ async def rebuild_lost_sqlite(
         worker.drop_from_memory([n for n in worker.parts if n not in {p.number for p in known}])
         snapshot.append((worker.record, known))
     done = still_there(completed)
-    await retrying(lambda: store.replace_lost(snapshot, done))
+    held = await retrying(lambda: store.replace_lost(snapshot, done))
     log.warning(
         "checkpoint.store_rebuilt",
         path=str(store.db_path),
         streams=len(snapshot),
         parts=sum(len(parts) for _, parts in snapshot),
-        completed_files=len(done),
-        detail="the SQLite file was deleted; a new one holds what this agent knows",
+        completed_files=held,
+        detail="the SQLite file was deleted; a new one holds what this agent knows and what"
+        " the deleted file still held",
     )
 
 
