@@ -212,7 +212,7 @@ class CompletedRecord:
     sha256_hex: str = ""  # of the verified file, which is the object
     object_etag: str = ""  # the multipart ETag the parts give (empty: some MD5 unknown)
     object_crc32c: str = ""  # the COMPOSITE CRC32C the parts give, base64 without `-N`
-    proof: str = ""  # s3.integrity.Proof of the object ("" : recorded before proofs were kept)
+    proof: str = ""  # the object's Proof ("" : recorded before proofs were kept)
     host: str = ""  # the host of the agent that finished the stream: only it acts on the file
     # Checkpointed intent of the local-file action under way ("delete" or "move", and the move's
     # target), written before the irreversible step; a crash is finished from it at the next start.

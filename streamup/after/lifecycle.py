@@ -21,7 +21,7 @@ from enum import StrEnum
 from streamup.checksums import etag_hex
 from streamup.models import CompletedRecord, EndReason, FileState, Status
 
-UNVERIFIED = "unverified"  # s3.integrity.Proof.UNVERIFIED, as the record stores it
+UNVERIFIED = "unverified"  # models.Proof.UNVERIFIED, as the record stores it
 
 
 class Action(StrEnum):

@@ -69,7 +69,7 @@ def build_metadata(
 ) -> dict[str, object]:
     """The metadata document of a completed stream.
 
-    `proof` says how the object was proven equal to the parts sent (s3.integrity.Proof):
+    `proof` says how the object was proven equal to the parts sent (models.Proof):
     `sha256`, the file's hash, is published only for a proven object.
 
     Raises `ValueError` when `parts` cannot describe one complete object (missing, duplicate or
