@@ -503,6 +503,10 @@ def _finished_in(old: sqlite3.Connection) -> set[str]:
     return {row[0] for row in rows}
 
 
+def _everything(_row: sqlite3.Row) -> bool:
+    return True
+
+
 def _carry_over(old: sqlite3.Connection, new: sqlite3.Connection, ours: set[str]) -> None:
     """Copy what a lost file holds beyond the agent's memory (replace_lost)."""
     keep = {
@@ -512,7 +516,7 @@ def _carry_over(old: sqlite3.Connection, new: sqlite3.Connection, ours: set[str]
     }
     try:
         for table in CARRIED_TABLES:
-            copy_rows(old, new, table, keep.get(table, lambda _row: True))
+            copy_rows(old, new, table, keep.get(table, _everything))
     except sqlite3.Error:
         pass  # what could be read went in; the rest is the agent's memory, as before
 

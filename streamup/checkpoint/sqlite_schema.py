@@ -162,17 +162,16 @@ def copy_rows(
     old: sqlite3.Connection,
     new: sqlite3.Connection,
     table: str,
-    keep: Callable[[sqlite3.Row], bool] = lambda _row: True,
-) -> int:
+    keep: Callable[[sqlite3.Row], bool],
+) -> None:
     """Copy the rows of `table` that `keep` keeps from `old` into `new`, where `new` has none
-    with the same key yet (what `new` already holds wins): how many were copied."""
+    with the same key yet (what `new` already holds wins)."""
     rows = [row for row in old.execute(f"SELECT * FROM {table}") if keep(row)]
-    if not rows:
-        return 0
-    names = rows[0].keys()
-    columns = ", ".join(f'"{name}"' for name in names)
-    sql = f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({', '.join('?' * len(names))})"
-    return sum(new.execute(sql, tuple(row)).rowcount for row in rows)
+    if rows:
+        names = rows[0].keys()
+        columns = ", ".join(f'"{name}"' for name in names)
+        marks = ", ".join("?" * len(names))
+        new.executemany(f"INSERT OR IGNORE INTO {table} ({columns}) VALUES ({marks})", rows)
 
 
 def transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
