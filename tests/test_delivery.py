@@ -241,8 +241,10 @@ async def test_stopping_kills_a_hook_in_flight_and_keeps_its_event(
     started = time.monotonic()
     await running.stop()
     assert time.monotonic() - started < 3
+    # SIGKILL went to the whole group; the kernel takes a moment to tear the child down on a
+    # busy machine, so each one is given two seconds to go (a surviving one fails the test).
     for pid in map(int, pids.read_text().split()):
-        assert not _alive(pid), pid
+        await until(_gone(pid), f"hook process {pid} to die", deadline_s=2)
     [entry] = await store.outbox()
     assert entry.deliveries == {}  # never told: it runs again at the next start
 
@@ -257,6 +259,13 @@ async def _count(store: CheckpointStore, left: int) -> bool:
 
 async def _exists(path: Path) -> bool:
     return path.exists() and bool(path.read_text())
+
+
+def _gone(pid: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return not _alive(pid)
+
+    return check
 
 
 def _alive(pid: int) -> bool:
