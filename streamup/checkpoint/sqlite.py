@@ -17,8 +17,6 @@ owners are kept in memory, per store object; `finish_stream` and `release_lease`
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import itertools
 import os
 import sqlite3
@@ -32,14 +30,10 @@ from streamup.checkpoint.codec import (
     check_finish,
     completed_from_dict,
     completed_from_json,
-    completed_to_dict,
     completed_to_json,
     from_i64,
-    missing_stream,
-    parse_proof,
     stream_from_row,
     stream_to_row,
-    to_i64,
 )
 from streamup.checkpoint.outbox_codec import check_event, check_forget_event
 from streamup.checkpoint.sqlite_outbox import (
@@ -48,8 +42,16 @@ from streamup.checkpoint.sqlite_outbox import (
     read_outbox,
     upsert_delivery,
 )
+from streamup.checkpoint.sqlite_rows import (
+    carry_over,
+    completed_row,
+    finished_in,
+    insert_completed,
+    insert_part,
+    part_from_row,
+    update_progress,
+)
 from streamup.checkpoint.sqlite_schema import (
-    CARRIED_TABLES,
     COMPLETED_COLUMNS,
     COMPLETED_OF_FILE,
     COMPLETED_VALUES,
@@ -57,11 +59,11 @@ from streamup.checkpoint.sqlite_schema import (
     INSERT_STREAM,
     STREAM_COLUMNS,
     UNFINISHED_OF_FILE,
-    copy_rows,
     prepare,
     transaction,
 )
-from streamup.errors import CheckpointCorrupt, CheckpointError
+from streamup.checkpoint.state_dir import lock_state_dir, unusable_state_dir
+from streamup.errors import CheckpointError
 from streamup.models import (
     Claim,
     CompletedRecord,
@@ -71,7 +73,6 @@ from streamup.models import (
     PartRecord,
     StreamRecord,
     iso,
-    parse_iso,
 )
 
 T = TypeVar("T")
@@ -172,7 +173,7 @@ class SqliteStore:
             self._unlock()  # the lock may be gone with the folder; a new one is taken
             self._open_sync()
             assert self._conn is not None
-            finished = _finished_in(old)
+            finished = finished_in(old)
             live = [(s, parts) for s, parts in streams if s.stream_id not in finished]
             ours = {stream.stream_id for stream, _ in streams}
 
@@ -180,9 +181,9 @@ class SqliteStore:
                 for stream, parts in live:
                     conn.execute(INSERT_STREAM, stream_to_row(stream))
                     for part in parts:
-                        _insert_part(conn, stream.stream_id, part)
-                _insert_completed(conn, completed)
-                _carry_over(old, conn, ours)
+                        insert_part(conn, stream.stream_id, part)
+                insert_completed(conn, completed)
+                carry_over(old, conn, ours)
                 return int(conn.execute("SELECT COUNT(*) FROM completed_files").fetchone()[0])
 
             held = transaction(self._conn, write_back)
@@ -199,8 +200,8 @@ class SqliteStore:
         self, stream_id: str, part: PartRecord, uploaded_bytes: int, last_activity_at: datetime
     ) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            _update_progress(conn, stream_id, uploaded_bytes, iso(last_activity_at))
-            _insert_part(conn, stream_id, part)
+            update_progress(conn, stream_id, uploaded_bytes, iso(last_activity_at))
+            insert_part(conn, stream_id, part)
 
         await self._write(write)
 
@@ -210,7 +211,7 @@ class SqliteStore:
         doomed = [(stream_id, number) for number in numbers]
 
         def write(conn: sqlite3.Connection) -> None:
-            _update_progress(conn, stream_id, uploaded_bytes, None)
+            update_progress(conn, stream_id, uploaded_bytes, None)
             conn.executemany("DELETE FROM parts WHERE stream_id = ? AND number = ?", doomed)
 
         await self._write(write)
@@ -227,7 +228,7 @@ class SqliteStore:
             " WHERE stream_id = ? ORDER BY number"
         )
         rows = await self._call(lambda conn: conn.execute(sql, (stream_id,)).fetchall())
-        return {row["number"]: _part_from_row(stream_id, row) for row in rows}
+        return {row["number"]: part_from_row(stream_id, row) for row in rows}
 
     async def unfinished_streams(self) -> list[StreamRecord]:
         marks = ", ".join("?" * len(FINAL))
@@ -242,7 +243,7 @@ class SqliteStore:
     ) -> None:
         check_finish(stream, record)
         check_event(stream, event)
-        completed = _completed_row(record)
+        completed = completed_row(record)
         entry = completed_to_json(record)
 
         self._lease_owners.pop(stream.stream_id, None)
@@ -301,7 +302,7 @@ class SqliteStore:
         return None if row is None else self._completed(row)
 
     async def update_completed_file(self, record: CompletedRecord) -> bool:
-        values = _completed_row(record)
+        values = completed_row(record)
         names = [n.strip().strip('"') for n in COMPLETED_COLUMNS.split(",")]
         assignments = ", ".join(f'"{n}" = :{n}' for n in names if n not in ("path", "stream_id"))
         sql = (
@@ -316,7 +317,7 @@ class SqliteStore:
 
     async def restore_completed_files(self, records: Sequence[CompletedRecord]) -> int:
         return await self._call(
-            lambda conn: transaction(conn, lambda c: _insert_completed(c, records))
+            lambda conn: transaction(conn, lambda c: insert_completed(c, records))
         )
 
     async def recent_completions(self, limit: int) -> list[CompletedRecord]:
@@ -391,7 +392,7 @@ class SqliteStore:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             if self.exclusive:
-                self._lock_fd = _lock(self.lock_path, self.state_dir)
+                self._lock_fd = lock_state_dir(self.lock_path, self.state_dir)
             conn = sqlite3.connect(
                 self.db_path,
                 timeout=_BUSY_TIMEOUT_S,
@@ -441,134 +442,3 @@ class SqliteStore:
 
     async def _write(self, work: Callable[[sqlite3.Connection], object]) -> None:
         await self._call(lambda conn: transaction(conn, work))
-
-
-_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
-
-
-def unusable_state_dir(state_dir: Path, exc: OSError | sqlite3.Error) -> str:
-    """Why STATE_DIR cannot hold the store, and the fix: a full disk is not a permission."""
-    full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-        isinstance(exc, sqlite3.Error) and getattr(exc, "sqlite_errorcode", 0) == _SQLITE_FULL
-    )
-    if full:
-        return (
-            f"the disk holding STATE_DIR={state_dir} is full ({exc}); free space on it or"
-            " point STATE_DIR at another disk"
-        )
-    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
-        return (
-            f"STATE_DIR={state_dir} is on a read-only filesystem ({exc}); point STATE_DIR at a"
-            " writable one"
-        )
-    return (
-        f"cannot use STATE_DIR={state_dir} ({exc}); point STATE_DIR at a directory"
-        " this user can create and write"
-    )
-
-
-def _lock(lock_path: Path, state_dir: Path) -> int:
-    # O_CLOEXEC: a child (ffprobe) must not inherit the lock and hold it after the agent dies.
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as exc:
-        os.close(fd)
-        raise CheckpointError(
-            f"another streamup agent is already using STATE_DIR={state_dir} (lock {lock_path});"
-            " stop it or give this agent its own STATE_DIR"
-        ) from exc
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _completed_row(record: CompletedRecord) -> dict[str, str | int]:
-    row = completed_to_dict(record)
-    row["device"] = to_i64(record.identity.device)
-    row["inode"] = to_i64(record.identity.inode)
-    return row
-
-
-def _finished_in(old: sqlite3.Connection) -> set[str]:
-    """The streams a lost file shows finished: a completed-file record, and no stream row."""
-    try:
-        rows = old.execute(
-            "SELECT stream_id FROM completed_files"
-            " WHERE stream_id NOT IN (SELECT stream_id FROM streams)"
-        ).fetchall()
-    except sqlite3.Error:
-        return set()  # unreadable: memory is all there is
-    return {row[0] for row in rows}
-
-
-def _everything(_row: sqlite3.Row) -> bool:
-    return True
-
-
-def _carry_over(old: sqlite3.Connection, new: sqlite3.Connection, ours: set[str]) -> None:
-    """Copy what a lost file holds beyond the agent's memory (replace_lost)."""
-    keep = {
-        "completed_files": lambda row: os.path.lexists(row["path"]),  # forgotten.still_there
-        "streams": lambda row: row["stream_id"] not in ours,
-        "parts": lambda row: row["stream_id"] not in ours,
-    }
-    try:
-        for table in CARRIED_TABLES:
-            copy_rows(old, new, table, keep.get(table, _everything))
-    except sqlite3.Error:
-        pass  # what could be read went in; the rest is the agent's memory, as before
-
-
-def _insert_completed(conn: sqlite3.Connection, records: Sequence[CompletedRecord]) -> int:
-    """Each record unless its path has one: how many were written."""
-    sql = f"INSERT OR IGNORE INTO completed_files ({COMPLETED_COLUMNS}) VALUES ({COMPLETED_VALUES})"
-    return sum(conn.execute(sql, _completed_row(record)).rowcount for record in records)
-
-
-def _insert_part(conn: sqlite3.Connection, stream_id: str, part: PartRecord) -> None:
-    conn.execute(
-        "INSERT OR REPLACE INTO parts (stream_id, number, offset_bytes, size_bytes, etag,"
-        " md5_hex, uploaded_at, crc32c_hex, copied, proof) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            stream_id, part.number, part.offset_bytes, part.size_bytes, part.etag,
-            part.md5_hex, iso(part.uploaded_at), part.crc32c_hex, int(part.copied),
-            part.proof or "",
-        ),
-    )  # fmt: skip
-
-
-def _update_progress(
-    conn: sqlite3.Connection, stream_id: str, uploaded_bytes: int, last_activity_iso: str | None
-) -> None:
-    cursor = conn.execute(
-        "UPDATE streams SET uploaded_bytes = ?,"
-        " last_activity_at = COALESCE(?, last_activity_at) WHERE stream_id = ?",
-        (uploaded_bytes, last_activity_iso, stream_id),
-    )
-    if cursor.rowcount == 0:
-        raise missing_stream(stream_id)
-
-
-def _part_from_row(stream_id: str, row: sqlite3.Row) -> PartRecord:
-    where = f"in table parts for stream {stream_id!r}, part {row['number']}"
-    try:
-        uploaded_at = parse_iso(row["uploaded_at"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointCorrupt(f"unreadable uploaded_at {row['uploaded_at']!r} {where}") from exc
-    try:
-        proof = parse_proof(row["proof"])
-    except ValueError as exc:
-        raise CheckpointCorrupt(f"unknown proof {row['proof']!r} {where}") from exc
-    return PartRecord(
-        number=row["number"],
-        offset_bytes=row["offset_bytes"],
-        size_bytes=row["size_bytes"],
-        etag=row["etag"],
-        md5_hex=row["md5_hex"],
-        uploaded_at=uploaded_at,
-        crc32c_hex=row["crc32c_hex"],
-        copied=bool(row["copied"]),
-        proof=proof,
-    )
