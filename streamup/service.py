@@ -19,7 +19,6 @@ from streamup.after.delivery import Dispatcher
 from streamup.after.local_action import Policy
 from streamup.after.local_files import LocalFiles
 from streamup.checkpoint import CheckpointStore
-from streamup.checkpoint.sqlite import SqliteStore
 from streamup.errors import StreamupError
 from streamup.files.closes import CloseWatch
 from streamup.files.liveness import AgentMarks
@@ -39,15 +38,13 @@ from streamup.stream.discovery import Chores, Discovery
 from streamup.stream.drive import drive
 from streamup.stream.forgotten import (
     CompletedWriteBack,
-    rebuild_lost_sqlite,
+    StoreWatch,
     restore_forgotten,
 )
 from streamup.stream.ownership import Ownership, host_of
 from streamup.stream.worker import StreamWorker
 
 log = structlog.get_logger("streamup")
-# How often the agent looks whether its SQLite file is still there.
-SQLITE_CHECK_S = 2.0
 
 
 class Agent:
@@ -86,6 +83,9 @@ class Agent:
             restored=lambda: self.chores.spawn(self.completed_back.write_back()),
         )
         self.workers: dict[str, StreamWorker] = {}
+        self.store_watch = StoreWatch(
+            self.store, settings.agent_id, self.completed_back, lambda: list(self.workers.values())
+        )
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.by_path: dict[str, str] = {}  # path -> id of the stream that currently owns it
         self.completed: dict[str, CompletedRecord] = {}
@@ -130,6 +130,7 @@ class Agent:
         if closes.start():
             self.ctx.closes = closes
         try:
+            await self.store_watch.start()  # before the load: a loss after it is seen
             self.completed = await self.store.completed_files()
             for record in await self.store.unfinished_streams():
                 await self._adopt(record)
@@ -140,7 +141,7 @@ class Agent:
                 asyncio.create_task(watcher.run_scans(self.stopping)),
                 asyncio.create_task(self._update_gauges()),
                 asyncio.create_task(self.dispatcher.run()),
-                asyncio.create_task(self._guard_sqlite()),
+                asyncio.create_task(self.store_watch.run(self.stopping)),
             ]
             if self.settings.orphan_upload_age_seconds > 0:
                 background.append(asyncio.create_task(reap_orphans(
@@ -283,20 +284,6 @@ class Agent:
                 self.ctx.pacer.refresh()  # the change is logged on time, parts in flight or not
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), 1.0)
-
-    async def _guard_sqlite(self) -> None:
-        """A SQLite file deleted under the running agent is noticed within seconds and
-        rebuilt from what the agent knows (stream.forgotten)."""
-        store = self.store
-        while isinstance(store, SqliteStore) and not self.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), SQLITE_CHECK_S)
-            if store.file_lost() and not self.stopping.is_set():
-                try:
-                    workers = list(self.workers.values())
-                    await rebuild_lost_sqlite(store, workers, self.completed.values())
-                except StreamupError as exc:
-                    log.error("checkpoint.rebuild_failed", error=str(exc))
 
     async def healthy(self) -> bool | str:
         """/healthz: the agent is up (not starting, not stopping) and the checkpoint store answers.

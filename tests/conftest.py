@@ -66,8 +66,10 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def redis_url(redis_server_url: str) -> Iterator[str]:
-    """A real redis-server, emptied for every test."""
+    """A real redis-server, emptied for every test (and taking writes: a test may have
+    refused them with maxmemory)."""
     client = redis_sync.Redis.from_url(redis_server_url)
+    client.config_set("maxmemory", 0)
     client.flushall()
     client.close()
     yield redis_server_url

@@ -249,6 +249,33 @@ def test_completed_files_the_store_forgot_are_written_back_and_not_sent_again_af
     assert second.stop() == 0
 
 
+def test_a_redis_flushed_while_the_agent_idles_gets_the_completed_records_back(
+    agent: Any, redis_url: str, watch_dir: Path, s3_client: Any, bucket: str
+) -> None:
+    """No stream in flight to find the loss by a fenced write: the agent's mark tells."""
+    first: AgentProcess = agent(REDIS_URL=redis_url)
+    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
+    _finished_file(watch_dir / "done.mp4", 1 * MiB)
+    wait_metadata(s3_client, bucket, "done.mp4", deadline_s=30)
+    wait_for(lambda: first.events_named("stream.completed"), deadline_s=10, what="completion")
+    redis_sync.Redis.from_url(redis_url).flushall()
+    told = wait_for(
+        lambda: first.events_named("checkpoint.completed_restored"), deadline_s=10,
+        what="the write-back",
+    )  # fmt: skip
+    assert [e["files"] for e in told] == [1]
+    assert len(first.events_named("checkpoint.store_emptied")) == 1
+    assert first.stop() == 0
+    second: AgentProcess = agent(REDIS_URL=redis_url)
+    wait_for(lambda: second.events_named("agent.started"), deadline_s=30, what="the restart")
+    _finished_file(watch_dir / "after.mp4", 1 * MiB)
+    wait_metadata(s3_client, bucket, "after.mp4", deadline_s=30)
+    discovered = [e["path"] for e in second.events_named("stream.discovered")]
+    assert discovered == [str(watch_dir / "after.mp4")]
+    assert len(object_keys(s3_client, bucket)) == 4  # two objects and their metadata
+    assert second.stop() == 0
+
+
 def _finished_file(path: Path, size: int) -> None:
     """A recording written an hour ago: nothing waits for it to idle."""
     path.write_bytes(os.urandom(size))
@@ -371,9 +398,11 @@ def test_an_idle_recording_gives_its_descriptor_to_a_waiting_file(
 def test_a_file_to_delete_whose_record_the_store_lost_stays_and_is_not_sent_again(
     agent: Any, redis_url: str, watch_dir: Path, s3_client: Any, bucket: str
 ) -> None:
-    """AFTER_UPLOAD=delete, and Redis flushed between the completion and the action: with no
-    record to checkpoint the intent in, the file stays (`record_lost`), and the record the agent
-    keeps in memory still stops it from being uploaded a second time."""
+    """AFTER_UPLOAD=delete, and Redis flushed between the completion and the action, refusing
+    writes (maxmemory): with no record to checkpoint the intent in, the file stays
+    (`record_lost`), and the record the agent keeps in memory still stops it from being
+    uploaded a second time. Once Redis takes writes again, the record goes back, and the file
+    is deleted at the next look."""
     process: AgentProcess = agent(
         REDIS_URL=redis_url, AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="2"
     )
@@ -381,7 +410,9 @@ def test_a_file_to_delete_whose_record_the_store_lost_stays_and_is_not_sent_agai
     done = watch_dir / "done.mp4"
     _finished_file(done, 1 * MiB)
     wait_metadata(s3_client, bucket, "done.mp4", deadline_s=30)
-    redis_sync.Redis.from_url(redis_url).flushall()
+    raw = redis_sync.Redis.from_url(redis_url)
+    raw.config_set("maxmemory", 1)  # FLUSHALL still runs; the write-back is refused
+    raw.flushall()
     kept = wait_for(
         lambda: [e for e in process.events_named("file.kept") if e["reason"] == "record_lost"],
         deadline_s=20, what="the file kept for its lost record",
@@ -391,5 +422,12 @@ def test_a_file_to_delete_whose_record_the_store_lost_stays_and_is_not_sent_agai
     assert done.exists()
     assert [e["path"] for e in process.events_named("stream.discovered")] == [str(done)]
     assert not process.events_named("file.deleted")
+    assert process.events_named("checkpoint.completed_restore_failed")
+    raw.config_set("maxmemory", 0)
+    wait_for(lambda: process.events_named("checkpoint.completed_restored"), deadline_s=10,
+             what="the record written back")  # fmt: skip
+    wait_for(lambda: process.events_named("file.deleted"), deadline_s=30, what="the delete")
+    assert not done.exists()
+    assert [e["path"] for e in process.events_named("stream.discovered")] == [str(done)]
     assert len(object_keys(s3_client, bucket)) == 2
     assert process.stop() == 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from streamup.models import (
     Claim,
@@ -144,3 +144,17 @@ class CheckpointStore(Protocol):
 
     async def lease_owner(self, stream_id: str) -> str | None:
         """Who holds the stream's lease now, or None."""
+
+
+@runtime_checkable
+class PresenceMarks(Protocol):
+    """A store that can lose everything while the agent runs without any call failing (a Redis
+    flushed, or restarted without persistence): the agent leaves a mark in it at start-up and
+    looks for it every few seconds (stream.forgotten.StoreWatch); a store without the mark
+    has forgotten what it held."""
+
+    async def mark_present(self, agent_id: str) -> None:
+        """Leave (or renew) this agent's mark."""
+
+    async def still_marked(self, agent_id: str) -> bool:
+        """Whether this agent's mark is still there (renewing it); False once the store lost it."""

@@ -14,6 +14,9 @@ A finished stream leaves `streams:completed_files` (path -> record JSON, pruned 
 and an entry in `streams:completed_log` (newest first, trimmed to the history limit; ids trimmed
 off the log leave `streams:completed` too), so nothing else grows without bound.
 
+`agent:{agent_id}:present` is a running agent's mark (PresenceMarks): a Redis without it was
+flushed or restarted empty while the agent ran.
+
 Leases, claims and `streams:paths` are `redis_leases.py`'s, and so are the write scripts: every
 write is one Lua script, which first checks the stream's lease (the fence). redis-py errors are
 translated here, once: connection trouble is retryable, anything else is not.
@@ -83,6 +86,7 @@ from streamup.models import (
     Status,
     StreamRecord,
     iso,
+    utc_now,
 )
 
 ACTIVE = "streams:active"
@@ -92,6 +96,13 @@ COMPLETED = "streams:completed"
 COMPLETED_FILES = "streams:completed_files"
 COMPLETED_LOG = "streams:completed_log"
 _STATUS_SETS = (ACTIVE, PENDING, FAILED, COMPLETED)
+# An agent's mark (PresenceMarks) outlives a missed check by far, and a dead agent's goes away.
+PRESENCE_TTL_S = 3600
+
+
+def presence_key(agent_id: str) -> str:
+    return f"agent:{agent_id}:present"
+
 
 # Compare-and-set on a path's completed record: only while it names the same stream (ARGV[2]).
 _OF_STREAM = """
@@ -359,6 +370,14 @@ class RedisStore:
             if event is not None:
                 args[2:6] = [event.event_id, event_to_json(event), event.event_type, event.body]
             await self._script(_FORGET_OF_STREAM, [COMPLETED_FILES, *FINISH_KEYS], args)
+
+    async def mark_present(self, agent_id: str) -> None:
+        with self._translate("marking the agent present"):
+            await self._redis().set(presence_key(agent_id), iso(utc_now()), ex=PRESENCE_TTL_S)
+
+    async def still_marked(self, agent_id: str) -> bool:
+        with self._translate("looking for the agent's mark"):
+            return bool(await self._redis().expire(presence_key(agent_id), PRESENCE_TTL_S))
 
     async def completed_file(self, path: str) -> CompletedRecord | None:
         with self._translate("loading a completed file"):

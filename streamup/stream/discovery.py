@@ -49,15 +49,15 @@ class Chores:
     never retrieved"; what it did not do, the next scan or event asks for again."""
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._deferred_said_at = -DEFERRED_REPEAT_S  # "stream.deferred" is said once a minute
 
-    def spawn(self, chore: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, chore: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(chore)
         self._tasks.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if task.cancelled():
             return

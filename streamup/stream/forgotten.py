@@ -22,12 +22,14 @@ lost it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import structlog
 
 from streamup.checkpoint import CheckpointStore
+from streamup.checkpoint.base import PresenceMarks
 from streamup.checkpoint.sqlite import SqliteStore
 from streamup.errors import NoSuchUpload, StreamupError
 from streamup.faults import crash_point
@@ -38,6 +40,7 @@ from streamup.stream.worker import StreamWorker
 
 log = structlog.get_logger("streamup")
 Acquire = Callable[[], Awaitable[bool]]
+STORE_CHECK_S = 2.0  # how often the store is looked at for a loss
 
 
 async def restore_forgotten(
@@ -149,9 +152,10 @@ class CompletedWriteBack:
 
     Asked after every stream written back (`restore_forgotten`): one write covers every stream
     that asked before it began, so a thousand streams restored in one renewal round cost one or
-    two writes. Each record is written only where the store has none for its path now. A write
-    the store refuses for good is one error line: the records stay in memory (this agent does
-    not upload those files again) and the next stream written back tries again.
+    two writes; StoreWatch asks too, for an idle agent. Each record is written only where the
+    store has none for its path now. A write the store refuses for good is one error line until
+    one succeeds: the records stay in memory (this agent does not upload those files again), and
+    the next look of StoreWatch or stream written back tries again.
     """
 
     def __init__(
@@ -162,28 +166,39 @@ class CompletedWriteBack:
         self._lock = asyncio.Lock()
         self._asked = 0
         self._covered = 0  # asks that a write begun after them answers
+        self._refused = False  # the last write was refused (and said so)
 
-    async def write_back(self) -> None:
+    def records(self) -> list[CompletedRecord]:
+        """The completed-file records the agent holds in memory."""
+        return list(self._records().values())
+
+    async def write_back(self) -> bool:
+        """True once the store holds the records (this write, or one begun after the ask);
+        False when the store refused them (said once, in one error line)."""
         self._asked += 1
         asked = self._asked
         async with self._lock:
             if self._covered >= asked:
-                return
+                return True  # a write begun after this ask succeeded (a failed one resets)
             self._covered = self._asked
-            records = still_there(list(self._records().values()))
+            records = still_there(self.records())
             try:
                 written = await retrying(lambda: self.store.restore_completed_files(records))
             except StreamupError as exc:
+                self._covered = 0
+                if self._refused:
+                    return False  # said once, at the first refusal
+                self._refused = True
                 log.error(
                     "checkpoint.completed_restore_failed",
                     store=self.store.name,
                     files=len(records),
                     error=str(exc),
                     detail="the records are kept in memory; after a restart these files would"
-                    " be uploaded again. The next stream written back tries again",
+                    " be uploaded again. Tried again at the next check of the store",
                 )
-                self._covered = 0
-                return
+                return False
+            self._refused = False
         if written:
             log.warning(
                 "checkpoint.completed_restored",
@@ -192,3 +207,75 @@ class CompletedWriteBack:
                 detail="the checkpoint store had lost these completed files' records; written"
                 " back from memory, so a restart does not upload them again",
             )
+        return True
+
+
+class StoreWatch:
+    """Notices within seconds a checkpoint store that lost what it held while the agent runs,
+    busy or idle, and puts back what the agent knows.
+
+    A deleted SQLite file is rebuilt (`rebuild_lost_sqlite`). A Redis flushed or restarted
+    without persistence fails no call: the agent's mark (PresenceMarks), left at start-up before
+    the completed-file records were loaded, is gone, so those records go back from memory
+    (CompletedWriteBack), until the store takes them; streams in flight are written back by
+    their own next fenced write (`restore_forgotten`)."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        agent_id: str,
+        completed: CompletedWriteBack,
+        workers: Callable[[], list[StreamWorker]],
+    ) -> None:
+        self.store = store
+        self.agent_id = agent_id
+        self.completed = completed
+        self.workers = workers
+        self._owed = False  # a write-back the store has not taken yet
+
+    async def start(self) -> None:
+        """Leave the mark; before the completed-file records are loaded, so that a loss after
+        the load is seen."""
+        store = self.store
+        if isinstance(store, PresenceMarks):
+            await retrying(lambda: store.mark_present(self.agent_id))
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), STORE_CHECK_S)
+            if not stopping.is_set():
+                await self.check()
+
+    async def check(self) -> None:
+        store = self.store
+        if isinstance(store, SqliteStore):
+            if store.file_lost():
+                try:
+                    await rebuild_lost_sqlite(store, self.workers(), self.completed.records())
+                except StreamupError as exc:
+                    log.error("checkpoint.rebuild_failed", error=str(exc))
+        elif isinstance(store, PresenceMarks):
+            await self._look_for_mark(store)
+
+    async def _look_for_mark(self, store: PresenceMarks) -> None:
+        marked = False
+        try:
+            if not self._owed and not await store.still_marked(self.agent_id):
+                log.warning(
+                    "checkpoint.store_emptied",
+                    store=self.store.name,
+                    detail="this agent's mark is gone: the store was flushed or restarted"
+                    " without persistence; the records of completed files go back from memory",
+                )
+                self._owed = True
+            if not self._owed:
+                return
+            await store.mark_present(self.agent_id)  # first: a loss during the write-back shows
+            marked = True
+        except StreamupError as exc:  # an outage, or a store refusing writes: said elsewhere
+            log.debug("checkpoint.mark_failed", error=str(exc))
+            if not self._owed:
+                return
+        written = await self.completed.write_back()
+        self._owed = not (written and marked)
