@@ -15,6 +15,11 @@ def crc32c_of(body: bytes | memoryview) -> bytes:
     return _crc32c.crc32c(body).to_bytes(4, "big")
 
 
+def crc32c_update(value: int, body: bytes | memoryview) -> int:
+    """CRC32C continued over `body` from `value` (0 to begin), as an integer."""
+    return int(_crc32c.crc32c(body, value))
+
+
 def md5_of(body: bytes | memoryview) -> bytes:
     return hashlib.md5(body, usedforsecurity=False).digest()
 

@@ -37,6 +37,9 @@ POINTS = (
     # a checkpoint store that lost a stream (stream.forgotten): its record written back, its
     # parts not yet
     "after_restored_record",
+    # a finished file recognised in S3 without a record (stream.recognition): read and found
+    # equal to the object, its completed record not yet written
+    "before_recognised_record",
 )
 
 

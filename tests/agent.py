@@ -79,6 +79,11 @@ class AgentProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def wait(self, timeout_s: float = 60) -> int:
+        """The exit code of a process that ends by itself (a crash point, a bad setting)."""
+        assert self.proc is not None
+        return self.proc.wait(timeout_s)
+
     def stop(self, timeout_s: float = 30) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from streamup.checksums import crc32c_of, md5_of
+from streamup.checksums import crc32c_of, crc32c_update, md5_of
 from streamup.files.mounts import is_local
 from streamup.models import FileIdentity, FileState, ReadMark
 from streamup.s3.parts import PartSpan
@@ -141,6 +141,21 @@ class SourceFile:
             sha.update(chunk)
             offset += len(chunk)
         return sha.hexdigest()
+
+    def _crc32c_of(self, offset: int, size_bytes: int) -> bytes | None:
+        value, end = 0, offset + size_bytes
+        while offset < end:
+            chunk = self._read(offset, min(end - offset, READ_BLOCK_BYTES))
+            if not chunk:
+                return None
+            value = crc32c_update(value, chunk)
+            offset += len(chunk)
+        return value.to_bytes(4, "big")
+
+    async def crc32c_of(self, offset: int, size_bytes: int) -> bytes | None:
+        """The CRC32C of `size_bytes` from `offset` (read a block at a time, in a thread), or
+        None when the file is shorter."""
+        return await asyncio.to_thread(self._crc32c_of, offset, size_bytes)
 
     async def sha256_of_prefix(self, size_bytes: int) -> str | None:
         """The SHA-256 of the file's first `size_bytes` (read a block at a time), or None when

@@ -563,6 +563,20 @@ class S3Storage:
             ),
         )
 
+    async def list_keys(self, prefix: str, suffix: str = "") -> list[str]:
+        """The keys of the objects under `prefix` that end with `suffix`, every page of them."""
+        keys: list[str] = []
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = await self._call(
+                "listing objects",
+                lambda a=dict(args): self._client.list_objects_v2(**a),  # type: ignore[misc]
+            )
+            keys.extend(i["Key"] for i in page.get("Contents", []) if i["Key"].endswith(suffix))
+            if not page.get("IsTruncated"):
+                return keys
+            args["ContinuationToken"] = page["NextContinuationToken"]
+
     async def list_uploads(self, prefix: str) -> list[RemoteUpload]:
         """Multipart uploads in progress under `prefix` (for orphan clean-up)."""
         uploads: list[RemoteUpload] = []

@@ -16,6 +16,7 @@ folder behind: the slash beside it goes too. Slashes the template itself doubles
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 import string
@@ -93,6 +94,18 @@ class KeyTemplate:
         key = collapse(self._raw(fields)).strip("/")
         check_key(key)
         return key
+
+    def around_stream_id(self, fields: KeyFields) -> tuple[str, str] | None:
+        """For a template that names {stream_id} and not {started}: this file's key before and
+        after the stream id (`streams/`, `/cam1/a.mp4`), the same whatever stream uploaded it.
+        None for any other template (a key that changes with time cannot be found again)."""
+        if not self.unique or "started" in self.fields:
+            return None
+        key = self.render(dataclasses.replace(fields, stream_id=_SAMPLE_STREAM_ID))
+        before, found, after = key.partition(_SAMPLE_STREAM_ID)
+        if not found or _SAMPLE_STREAM_ID in after:
+            return None
+        return before, after
 
     def fixed_prefix(self, prefix: str, host: str) -> str:
         """The leading part every key of this agent shares: the template's text up to its first

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from streamup.errors import StorageError, StreamupError
+from streamup.faults import crash_point
 from streamup.files.budget import out_of_descriptors
 from streamup.files.source import SourceFile, readable, stat_path
 from streamup.files.watcher import relative_key_path
@@ -36,6 +37,7 @@ from streamup.s3.placement import KeyPlanner, Placement
 from streamup.settings import Settings
 from streamup.stream.extension import plan_extension, worth_checking
 from streamup.stream.ownership import Ownership
+from streamup.stream.recognition import Recognition
 from streamup.stream.worker import StreamContext, StreamWorker
 
 log = structlog.get_logger("streamup")
@@ -108,6 +110,9 @@ class Discovery:
         self._launch = launch
         self._chores = chores
         self.starting: set[str] = set()  # paths whose stream is being started
+        self.recognition = Recognition(
+            ctx.storage, keys.template, host=ownership.host, started_ns=time.time_ns()
+        )
         self._unreadable: dict[str, FileState] = {}
 
     def on_scan(self, paths: list[str]) -> None:
@@ -162,6 +167,8 @@ class Discovery:
                 self.settings.s3_key_prefix, stream_id, relative, self.ownership.host, now
             )
             extension = await self._extension(path, state)
+            if extension is None and await self._recognised(fields, path, state):
+                return
             extends, placement = extension or (None, await self._place(fields, path, state))
             if placement is None:
                 return
@@ -261,6 +268,20 @@ class Discovery:
         log.info("stream.extending", path=path, key=done.key, from_stream_id=done.stream_id,
                  from_size_bytes=done.size_bytes, size_bytes=state.size_bytes)  # fmt: skip
         return plan, Placement(done.key)
+
+    async def _recognised(self, fields: KeyFields, path: str, state: FileState) -> bool:
+        """A finished file S3 holds already, though the store has no record of it: recorded as
+        completed, not uploaded again (stream.recognition)."""
+        record = await self.recognition.recognise(fields, path, state)
+        if record is None:
+            return False
+        crash_point("before_recognised_record")
+        self._completed()[path] = record
+        try:
+            await retrying(lambda: self.ctx.store.restore_completed_files([record]))
+        except StreamupError as exc:  # kept in memory: not uploaded again while this agent runs
+            log.error("checkpoint.recognised_unrecorded", path=path, error=str(exc))
+        return True
 
     async def _prefix_sha256(self, path: str, state: FileState, size_bytes: int) -> str | None:
         """The SHA-256 of the file's first bytes, read through a descriptor held only for it
