@@ -11,6 +11,7 @@ import redis as redis_sync
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, settings
 
+from streamup.checkpoint.redis import RedisStore
 from streamup.s3.client import S3Storage
 from tests import servers
 from tests.agent import AgentProcess, agent_env
@@ -73,6 +74,17 @@ def redis_url(redis_server_url: str) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server_url
+
+
+@pytest.fixture
+async def redis_store(redis_url: str) -> AsyncIterator[RedisStore]:
+    """streamup's Redis store on the emptied server, open."""
+    opened = RedisStore(redis_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture

@@ -49,6 +49,20 @@ def paths_of(process: AgentProcess, event: str) -> list[str]:
     return sorted(e["path"] for e in process.events_named(event))
 
 
+def uploaded_then_forgotten(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> Path:
+    """done.mp4 (two parts) uploaded by an agent, then its SQLite file deleted while none runs."""
+    first: AgentProcess = agent()
+    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
+    done = watch_dir / "done.mp4"
+    finished_file(done, 6 * MiB)
+    wait_metadata(s3_client, bucket, "done.mp4", deadline_s=30)
+    assert first.stop() == 0
+    lose_the_store("sqlite", tmp_path / "state", None)
+    return done
+
+
 NUMBERED = "{prefix}/{path}"  # the key is the path's; a taken one gets `-2`
 
 
@@ -115,14 +129,7 @@ def test_files_s3_holds_are_recognised_after_the_store_was_lost_and_changed_ones
 def test_a_kill_before_the_recognised_record_is_written_recognises_again(
     s3_backend: str, agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
 ) -> None:
-    first: AgentProcess = agent()
-    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
-    done = watch_dir / "done.mp4"
-    finished_file(done, 6 * MiB)
-    wait_metadata(s3_client, bucket, "done.mp4", deadline_s=30)
-    assert first.stop() == 0
-    lose_the_store("sqlite", tmp_path / "state", None)
-
+    uploaded_then_forgotten(agent, watch_dir, tmp_path, s3_client, bucket)
     killed: AgentProcess = agent(STREAMUP_CRASH_AT="before_recognised_record")
     assert killed.wait() == 137
     again: AgentProcess = agent()
@@ -139,14 +146,7 @@ def test_a_recognised_file_is_deleted_after_upload_like_any_other(
 ) -> None:
     """The record carries the proof, SHA-256 and digests from the metadata document and
     HeadObject: the local-file action proves the object against it as for its own streams."""
-    first: AgentProcess = agent()
-    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
-    done = watch_dir / "done.mp4"
-    finished_file(done, 6 * MiB)
-    wait_metadata(s3_client, bucket, "done.mp4", deadline_s=30)
-    assert first.stop() == 0
-    lose_the_store("sqlite", tmp_path / "state", None)
-
+    done = uploaded_then_forgotten(agent, watch_dir, tmp_path, s3_client, bucket)
     second: AgentProcess = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="1")
     wait_for(lambda: second.events_named("file.deleted"), deadline_s=30, what="the delete")
     assert not done.exists()

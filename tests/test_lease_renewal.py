@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -47,13 +46,8 @@ def test_a_loss_counts_only_for_the_registration_the_round_was_sent_for(
 
 
 @pytest.fixture
-async def agent_a(redis_url: str) -> AsyncIterator[RedisStore]:
-    opened = RedisStore(redis_url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def agent_a(redis_store: RedisStore) -> RedisStore:
+    return redis_store
 
 
 async def script_calls(raw: aioredis.Redis) -> int:

@@ -4,7 +4,6 @@ redis-server). The records of completed files go back from memory until the stor
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,8 @@ AGENT = "edge-a/1"
 
 
 @pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    opened = RedisStore(redis_url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def store(redis_store: RedisStore) -> RedisStore:
+    return redis_store
 
 
 def done_files(folder: Path, count: int) -> dict[str, CompletedRecord]:
