@@ -42,6 +42,11 @@ RETRIES = Counter(
 COMPLETIONS = Counter(
     "streamup_streams_completed", "Streams completed with their metadata", registry=REGISTRY
 )
+FILES_RECOGNISED = Counter(
+    "streamup_files_recognised",
+    "Finished files found in S3 without a record, recorded and not uploaded again",
+    registry=REGISTRY,
+)
 FAILURES = Counter(
     "streamup_stream_failures",
     "Stream steps that failed permanently",

@@ -15,6 +15,8 @@ import redis as redis_sync
 
 from tests.agent import AgentProcess, MiB, object_keys, wait_for, wait_metadata
 from tests.conftest import BOTH_SERVERS
+from tests.servers import free_port
+from tests.test_operator import http_get, sample_value
 
 HOUR_AGO = time.time() - 3600
 
@@ -147,9 +149,11 @@ def test_a_recognised_file_is_deleted_after_upload_like_any_other(
     """The record carries the proof, SHA-256 and digests from the metadata document and
     HeadObject: the local-file action proves the object against it as for its own streams."""
     done = uploaded_then_forgotten(agent, watch_dir, tmp_path, s3_client, bucket)
-    second: AgentProcess = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="1")
+    port = free_port()
+    second: AgentProcess = agent(AFTER_UPLOAD="delete", KEEP_LOCAL_SECONDS="1", PROM_PORT=str(port))
     wait_for(lambda: second.events_named("file.deleted"), deadline_s=30, what="the delete")
     assert not done.exists()
+    assert sample_value(http_get(port, "/metrics")[1], "streamup_files_recognised_total") == 1
     assert paths_of(second, "stream.recognised") == [str(done)]
     assert not second.events_named("stream.discovered")
     assert len(object_keys(s3_client, bucket)) == 2

@@ -32,6 +32,7 @@ from datetime import datetime
 
 import structlog
 
+from streamup import metrics
 from streamup.checksums import composite_crc32c, multipart_etag
 from streamup.errors import StorageError
 from streamup.files.budget import out_of_descriptors
@@ -186,6 +187,7 @@ class Recognition:
                     found, key, self.storage.bucket, path, state, self.host
                 )
             if record is not None:
+                metrics.FILES_RECOGNISED.inc()
                 log.info("stream.recognised", path=path, key=key, stream_id=record.stream_id,
                          size_bytes=record.size_bytes, proof=record.proof)  # fmt: skip
                 return record
