@@ -86,10 +86,11 @@ def described(doc: object, remote: RemoteObject, path: str, size_bytes: int) -> 
     crc = composite_crc32c(crcs) or ""
     if remote.crc32c is not None and remote.crc32c != crc:
         return "the object's CRC32C is not its parts'"
-    etag = _multipart_etag(doc.get("chunks"))
+    etag = _multipart_etag(doc["chunks"])  # a list of parts: _spans read every one
     if etag is None or etag.strip('"') != remote.etag.strip('"'):
         return "the object's ETag is not its parts'"
     extended = doc.get("extended_from")
+    extensions = extended.get("extensions") if isinstance(extended, dict) else 0
     try:
         completed_at = parse_iso(str(doc.get("stream_completed_at_utc")))
     except ValueError:
@@ -107,7 +108,7 @@ def described(doc: object, remote: RemoteObject, path: str, size_bytes: int) -> 
         proof=str(doc.get("integrity_proof") or ""),
         completed_at=completed_at,
         end_reason=end_reason,
-        extensions=int(extended.get("extensions", 0)) if isinstance(extended, dict) else 0,
+        extensions=extensions if isinstance(extensions, int) else 0,
     )
 
 
@@ -132,11 +133,10 @@ def _spans(chunks: object, size_bytes: int) -> list[Span] | str:
     return spans if offset == size_bytes else "the parts do not add up to the file"
 
 
-def _multipart_etag(chunks: object) -> str | None:
+def _multipart_etag(chunks: list[dict[str, object]]) -> str | None:
     try:
-        assert isinstance(chunks, list)
-        return multipart_etag(bytes.fromhex(str(c["etag"]).strip('"')) for c in chunks)
-    except (AssertionError, KeyError, TypeError, ValueError):
+        return multipart_etag(bytes.fromhex(str(c.get("etag")).strip('"')) for c in chunks)
+    except ValueError:
         return None  # ETags that are not MD5s (SSE-KMS): nothing ties the parts to the object
 
 
