@@ -136,12 +136,14 @@ class Moto:
     def log_offset(self) -> int:
         return self.log_path.stat().st_size
 
-    def write_requests(self, since_offset: int) -> int:
-        """PUT, POST and DELETE requests logged after `since_offset` (from log_offset())."""
+    def write_requests(self, since_offset: int, *, but_probes: bool = False) -> int:
+        """PUT, POST and DELETE requests logged after `since_offset` (from log_offset());
+        `but_probes`: not counting those on the start-up probe's object (s3.integrity)."""
         with self.log_path.open("rb") as handle:
             handle.seek(since_offset)
             text = handle.read().decode(errors="replace")
-        return len(_WRITE_REQUEST.findall(text))
+        lines = [line for line in text.splitlines() if _WRITE_REQUEST.search(line)]
+        return sum(1 for line in lines if not (but_probes and ".streamup-probe-" in line))
 
 
 # werkzeug's request log line, `"PUT /bucket/key HTTP/1.1" 200 -`, colour codes on errors.
