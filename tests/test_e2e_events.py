@@ -18,7 +18,7 @@ import pytest
 import redis as redis_sync
 
 from tests import servers
-from tests.agent import AgentProcess, doc_for, metadata_docs, sha256_file, wait_for
+from tests.agent import doc_for, metadata_docs, sha256_file, wait_for
 from tests.receiver import Receiver, always, fail_first, outbox_empty, status_json
 from tests.test_e2e_metadata import make_media
 
@@ -37,11 +37,6 @@ def s3_metadata(s3: Any, bucket: str, doc: dict[str, Any]) -> bytes:
     key = doc["s3_key_prefix"] + ".metadata.json"
     body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     return body
-
-
-def wait_exit(process: AgentProcess, deadline_s: float = 60) -> int:
-    assert process.proc is not None
-    return process.proc.wait(deadline_s)
 
 
 def scrape(port: int) -> str:
@@ -121,7 +116,7 @@ def test_kill_before_delivery_delivers_after_restart_under_the_same_id(
     receiver.start()
     (watch_dir / "k.mp4").write_bytes(os.urandom(1_200_000))
     first = agent(WEBHOOK_URL=receiver.url, STREAMUP_CRASH_AT="before_event_delivery")
-    assert wait_exit(first) == 137
+    assert first.wait() == 137
     assert first.events_named("test.crash")[0]["point"] == "before_event_delivery"
     assert receiver.snapshot() == []
     doc = doc_for(metadata_docs(s3_client, bucket), "k.mp4")
@@ -151,7 +146,7 @@ def test_kill_after_delivery_sends_the_event_again_under_the_same_id(
     receiver.start()
     (watch_dir / "twice.mp4").write_bytes(os.urandom(1_000_000))
     first = agent(WEBHOOK_URL=receiver.url, STREAMUP_CRASH_AT="after_event_delivery")
-    assert wait_exit(first) == 137
+    assert first.wait() == 137
     [before] = receiver.accepted()  # the receiver has it; the outbox does not know yet
     assert status_json(env)["events"]["waiting"] == 1
     second = agent(WEBHOOK_URL=receiver.url)
@@ -170,7 +165,7 @@ def test_kill_between_metadata_and_finish_still_tells_the_completion_once(
     make_media(tmp_path / "m.mp4", 2.0)  # real media: the probe, run again, says the same
     os.replace(tmp_path / "m.mp4", watch_dir / "m.mp4")
     first = agent(WEBHOOK_URL=receiver.url, STREAMUP_CRASH_AT="before_finish")
-    assert wait_exit(first) == 137
+    assert first.wait() == 137
     doc = doc_for(metadata_docs(s3_client, bucket), "m.mp4")
     assert doc is not None
     offline = status_json(env)
