@@ -158,6 +158,8 @@ class SqliteStore:
         self,
         streams: list[tuple[StreamRecord, list[PartRecord]]],
         completed: Sequence[CompletedRecord] = (),
+        *,
+        keep_completed: Callable[[str], bool],
     ) -> int:
         """A fresh database at db_path holding `streams` and `completed` (what the agent knows),
         swapped in as one call: no other call runs between the new file's creation and its
@@ -183,7 +185,7 @@ class SqliteStore:
                     for part in parts:
                         insert_part(conn, stream.stream_id, part)
                 insert_completed(conn, completed)
-                carry_over(old, conn, ours)
+                carry_over(old, conn, ours, keep_completed)
                 return int(conn.execute("SELECT COUNT(*) FROM completed_files").fetchone()[0])
 
             held = transaction(self._conn, write_back)

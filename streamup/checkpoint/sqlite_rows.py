@@ -3,9 +3,8 @@ over from a lost file (SqliteStore.replace_lost)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from streamup.checkpoint.codec import completed_to_dict, missing_stream, parse_proof, to_i64
 from streamup.checkpoint.sqlite_schema import (
@@ -41,10 +40,16 @@ def _everything(_row: sqlite3.Row) -> bool:
     return True
 
 
-def carry_over(old: sqlite3.Connection, new: sqlite3.Connection, ours: set[str]) -> None:
-    """Copy what a lost file holds beyond the agent's memory (replace_lost)."""
+def carry_over(
+    old: sqlite3.Connection,
+    new: sqlite3.Connection,
+    ours: set[str],
+    keep_completed: Callable[[str], bool],
+) -> None:
+    """Copy what a lost file holds beyond the agent's memory (replace_lost); a completed-file
+    record only where `keep_completed(path)`."""
     keep = {
-        "completed_files": lambda row: os.path.lexists(row["path"]),  # forgotten.still_there
+        "completed_files": lambda row: keep_completed(row["path"]),
         "streams": lambda row: row["stream_id"] not in ours,
         "parts": lambda row: row["stream_id"] not in ours,
     }

@@ -128,7 +128,7 @@ async def rebuild_lost_sqlite(
         worker.drop_from_memory([n for n in worker.parts if n not in {p.number for p in known}])
         snapshot.append((worker.record, known))
     done = still_there(completed)
-    held = await retrying(lambda: store.replace_lost(snapshot, done))
+    held = await retrying(lambda: store.replace_lost(snapshot, done, keep_completed=file_there))
     log.warning(
         "checkpoint.store_rebuilt",
         path=str(store.db_path),
@@ -143,7 +143,12 @@ async def rebuild_lost_sqlite(
 def still_there(records: Iterable[CompletedRecord]) -> list[CompletedRecord]:
     """The records whose path still names a file: a record of a file deleted or moved since (the
     local-file action forgets it a moment later) would outlive its file."""
-    return [record for record in records if os.path.lexists(record.path)]
+    return [record for record in records if file_there(record.path)]
+
+
+def file_there(path: str) -> bool:
+    """A completed-file record is worth writing back: its path names something still."""
+    return os.path.lexists(path)
 
 
 class CompletedWriteBack:
