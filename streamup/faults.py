@@ -40,6 +40,9 @@ POINTS = (
     # a finished file recognised in S3 without a record (stream.recognition): read and found
     # equal to the object, its completed record not yet written
     "before_recognised_record",
+    # an upload in progress the lost store held, found for a recording (stream.adoption); its
+    # stream not yet claimed in the store
+    "before_lost_upload_claimed",
 )
 
 

@@ -93,7 +93,8 @@ class Agent:
         self.discovery = Discovery(
             settings, self.ctx, self.ownership, self.keys,
             workers=self.workers, by_path=self.by_path, completed=lambda: self.completed,
-            launch=self._launch, chores=self.chores,
+            launch=lambda worker, resumed: self._launch(worker, resumed=resumed),
+            chores=self.chores,
         )  # fmt: skip
         self.ready = asyncio.Event()
         endpoint = settings.s3_endpoint_url

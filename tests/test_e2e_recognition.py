@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from tests.agent import AgentProcess, MiB, object_keys, wait_for, wait_metadata
+from tests.agent import (
+    AgentProcess,
+    MiB,
+    assert_exact,
+    grow,
+    object_keys,
+    wait_for,
+    wait_metadata,
+)
 from tests.conftest import BOTH_SERVERS
 from tests.servers import free_port
 from tests.test_operator import http_get, sample_value
@@ -156,5 +164,50 @@ def test_a_recognised_file_is_deleted_after_upload_like_any_other(
     assert sample_value(http_get(port, "/metrics")[1], "streamup_files_recognised_total") == 1
     assert paths_of(second, "stream.recognised") == [str(done)]
     assert not second.events_named("stream.discovered")
+    assert len(object_keys(s3_client, bucket)) == 2
+    assert second.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("template", "crash"),
+    [(None, False), (NUMBERED, False), (None, True)],
+    ids=["stream-id-keys", "numbered-keys", "killed-before-the-claim"],
+)
+def test_a_recording_whose_upload_the_lost_store_held_resumes_it_without_resending(
+    template: str | None,
+    crash: bool,
+    agent: Any,
+    watch_dir: Path,
+    tmp_path: Path,
+    s3_client: Any,
+    bucket: str,
+) -> None:
+    """Killed mid-recording, STATE_DIR lost: the restart finds the upload in progress whose
+    first part is the file's beginning, takes in the parts S3 holds and sends only the rest."""
+    env = {"S3_KEY_TEMPLATE": template} if template else {}
+    first: AgentProcess = agent(**env)
+    wait_for(lambda: first.events_named("agent.started"), deadline_s=30, what="start")
+    target = watch_dir / "live.mp4"
+    writer = grow(target, 17 * MiB, 4 * MiB)  # parts of 5 MiB: four in all
+    wait_for(lambda: len(first.events_named("part.uploaded")) >= 2, deadline_s=20,
+             what="two parts")  # fmt: skip
+    first.kill()
+    [key] = {e["key"] for e in first.events_named("stream.discovered")}
+    lose_the_store("sqlite", tmp_path / "state", None)
+
+    if crash:  # found, not yet claimed: the next start finds it again
+        killed: AgentProcess = agent(STREAMUP_CRASH_AT="before_lost_upload_claimed", **env)
+        assert killed.wait() == 137
+    second: AgentProcess = agent(**env)
+    writer.join()
+    doc = wait_metadata(s3_client, bucket, "live.mp4", deadline_s=60)
+    assert_exact(s3_client, bucket, doc, target, tmp_path)
+    [found] = second.events_named("stream.upload_found")
+    assert found["key"] == key == doc["s3_key_prefix"]
+    [reconciled] = second.events_named("stream.reconciled")
+    assert reconciled["adopted"] >= 2
+    sent_again = {e["part"] for e in second.events_named("part.uploaded")}
+    assert not sent_again & set(range(1, reconciled["adopted"] + 1)), sent_again
+    assert "Uploads" not in s3_client.list_multipart_uploads(Bucket=bucket)
     assert len(object_keys(s3_client, bucket)) == 2
     assert second.stop() == 0

@@ -15,7 +15,7 @@ from streamup.files.probe import ProbeResult
 from streamup.models import EndReason, Status
 from streamup.s3.client import RemoteObject
 from streamup.s3.keys import KeyFields, parse_template
-from streamup.stream.recognition import Described, _fits, described
+from streamup.stream.recognition import Described, described, fits
 from tests.test_checkpoint_contract import MiB, make_part, make_stream
 
 PATH = "/watch/cam/s1.mp4"
@@ -119,8 +119,8 @@ def test_where_a_key_with_a_stream_id_may_be(template: str, around: tuple[str, s
 
 def test_a_listed_key_fits_only_with_one_stream_id_in_its_place() -> None:
     before, after = "streams/", "/cam1/a.mp4"
-    assert _fits("streams/5e0b4f2c/cam1/a.mp4", before, after)
-    assert not _fits("streams//cam1/a.mp4", before, after)  # no stream id
-    assert not _fits("streams/x/y/cam1/a.mp4", before, after)  # two folders
-    assert not _fits("streams/5e0b4f2c/cam2/a.mp4", before, after)
-    assert not _fits("other/5e0b4f2c/cam1/a.mp4", before, after)
+    assert fits("streams/5e0b4f2c/cam1/a.mp4", before, after)
+    assert not fits("streams//cam1/a.mp4", before, after)  # no stream id
+    assert not fits("streams/x/y/cam1/a.mp4", before, after)  # two folders
+    assert not fits("streams/5e0b4f2c/cam2/a.mp4", before, after)
+    assert not fits("other/5e0b4f2c/cam1/a.mp4", before, after)

@@ -127,6 +127,7 @@ class RemoteUpload:
     key: str
     upload_id: str
     initiated_at: datetime
+    checksum_algorithm: str = ""  # as CreateMultipartUpload asked (where the server says)
 
 
 def _completed_part(number: int, etag: str, crc32c: bytes | None) -> dict[str, object]:
@@ -587,7 +588,10 @@ class S3Storage:
                 lambda a=dict(args): self._client.list_multipart_uploads(**a),  # type: ignore[misc]
             )
             for item in page.get("Uploads", []):
-                uploads.append(RemoteUpload(item["Key"], item["UploadId"], item["Initiated"]))
+                uploads.append(RemoteUpload(
+                    item["Key"], item["UploadId"], item["Initiated"],
+                    checksum_algorithm=item.get("ChecksumAlgorithm") or "",
+                ))  # fmt: skip
             if not page.get("IsTruncated"):
                 return uploads
             args["KeyMarker"] = page.get("NextKeyMarker")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -35,6 +36,7 @@ from streamup.s3.keys import KeyFields
 from streamup.s3.parts import PartSchedule
 from streamup.s3.placement import KeyPlanner, Placement
 from streamup.settings import Settings
+from streamup.stream.adoption import Adoption
 from streamup.stream.extension import plan_extension, worth_checking
 from streamup.stream.ownership import Ownership
 from streamup.stream.recognition import Recognition
@@ -97,7 +99,7 @@ class Discovery:
         workers: dict[str, StreamWorker],
         by_path: dict[str, str],
         completed: Callable[[], dict[str, CompletedRecord]],
-        launch: Callable[[StreamWorker], None],
+        launch: Callable[[StreamWorker, bool], None],
         chores: Chores,
     ) -> None:
         self.settings = settings
@@ -113,6 +115,7 @@ class Discovery:
         self.recognition = Recognition(
             ctx.storage, keys.template, host=ownership.host, started_ns=time.time_ns()
         )
+        self.adoption = Adoption(ctx.storage, ctx.store, keys.template)
         self._unreadable: dict[str, FileState] = {}
 
     def on_scan(self, paths: list[str]) -> None:
@@ -167,8 +170,11 @@ class Discovery:
                 self.settings.s3_key_prefix, stream_id, relative, self.ownership.host, now
             )
             extension = await self._extension(path, state)
-            if extension is None and await self._recognised(fields, path, state):
-                return
+            if extension is None:
+                if await self._recognised(fields, path, state):
+                    return
+                if await self._take_up_lost_upload(fields, path, state):
+                    return
             extends, placement = extension or (None, await self._place(fields, path, state))
             if placement is None:
                 return
@@ -223,7 +229,9 @@ class Discovery:
             extends=extends,
         )
 
-    async def _claim(self, worker: StreamWorker, placement: Placement, state: FileState) -> None:
+    async def _claim(
+        self, worker: StreamWorker, placement: Placement, state: FileState, *, resumed: bool = False
+    ) -> None:
         record = worker.record
         try:
             # The lease is taken in the claim's own step: no agent can take the stream
@@ -244,7 +252,7 @@ class Discovery:
         extends = record.extends
         worker.log.info("stream.discovered", key=record.key,
                         extends=extends.stream_id if extends else None)  # fmt: skip
-        self._launch(worker)
+        self._launch(worker, resumed)
 
     async def _extension(self, path: str, state: FileState) -> tuple[Extension, Placement] | None:
         """A completed file that grew: the extension of its object (stream.extension) at its key,
@@ -268,6 +276,25 @@ class Discovery:
         log.info("stream.extending", path=path, key=done.key, from_stream_id=done.stream_id,
                  from_size_bytes=done.size_bytes, size_bytes=state.size_bytes)  # fmt: skip
         return plan, Placement(done.key)
+
+    async def _take_up_lost_upload(self, fields: KeyFields, path: str, state: FileState) -> bool:
+        """A recording S3 holds the beginning of, in an upload the store lost: resumed from it
+        (stream.adoption)."""
+        upload = await self.adoption.lost_upload(fields, path, state)
+        if upload is None:
+            return False
+        if self.keys.template.unique:  # the key names the stream: keep its id
+            before, after = self.keys.template.around_stream_id(fields) or ("", "")
+            fields = dataclasses.replace(
+                fields, stream_id=upload.key[len(before) : len(upload.key) - len(after)]
+            )
+        record = self._record(fields, path, state, Placement(upload.key), None).evolve(
+            upload_id=upload.upload_id, checksum_algorithm=upload.checksum_algorithm
+        )
+        crash_point("before_lost_upload_claimed")
+        await self._claim(StreamWorker(self.ctx, record, {}, None), Placement(upload.key), state,
+                          resumed=True)  # fmt: skip
+        return True
 
     async def _recognised(self, fields: KeyFields, path: str, state: FileState) -> bool:
         """A finished file S3 holds already, though the store has no record of it: recorded as

@@ -204,7 +204,7 @@ class Recognition:
         if around is None:
             return [], False
         before, after = around
-        return [k for k in await self._listing(before) if _fits(k, before, after)], False
+        return [k for k in await self._listing(before) if fits(k, before, after)], False
 
     async def _listing(self, prefix: str) -> list[str]:
         """The video keys under `prefix` that have a metadata document, listed once per run (a
@@ -222,7 +222,7 @@ class Recognition:
             return self._listed[prefix]
 
 
-def _fits(key: str, before: str, after: str) -> bool:
+def fits(key: str, before: str, after: str) -> bool:
     """`key` is before + one stream id (no slash) + after."""
     if len(key) <= len(before) + len(after):
         return False
