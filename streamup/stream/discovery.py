@@ -2,7 +2,9 @@
 recording, its key (S3_KEY_TEMPLATE, never another object's) or the extension of the object of
 a completed file that grew (`stream.extension`), its record, and the claim with its lease in
 one store step. What is claimed is handed to `launch`; a file already completed, another
-agent's stream or an unreadable file is settled here.
+agent's stream or an unreadable file is settled here. A file the store lost is first looked
+for in S3: a finished one as an object (`stream.recognition`), a recording as an upload in
+progress it resumes (`stream.adoption`).
 """
 
 from __future__ import annotations
