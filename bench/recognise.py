@@ -5,7 +5,9 @@ SQLite file is deleted and the agent started again over the same folder and buck
 must be recognised (`stream.recognised`), none uploaded (no `stream.discovered`, no write
 request reaching moto but the start-up probe's: what it found was in the lost STATE_DIR).
 Reported: the first pass (the upload), the second (recognition), both wall time and the agent's
-CPU-s, and the write requests moto saw.
+CPU-s, and the write requests moto saw. Then a finished file whose upload is killed half-way,
+with the SQLite file deleted: how many of its parts the next start takes up (stream.adoption)
+and how many it sends.
 
     .venv/bin/python bench/recognise.py --mib 1024 --files 200
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import STREAMUP_BUCKET, Agent, Bench, MiB, cpu_seconds, moto_server
-from objects import s3_client
+from objects import metadata_doc, s3_client, sha256_file
 
 BLOCK_BYTES = 64 * MiB
 
@@ -61,6 +63,35 @@ def one_pass(agent: Agent, event: str, count: int, bench: Bench) -> dict[str, An
     return result
 
 
+def killed_mid_upload(agent: Agent, mib: int, bench: Bench) -> dict[str, Any]:
+    """A finished file of `mib` MiB, the agent SIGKILLed once half its parts are in S3 and its
+    SQLite file deleted; the next start takes the upload up (stream.adoption)."""
+    target = agent.watch_dir / "killed.mp4"
+    write_random(target, mib * MiB)
+    agent.settings["LOG_LEVEL"] = "DEBUG"  # part.uploaded
+    about = mib * MiB // int(agent.settings["CHUNK_SIZE_BYTES"])  # parts, at the first size
+    agent.start()
+    agent.wait_for("part.uploaded", path=target, count=max(1, about // 2), deadline_s=600)
+    assert agent.proc is not None
+    agent.proc.kill()
+    agent.proc.wait()
+    for name in ("streamup.db", "streamup.db-wal", "streamup.db-shm"):
+        (agent.workdir / "state" / name).unlink(missing_ok=True)
+    started = agent.start()
+    done = agent.wait_for("stream.completed", path=target, deadline_s=600)
+    [reconciled] = agent.named("stream.reconciled", target)
+    sent = len(agent.named("part.uploaded", target))
+    agent.stop()
+    doc = metadata_doc(bench.s3, agent.bucket, done["key"])
+    return {
+        "parts": len(doc["chunks"]),
+        "sha256_ok": doc["sha256"] == sha256_file(target),
+        "adopted": reconciled["adopted"],
+        "sent_again": sent,
+        "wall_s": done["t"] - started,
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=int, default=1024, help="the large file, MiB")
@@ -89,6 +120,7 @@ def main(argv: list[str]) -> int:
                 (agent.workdir / "state" / name).unlink(missing_ok=True)
             cold = drop_page_cache()
             again = one_pass(agent, "stream.recognised", count, bench)
+            killed = killed_mid_upload(agent, opts.mib, bench)
     read_from = "from disk (page cache dropped)" if cold else "from the page cache"
     print(f"\n{opts.mib} MiB + {opts.files} x 1 MiB files, moto on this machine; the second"
           f" pass read the files {read_from}\n")  # fmt: skip
@@ -98,7 +130,13 @@ def main(argv: list[str]) -> int:
     for label, row in rows:
         print(f"| {label} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['write_requests']} "
               f"| {row['discovered']} | {row['recognised']} |")  # fmt: skip
-    return 0 if again["discovered"] == 0 and again["write_requests"] == 0 else 1
+    print(f"\nA finished {opts.mib} MiB file, the agent SIGKILLed with half its parts in S3"
+          f" and the SQLite file deleted: the next start took {killed['adopted']} of"
+          f" {killed['parts']} parts up and sent {killed['sent_again']}; complete"
+          f" {killed['wall_s']:.1f} s after the start")  # fmt: skip
+    quiet = again["discovered"] == 0 and again["write_requests"] == 0
+    whole = killed["sha256_ok"] and killed["adopted"] + killed["sent_again"] == killed["parts"]
+    return 0 if quiet and whole else 1
 
 
 if __name__ == "__main__":
