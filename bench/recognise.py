@@ -36,6 +36,12 @@ def write_random(path: Path, size: int) -> None:
             left -= min(left, BLOCK_BYTES)
 
 
+def lose_the_store(agent: Agent) -> None:
+    """The agent's SQLite file deleted while it does not run."""
+    for name in ("streamup.db", "streamup.db-wal", "streamup.db-shm"):
+        (agent.workdir / "state" / name).unlink(missing_ok=True)
+
+
 def drop_page_cache() -> bool:
     """Whether the files' pages could be dropped (root on a host kernel); else they are read
     from memory, the best case."""
@@ -75,8 +81,7 @@ def killed_mid_upload(agent: Agent, mib: int, bench: Bench) -> dict[str, Any]:
     assert agent.proc is not None
     agent.proc.kill()
     agent.proc.wait()
-    for name in ("streamup.db", "streamup.db-wal", "streamup.db-shm"):
-        (agent.workdir / "state" / name).unlink(missing_ok=True)
+    lose_the_store(agent)
     started = agent.start()
     done = agent.wait_for("stream.completed", path=target, deadline_s=600)
     [reconciled] = agent.named("stream.reconciled", target)
@@ -116,8 +121,7 @@ def main(argv: list[str]) -> int:
                 write_random(agent.watch_dir / f"day{index // 100:02d}/clip{index:04d}.mp4", MiB)
             count = opts.files + 1
             upload = one_pass(agent, "stream.completed", count, bench)
-            for name in ("streamup.db", "streamup.db-wal", "streamup.db-shm"):
-                (agent.workdir / "state" / name).unlink(missing_ok=True)
+            lose_the_store(agent)
             cold = drop_page_cache()
             again = one_pass(agent, "stream.recognised", count, bench)
             killed = killed_mid_upload(agent, opts.mib, bench)
