@@ -92,3 +92,15 @@ async def test_numbered_keys_are_looked_at_up_to_the_folders_listing(
     found = await adoption.lost_upload(fields(), path, state)
     assert found is not None and found.upload_id == ours
     assert found.checksum_algorithm == ""  # created without one
+
+
+async def test_an_upload_over_an_object_is_not_taken(
+    storage: S3Storage, store: SqliteStore, tmp_path: Path
+) -> None:
+    """An extension's upload replaces the object at its key: not a plain recording's."""
+    path, state, body = recording(tmp_path)
+    key = "streams/cam1/a.mp4"
+    await storage.put_bytes(key, body[:100], "video/mp4")
+    await upload_with_first_part(storage, key, body[:PART])
+    adoption = Adoption(storage, store, parse_template("{prefix}/{path}"))
+    assert await adoption.lost_upload(fields(), path, state) is None

@@ -10,7 +10,9 @@ the file's first bytes (the part's ETag is their MD5). The stream then resumes t
 after a restart: `stream.recovery.reconcile` takes in every part whose ETag is the MD5 of the
 file's bytes and sends the others again, and the stream goes on growing and completes as ever.
 An upload whose first part is not the file's is left alone (another agent's, with its own
-store); the orphan reaper deals with it as before.
+store), and so is one at a key that holds an object (an extension's, stream.extension: taken up
+as a plain recording, its completion would meet that object); the orphan reaper deals with
+them as before.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Adoption:
             for upload in sorted(found, key=lambda u: u.initiated_at, reverse=True):
                 if upload.upload_id in known or upload.upload_id in self._taken:
                     continue
+                if await self._over_an_object(upload):
+                    continue  # an extension's (stream.extension): not a plain recording's
                 if await self._begins_the_file(upload, path, state):
                     self._taken.add(upload.upload_id)
                     log.info("stream.upload_found", path=path, key=upload.key,
@@ -90,6 +94,9 @@ class Adoption:
             if prefix not in self._listed:
                 self._listed[prefix] = await retrying(lambda: self.storage.list_uploads(prefix))
             return self._listed[prefix]
+
+    async def _over_an_object(self, upload: RemoteUpload) -> bool:
+        return await retrying(lambda: self.storage.head_object(upload.key)) is not None
 
     async def _begins_the_file(self, upload: RemoteUpload, path: str, state: FileState) -> bool:
         try:
