@@ -211,3 +211,26 @@ def test_a_recording_whose_upload_the_lost_store_held_resumes_it_without_resendi
     assert "Uploads" not in s3_client.list_multipart_uploads(Bucket=bucket)
     assert len(object_keys(s3_client, bucket)) == 2
     assert second.stop() == 0
+
+
+def test_a_file_that_grew_after_its_object_was_made_is_extended_not_sent_again(
+    agent: Any, watch_dir: Path, tmp_path: Path, s3_client: Any, bucket: str
+) -> None:
+    """The store lost, and the recording went on meanwhile: the object it begins with is
+    recognised as its completed prefix, and extended in place (the prefix copied in S3)."""
+    done = uploaded_then_forgotten(agent, watch_dir, tmp_path, s3_client, bucket)
+    with done.open("ab") as handle:
+        handle.write(os.urandom(3 * MiB))
+    os.utime(done, (HOUR_AGO + 60, HOUR_AGO + 60))
+    second: AgentProcess = agent()
+    wait_for(lambda: second.events_named("stream.completed"), deadline_s=30, what="the extension")
+    [recognised] = second.events_named("stream.recognised")
+    assert recognised["size_bytes"] == 6 * MiB
+    [extending] = second.events_named("stream.extending")
+    assert extending["from_size_bytes"] == 6 * MiB
+    doc = wait_metadata(s3_client, bucket, "done.mp4", deadline_s=10)
+    assert doc["s3_key_prefix"] == recognised["key"]  # the same key, replaced
+    assert doc["bytes_copied"] >= 5 * MiB  # the prefix was not sent again
+    assert_exact(s3_client, bucket, doc, done, tmp_path)
+    assert len(object_keys(s3_client, bucket)) == 2
+    assert second.stop() == 0

@@ -64,6 +64,14 @@ def test_a_document_of_this_file_gives_the_parts_to_compare_and_the_record_field
     )
 
 
+def test_a_file_that_grew_since_is_described_by_its_object_prefix() -> None:
+    doc, remote = document()
+    found = described(doc, remote, PATH, SIZE + 5 * MiB)
+    assert isinstance(found, Described)
+    assert found.size_bytes == SIZE  # the record is the completed prefix's: then extended
+    assert sum(span.size_bytes for span in found.spans) == SIZE
+
+
 def _chunks(**changes: Any) -> list[dict[str, Any]]:
     doc, _ = document()
     chunks: list[dict[str, Any]] = doc["chunks"]
@@ -76,12 +84,13 @@ def _chunks(**changes: Any) -> list[dict[str, Any]]:
     [
         ({"original_file_path": "/watch/cam/other.mp4"}, {}, SIZE, "another file's"),
         ({"partial": True}, {}, SIZE, "partial"),
-        ({}, {}, SIZE + 1, "sizes differ"),  # the file grew or shrank
+        ({}, {}, SIZE - 1, "sizes differ"),  # the file shrank
         ({}, {"size_bytes": SIZE + 1}, SIZE, "sizes differ"),
         ({"chunks": []}, {}, SIZE, "no parts"),
         ({"chunks": _chunks(part_number=3)}, {}, SIZE, "not in order"),
         ({"chunks": _chunks(checksum_crc32c=None)}, {}, SIZE, "no CRC32C"),
         ({"chunks": _chunks(size_bytes=99)}, {}, SIZE, "do not add up"),
+        ({"total_size_bytes": "8 MiB"}, {}, SIZE, "sizes differ"),
         ({}, {"crc32c": "AAAAAA=="}, SIZE, "CRC32C is not its parts'"),
         ({}, {"etag": '"' + "0" * 32 + '-2"'}, SIZE, "ETag is not its parts'"),
         ({"chunks": _chunks(etag='"not-an-md5"')}, {}, SIZE, "ETag is not its parts'"),

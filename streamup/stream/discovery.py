@@ -172,10 +172,12 @@ class Discovery:
                 self.settings.s3_key_prefix, stream_id, relative, self.ownership.host, now
             )
             extension = await self._extension(path, state)
-            if extension is None:
+            if path not in self._completed():  # no record: the store may have lost it
                 if await self._recognised(fields, path, state):
-                    return
-                if await self._take_up_lost_upload(fields, path, state):
+                    if self._completed()[path].matches(state):
+                        return
+                    extension = await self._extension(path, state)  # it grew since
+                elif await self._take_up_lost_upload(fields, path, state):
                     return
             extends, placement = extension or (None, await self._place(fields, path, state))
             if placement is None:

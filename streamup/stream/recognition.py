@@ -13,7 +13,10 @@ cannot be found again: nothing is recognised.
 The proof, link by link: the metadata document names this path and size; its parts' ETags give
 the multipart ETag HeadObject shows (and their CRC32Cs the COMPOSITE CRC32C, where the server
 reports one), so the parts it lists are the object's; the file, read once, has each of those
-parts' CRC32C, and did not change while it was read, so its bytes are the object's. Anything
+parts' CRC32C, and did not change while it was read, so its bytes are the object's. A file
+longer than its object that begins with it grew after the object was made: recorded as the
+completed prefix it is, it is then extended like any completed file that grew
+(stream.extension: the object copied in S3, only the new bytes sent). Anything
 short of that (another path, another size, a part without a CRC32C, a partial object, a byte
 changed) is a new recording at a new key, as before. The record keeps the proof, SHA-256 and
 digests the document and HeadObject gave, so the local-file action checks the object as it
@@ -59,6 +62,7 @@ class Described:
     """What a metadata document says of its object, checked against HeadObject."""
 
     stream_id: str
+    size_bytes: int  # the object's: the file's, or the first bytes of a file that grew since
     spans: tuple[Span, ...]
     object_etag: str
     object_crc32c: str
@@ -77,9 +81,10 @@ def described(doc: object, remote: RemoteObject, path: str, size_bytes: int) -> 
         return "the object is another file's"
     if doc.get("partial") is True:
         return "the object is partial"
-    if not doc.get("total_size_bytes") == remote.size_bytes == size_bytes:
-        return "the sizes differ"
-    spans = _spans(doc.get("chunks"), size_bytes)
+    total = doc.get("total_size_bytes")
+    if not isinstance(total, int) or total != remote.size_bytes or total > size_bytes:
+        return "the sizes differ"  # a longer file may begin with the object: it grew since
+    spans = _spans(doc.get("chunks"), total)
     if isinstance(spans, str):
         return spans
     crcs = [span.crc32c for span in spans]
@@ -101,6 +106,7 @@ def described(doc: object, remote: RemoteObject, path: str, size_bytes: int) -> 
         end_reason = EndReason.IDLE
     return Described(
         stream_id=str(doc.get("stream_id") or ""),
+        size_bytes=total,
         spans=tuple(spans),
         object_etag=remote.etag,
         object_crc32c=crc,
@@ -130,7 +136,7 @@ def _spans(chunks: object, size_bytes: int) -> list[Span] | str:
             return "a part is unreadable"
         spans.append(Span(offset, size, crc))
         offset += size
-    return spans if offset == size_bytes else "the parts do not add up to the file"
+    return spans if offset == size_bytes else "the parts do not add up to the object"
 
 
 def _multipart_etag(chunks: list[dict[str, object]]) -> str | None:
@@ -266,6 +272,7 @@ async def _if_the_file_is_it(
             return None  # changed while read: looked at again as the changed file it is
     finally:
         source.close()
+    whole = found.size_bytes == state.size_bytes  # else the file grew after its object was made
     return CompletedRecord(
         stream_id=found.stream_id,
         path=path,
@@ -273,11 +280,11 @@ async def _if_the_file_is_it(
         key=key,
         status=Status.COMPLETED,
         identity=state.identity,
-        size_bytes=state.size_bytes,
-        mtime_ns=state.mtime_ns,
+        size_bytes=found.size_bytes,
+        mtime_ns=state.mtime_ns if whole else 0,
         completed_at=found.completed_at or utc_now(),
         end_reason=found.end_reason,
-        ctime_ns=ctime_ns,
+        ctime_ns=ctime_ns if whole else 0,
         sha256_hex=found.sha256_hex,
         object_etag=found.object_etag,
         object_crc32c=found.object_crc32c,
