@@ -6,8 +6,11 @@ import dataclasses
 import hashlib
 import os
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
 
 import pytest
+from structlog.testing import capture_logs
 
 from streamup.checksums import b64, crc32c_of, md5_of, multipart_etag
 from streamup.files.hashing import PrefixHash
@@ -27,6 +30,7 @@ from streamup.s3.integrity import (
 from streamup.s3.parts import PartSpan
 from streamup.stream.lifecycle import unchanged_since_read
 from tests.conftest import BOTH_SERVERS
+from tests.proxy import FaultProxy
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 S = 1_000_000_000  # one second in ns
@@ -239,6 +243,43 @@ SEEN_ON = {
         checksum_reported=False,
     ),
 }
+
+
+async def test_a_probe_whose_upload_another_agent_aborts_begins_again(
+    s3_endpoint: str, bucket: str, s3_client: Any
+) -> None:
+    """Two agents starting at once on one bucket: the first one's reaper takes the second one's
+    probe upload for an orphan (moto dates every upload in 2010) and aborts it mid-probe."""
+    proxy = FaultProxy(s3_endpoint).start()
+    aborted: list[str] = []
+
+    def reaper(data: bytes) -> None:
+        line = data.split(b"\r\n", 1)[0].decode("latin-1")
+        if aborted or not line.startswith("PUT ") or "partNumber=2" not in line:
+            return
+        path, _, query = line.split(" ")[1].partition("?")
+        key = unquote(path.split(f"/{bucket}/", 1)[1])
+        upload_id = unquote(query.split("uploadId=", 1)[1].split("&")[0])
+        s3_client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        aborted.append(key)
+
+    proxy.before_forward = reaper
+    storage = S3Storage(
+        bucket=bucket, region="us-east-1", endpoint_url=proxy.url,
+        access_key_id="testing", secret_access_key="testing",
+    )  # fmt: skip
+    await storage.open()
+    try:
+        await storage.ensure_bucket()
+        with capture_logs() as logs:
+            caps = await probe(storage, "streams")
+        assert caps == SEEN_ON["moto"]
+        assert len(aborted) == 1 and ".streamup-probe-" in aborted[0]
+        assert [e["event"] for e in logs] == ["s3.integrity_probe_again"]
+        assert await storage.list_uploads("streams/") == []
+    finally:
+        await storage.close()
+        proxy.stop()
 
 
 @BOTH_SERVERS

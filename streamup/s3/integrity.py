@@ -29,14 +29,17 @@ from enum import StrEnum
 from functools import partial
 from typing import NamedTuple, TypeVar
 
+import structlog
+
 from streamup import checksums
 from streamup.checksums import b64, crc32c_of, etag_hex, md5_of, multipart_etag
-from streamup.errors import StorageError
+from streamup.errors import NoSuchUpload, StorageError
 from streamup.models import PartRecord, Proof
 from streamup.retry import Backoff
 from streamup.s3.client import DIGEST_REFUSED, PartAnswer, RemoteObject, S3Storage
 
 T = TypeVar("T")
+log = structlog.get_logger("streamup")
 # Each probe request is tried this many times over a few seconds before the probe gives up (and
 # start-up, patient for longer, runs it again).
 PROBE_ATTEMPTS = 6
@@ -210,6 +213,7 @@ def object_mismatch(remote: RemoteObject, parts: list[PartRecord]) -> str | None
 # -- the probe ---------------------------------------------------------------------------------
 
 PROBE_BODY = b"streamup integrity probe: are damaged bytes refused?\n" * 20
+PROBE_UPLOADS = 3  # probe uploads begun before one that vanished mid-probe counts as an error
 
 
 async def probe(storage: S3Storage, key_prefix: str) -> Capabilities:
@@ -218,8 +222,22 @@ async def probe(storage: S3Storage, key_prefix: str) -> Capabilities:
     A refusal counts only when the same request with the right digest is then accepted, so a
     server that refuses checksum headers altogether is not mistaken for one that verifies them.
     Transient errors propagate (the caller retries the probe); the probe upload lives under the
-    key prefix, so the orphan reaper would find it if the agent died mid-probe.
+    key prefix, so the orphan reaper would find it if the agent died mid-probe. An upload that
+    vanishes mid-probe (another agent's reaper took it for an orphan: moto dates every upload in
+    2010) is no answer: the probe begins again with a new one, PROBE_UPLOADS times at most.
     """
+    begun = 1
+    while True:
+        try:
+            return await _probe_once(storage, key_prefix)
+        except NoSuchUpload as exc:
+            if begun >= PROBE_UPLOADS:
+                raise
+            begun += 1
+            log.info("s3.integrity_probe_again", reason=str(exc))
+
+
+async def _probe_once(storage: S3Storage, key_prefix: str) -> Capabilities:
     key = f"{key_prefix.rstrip('/')}/.streamup-probe-{uuid.uuid4().hex}"
     body, good_crc, good_md5 = PROBE_BODY, crc32c_of(PROBE_BODY), md5_of(PROBE_BODY)
     bad_crc, bad_md5 = crc32c_of(PROBE_BODY + b"!"), md5_of(PROBE_BODY + b"!")
@@ -248,7 +266,7 @@ async def probe(storage: S3Storage, key_prefix: str) -> Capabilities:
         )
         reported = accepted and not checksum_verified and await _reports(storage, key, upload_id)
     finally:
-        await _patient(lambda: storage.abort_upload(key, upload_id))
+        await _patient(lambda: storage.abort_upload(key, upload_id))  # gone already: fine
     return Capabilities(
         checksums_accepted=accepted,
         checksum_verified=checksum_verified,
