@@ -14,8 +14,8 @@ from streamup.checksums import composite_crc32c, multipart_etag
 from streamup.files.probe import ProbeResult
 from streamup.models import EndReason, Status
 from streamup.s3.client import RemoteObject
-from streamup.s3.keys import KeyFields, parse_template
-from streamup.stream.recognition import Described, described, fits
+from streamup.s3.keys import KeyFields, KeySearch, parse_template
+from streamup.stream.recognition import Described, described
 from tests.test_checkpoint_contract import MiB, make_part, make_stream
 
 PATH = "/watch/cam/s1.mp4"
@@ -123,13 +123,25 @@ FIELDS = KeyFields("streams", "5e0b4f2c", "cam1/a.mp4", "edge-1", DONE)
     ],
 )
 def test_where_a_key_with_a_stream_id_may_be(template: str, around: tuple[str, str] | None) -> None:
-    assert parse_template(template).around_stream_id(FIELDS) == around
+    search = parse_template(template).search(FIELDS)
+    found = None if search is None or search.numbered else (search.before, search.after)
+    assert found == around
+
+
+def test_numbered_keys_are_searched_in_order_under_their_folder() -> None:
+    search = parse_template("{prefix}/{path}").search(FIELDS)
+    assert search is not None
+    assert search.numbered[:2] == ("streams/cam1/a.mp4", "streams/cam1/a-2.mp4")
+    assert search.prefix == "streams/cam1/"
+    assert search.fits("streams/cam1/a-2.mp4") and not search.fits("streams/cam1/b.mp4")
+    assert search.stream_id_of("streams/cam1/a.mp4") is None
 
 
 def test_a_listed_key_fits_only_with_one_stream_id_in_its_place() -> None:
-    before, after = "streams/", "/cam1/a.mp4"
-    assert fits("streams/5e0b4f2c/cam1/a.mp4", before, after)
-    assert not fits("streams//cam1/a.mp4", before, after)  # no stream id
-    assert not fits("streams/x/y/cam1/a.mp4", before, after)  # two folders
-    assert not fits("streams/5e0b4f2c/cam2/a.mp4", before, after)
-    assert not fits("other/5e0b4f2c/cam1/a.mp4", before, after)
+    search = KeySearch((), "streams/", "/cam1/a.mp4")
+    assert search.fits("streams/5e0b4f2c/cam1/a.mp4")
+    assert search.stream_id_of("streams/5e0b4f2c/cam1/a.mp4") == "5e0b4f2c"
+    assert not search.fits("streams//cam1/a.mp4")  # no stream id
+    assert not search.fits("streams/x/y/cam1/a.mp4")  # two folders
+    assert not search.fits("streams/5e0b4f2c/cam2/a.mp4")
+    assert not search.fits("other/5e0b4f2c/cam1/a.mp4")

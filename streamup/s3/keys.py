@@ -30,6 +30,9 @@ FIELDS = ("prefix", "stream_id", "path", "dir", "name", "stem", "ext", "host", "
 CONSTANT_FIELDS = frozenset({"prefix", "host"})
 DEFAULT_STARTED_FORMAT = "%Y%m%dT%H%M%SZ"
 
+# Candidates tried before giving up (`a.mp4`, `a-2.mp4`, ... `a-1000.mp4`): a template that maps
+# this many recordings to one key needs a field that tells them apart.
+MAX_KEY_NUMBER = 1000
 MAX_KEY_BYTES = 1024  # S3's limit on a key, in bytes of UTF-8
 METADATA_SUFFIX = ".metadata.json"
 # The metadata object's key is the video key plus its suffix, and must fit too.
@@ -66,6 +69,39 @@ class KeyFields:
 
 
 @dataclass(frozen=True, slots=True)
+class KeySearch:
+    """The keys one file's object may have (stream.recognition, stream.adoption): its numbered
+    keys in order (`a.mp4`, `a-2.mp4`, ...), or, with {stream_id} in the template, any key that
+    is `before` + one stream id + `after` (`streams/` + id + `/cam1/a.mp4`)."""
+
+    numbered: tuple[str, ...]
+    before: str = ""
+    after: str = ""
+
+    @property
+    def prefix(self) -> str:
+        """What to list under to see every such key."""
+        if not self.numbered:
+            return self.before
+        folder = posixpath.dirname(self.numbered[0])
+        return f"{folder}/" if folder else ""
+
+    def fits(self, key: str) -> bool:
+        if self.numbered:
+            return key in self.numbered
+        return self.stream_id_of(key) is not None
+
+    def stream_id_of(self, key: str) -> str | None:
+        """The stream id in `key`, when it is before + one stream id (no slash) + after."""
+        if self.numbered or len(key) <= len(self.before) + len(self.after):
+            return None
+        if not (key.startswith(self.before) and key.endswith(self.after)):
+            return None
+        middle = key[len(self.before) : len(key) - len(self.after)]
+        return None if "/" in middle else middle
+
+
+@dataclass(frozen=True, slots=True)
 class _Piece:
     literal: str
     field: str | None
@@ -95,17 +131,19 @@ class KeyTemplate:
         check_key(key)
         return key
 
-    def around_stream_id(self, fields: KeyFields) -> tuple[str, str] | None:
-        """For a template that names {stream_id} and not {started}: this file's key before and
-        after the stream id (`streams/`, `/cam1/a.mp4`), the same whatever stream uploaded it.
-        None for any other template (a key that changes with time cannot be found again)."""
-        if not self.unique or "started" in self.fields:
+    def search(self, fields: KeyFields) -> KeySearch | None:
+        """Where this file's object (or upload) may be, whatever stream made it; None for a
+        template with {started} (a key that changes with time cannot be found again)."""
+        if "started" in self.fields:
             return None
+        if not self.unique:
+            wanted = self.render(fields)
+            return KeySearch(tuple(numbered(wanted, n) for n in range(1, MAX_KEY_NUMBER + 1)))
         key = self.render(dataclasses.replace(fields, stream_id=_SAMPLE_STREAM_ID))
         before, found, after = key.partition(_SAMPLE_STREAM_ID)
         if not found or _SAMPLE_STREAM_ID in after:
             return None
-        return before, after
+        return KeySearch((), before, after)
 
     def fixed_prefix(self, prefix: str, host: str) -> str:
         """The leading part every key of this agent shares: the template's text up to its first

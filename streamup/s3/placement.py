@@ -16,12 +16,15 @@ from streamup.checkpoint import CheckpointStore
 from streamup.errors import StorageError
 from streamup.retry import retrying
 from streamup.s3.client import S3Storage
-from streamup.s3.keys import METADATA_SUFFIX, KeyFields, KeyTemplate, check_key, numbered
+from streamup.s3.keys import (
+    MAX_KEY_NUMBER,
+    METADATA_SUFFIX,
+    KeyFields,
+    KeyTemplate,
+    check_key,
+    numbered,
+)
 from streamup.s3.object_options import ObjectOptions, tags_to_apply
-
-# Candidates tried before giving up (`a.mp4`, `a-2.mp4`, ... `a-1000.mp4`): a template that maps
-# this many recordings to one key needs a field that tells them apart.
-MAX_KEY_NUMBER = 1000
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,6 @@ them as before.
 from __future__ import annotations
 
 import asyncio
-import posixpath
 
 import structlog
 
@@ -30,10 +29,8 @@ from streamup.files.source import SourceFile
 from streamup.models import FileState
 from streamup.retry import retrying
 from streamup.s3.client import RemoteUpload, S3Storage
-from streamup.s3.keys import KeyFields, KeyTemplate, numbered
+from streamup.s3.keys import KeyFields, KeyTemplate
 from streamup.s3.parts import PartSpan
-from streamup.s3.placement import MAX_KEY_NUMBER
-from streamup.stream.recognition import fits
 
 log = structlog.get_logger("streamup")
 
@@ -78,16 +75,10 @@ class Adoption:
         return None
 
     async def _at_candidate_keys(self, fields: KeyFields) -> list[RemoteUpload]:
-        if not self.template.unique:
-            wanted = self.template.render(fields)
-            keys = {numbered(wanted, n) for n in range(1, MAX_KEY_NUMBER + 1)}
-            folder = posixpath.dirname(wanted)
-            return [u for u in await self._listing(folder + "/" if folder else "") if u.key in keys]
-        around = self.template.around_stream_id(fields)
-        if around is None:
+        search = self.template.search(fields)
+        if search is None:
             return []
-        before, after = around
-        return [u for u in await self._listing(before) if fits(u.key, before, after)]
+        return [u for u in await self._listing(search.prefix) if search.fits(u.key)]
 
     async def _listing(self, prefix: str) -> list[RemoteUpload]:
         async with self._lock:

@@ -287,11 +287,10 @@ class Discovery:
         upload = await self.adoption.lost_upload(fields, path, state)
         if upload is None:
             return False
-        if self.keys.template.unique:  # the key names the stream: keep its id
-            before, after = self.keys.template.around_stream_id(fields) or ("", "")
-            fields = dataclasses.replace(
-                fields, stream_id=upload.key[len(before) : len(upload.key) - len(after)]
-            )
+        search = self.keys.template.search(fields)
+        stream_id = search.stream_id_of(upload.key) if search is not None else None
+        if stream_id is not None:  # the key names the stream: keep its id
+            fields = dataclasses.replace(fields, stream_id=stream_id)
         record = self._record(fields, path, state, Placement(upload.key), None).evolve(
             upload_id=upload.upload_id, checksum_algorithm=upload.checksum_algorithm
         )

@@ -43,8 +43,7 @@ from streamup.files.source import SourceFile
 from streamup.models import CompletedRecord, EndReason, FileState, Status, parse_iso, utc_now
 from streamup.retry import retrying
 from streamup.s3.client import RemoteObject, S3Storage
-from streamup.s3.keys import METADATA_SUFFIX, KeyFields, KeyTemplate, numbered
-from streamup.s3.placement import MAX_KEY_NUMBER
+from streamup.s3.keys import METADATA_SUFFIX, KeyFields, KeyTemplate
 
 log = structlog.get_logger("streamup")
 READS_AT_ONCE = 2  # files read to be recognised at once: a disk's worth, a few descriptors
@@ -201,16 +200,13 @@ class Recognition:
 
     async def _candidates(self, fields: KeyFields) -> tuple[list[str], bool]:
         """The keys that may hold the file's object, and whether the first free one ends them
-        (numbered keys: `a.mp4`, `a-2.mp4`, ...; with {stream_id}: the listed keys that are
-        the file's key with some stream id)."""
-        if not self.template.unique:
-            wanted = self.template.render(fields)
-            return [numbered(wanted, n) for n in range(1, MAX_KEY_NUMBER + 1)], True
-        around = self.template.around_stream_id(fields)
-        if around is None:
+        (numbered keys; with {stream_id}: the listed keys that are the file's with some id)."""
+        search = self.template.search(fields)
+        if search is None:
             return [], False
-        before, after = around
-        return [k for k in await self._listing(before) if fits(k, before, after)], False
+        if search.numbered:
+            return list(search.numbered), True
+        return [k for k in await self._listing(search.prefix) if search.fits(k)], False
 
     async def _listing(self, prefix: str) -> list[str]:
         """The video keys under `prefix` that have a metadata document, listed once per run (a
@@ -226,15 +222,6 @@ class Recognition:
                     found = []
                 self._listed[prefix] = sorted(k[: -len(METADATA_SUFFIX)] for k in found)
             return self._listed[prefix]
-
-
-def fits(key: str, before: str, after: str) -> bool:
-    """`key` is before + one stream id (no slash) + after."""
-    if len(key) <= len(before) + len(after):
-        return False
-    if not (key.startswith(before) and key.endswith(after)):
-        return False
-    return "/" not in key[len(before) : len(key) - len(after)]
 
 
 async def _object_and_document(storage: S3Storage, key: str) -> tuple[RemoteObject, object] | None:
